@@ -1,0 +1,217 @@
+"""Typed params: one dataclass per section of params.yaml.
+
+Every stage reads params.yaml through `load_params`, which fails fast on a missing or unknown
+key and on a value of the wrong type, naming the key (`models.gemma2.max_length`), so a typo in
+`dvc exp run -S ...` is caught before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem; the message names the key."""
+
+
+@dataclass
+class SampleParams:
+    rows: int  # rows of generated competition-format data (the embedded default)
+    seed: int
+
+    def validate(self, key: str) -> None:
+        _positive(self.rows, f"{key}.rows")
+
+
+@dataclass
+class DataParams:
+    train_csv: str  # competition-format CSV; the generated sample by default
+    val_fraction: float  # share of rows (whole prompt groups) held out for evaluation
+    seed: int
+    max_rows: int  # 0 = all rows; >0 = the first N rows of the CSV (quick runs on real data)
+
+    def validate(self, key: str) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ParamsError(f"{key}.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.max_rows < 0:
+            raise ParamsError(f"{key}.max_rows must be >= 0 (0 = all rows), got {self.max_rows}")
+
+
+@dataclass
+class ModelParams:
+    pretrained: str  # local folder (weights or config only) or a hub id
+    dtype: str  # auto | float32 | bfloat16 | float16
+    attn_implementation: str  # eager | sdpa | flex_attention | flash_attention_2
+    quantization: str  # none | 4bit (NF4 base via bitsandbytes, CUDA only)
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_target_modules: list[str]
+    max_length: int  # tokens per row: prompt + response A + response B, markers included
+    train_batch_size: int
+    eval_batch_size: int
+    gradient_checkpointing: bool
+
+    def validate(self, key: str) -> None:
+        _choice(self.dtype, ("auto", "float32", "bfloat16", "float16"), f"{key}.dtype")
+        _choice(
+            self.attn_implementation,
+            ("eager", "sdpa", "flex_attention", "flash_attention_2"),
+            f"{key}.attn_implementation",
+        )
+        _choice(self.quantization, ("none", "4bit"), f"{key}.quantization")
+        for name in ("lora_r", "lora_alpha", "max_length", "train_batch_size", "eval_batch_size"):
+            _positive(getattr(self, name), f"{key}.{name}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ParamsError(f"{key}.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not self.lora_target_modules:
+            raise ParamsError(f"{key}.lora_target_modules must name at least one module")
+        if self.max_length < 16:
+            raise ParamsError(f"{key}.max_length must be >= 16 tokens, got {self.max_length}")
+
+
+@dataclass
+class TokenizeParams:
+    prompt_share: float  # at most this share of the token budget goes to the prompt...
+    # ...unless the responses are shorter than their share: unused budget is handed on.
+
+    def validate(self, key: str) -> None:
+        if not 0.0 < self.prompt_share < 1.0:
+            raise ParamsError(f"{key}.prompt_share must be in (0, 1), got {self.prompt_share}")
+
+
+@dataclass
+class TrainParams:
+    epochs: float
+    learning_rate: float
+    warmup_ratio: float  # share of optimizer steps spent warming up linearly from 0
+    weight_decay: float
+    grad_accum_steps: int
+    max_grad_norm: float
+    seed: int
+    log_every: int  # optimizer steps between dvclive points
+
+    def validate(self, key: str) -> None:
+        for name in ("epochs", "learning_rate", "grad_accum_steps", "log_every"):
+            _positive(getattr(self, name), f"{key}.{name}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ParamsError(f"{key}.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass
+class EvaluateParams:
+    warmup_batches: int  # batches run before the timer starts (kernel selection, caches)
+
+    def validate(self, key: str) -> None:
+        if self.warmup_batches < 0:
+            raise ParamsError(f"{key}.warmup_batches must be >= 0, got {self.warmup_batches}")
+
+
+@dataclass
+class Params:
+    model: str  # key into `models`
+    models: dict[str, ModelParams]
+    sample: SampleParams
+    data: DataParams
+    tokenize: TokenizeParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    selected: ModelParams = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.model not in self.models:
+            valid = ", ".join(sorted(self.models))
+            raise ParamsError(f"model: unknown model {self.model!r}; valid: {valid}")
+        self.selected = self.models[self.model]
+
+
+SECTIONS = {
+    "sample": SampleParams,
+    "data": DataParams,
+    "tokenize": TokenizeParams,
+    "train": TrainParams,
+    "evaluate": EvaluateParams,
+}
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    raw = yaml.safe_load(Path(path).read_text())
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections")
+    return parse_params(raw)
+
+
+def parse_params(raw: dict) -> Params:
+    expected = {"model", "models", *SECTIONS}
+    _check_keys(raw, expected, "")
+    if not isinstance(raw["models"], dict) or not raw["models"]:
+        raise ParamsError("models: expected a mapping of model name -> settings")
+    models = {name: build(ModelParams, cfg, f"models.{name}") for name, cfg in raw["models"].items()}
+    sections = {name: build(cls, raw[name], name) for name, cls in SECTIONS.items()}
+    return Params(model=_coerce(raw["model"], str, "model"), models=models, **sections)
+
+
+def build(cls, raw, key: str):
+    """Build dataclass `cls` from mapping `raw`, naming `key.field` in every error."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{key}: expected a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    _check_keys(raw, set(fields), key)
+    hints = typing.get_type_hints(cls)
+    obj = cls(**{name: _coerce(raw[name], hints[name], f"{key}.{name}") for name in fields})
+    obj.validate(key)
+    return obj
+
+
+def _check_keys(raw: dict, expected: set[str], key: str) -> None:
+    prefix = f"{key}." if key else ""
+    missing = sorted(expected - set(raw))
+    unknown = sorted(set(raw) - expected)
+    if missing:
+        raise ParamsError(f"missing params key: {', '.join(prefix + k for k in missing)}")
+    if unknown:
+        valid = ", ".join(sorted(expected))
+        raise ParamsError(f"unknown params key: {', '.join(prefix + k for k in unknown)} (valid: {valid})")
+
+
+def _coerce(value, typ, key: str):
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        # YAML reads `2e-4` as a string (YAML 1.1): accept numeric strings for floats.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    elif typing.get_origin(typ) is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+    else:  # pragma: no cover - a new field type needs a branch here
+        raise TypeError(f"{key}: unsupported field type {typ}")
+    name = getattr(typ, "__name__", str(typ))
+    raise ParamsError(f"{key}: expected {name}, got {value!r}")
+
+
+def _positive(value, key: str) -> None:
+    if value <= 0:
+        raise ParamsError(f"{key} must be > 0, got {value}")
+
+
+def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
+    if value not in choices:
+        raise ParamsError(f"{key}: {value!r} is not one of {', '.join(choices)}")

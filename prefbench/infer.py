@@ -1,0 +1,87 @@
+"""Batching and the timed predict loop.
+
+Real arena rows range from a few dozen tokens to far past max_length. Padding every batch to
+max_length wastes most of the compute on pad tokens, so batches are cut from rows sorted by
+length and padded only to their own longest row (dynamic padding).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+
+def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Row indices in batches of similar length, longest first (an OOM shows up at once)."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def shuffled_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                     mega: int = 16) -> list[np.ndarray]:
+    """Training batches: random, but each drawn from a 'mega-batch' of `mega` batches sorted by
+    length, so padding stays small while batch order and composition stay random."""
+    perm = rng.permutation(len(lengths))
+    batches = []
+    for i in range(0, len(perm), batch_size * mega):
+        chunk = perm[i:i + batch_size * mega]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+    order = rng.permutation(len(batches))
+    return [batches[k] for k in order]
+
+
+def collate(sequences: list[np.ndarray], pad_token_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sequence (or `pad_to`), with the attention mask."""
+    width = pad_to or max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def predict(model, sequences: list[np.ndarray], batch_size: int, pad_token_id: int,
+            device: torch.device, warmup_batches: int = 1, pad_to: int | None = None) -> dict:
+    """Class probabilities for every sequence (input order) and the time of the predict loop.
+
+    The timer covers only the loop over batches (host-to-device copies included), after
+    `warmup_batches` untimed batches, with the device synchronised at both ends.
+    """
+    model.eval()
+    lengths = np.array([len(s) for s in sequences])
+    batches = length_sorted_batches(lengths, batch_size)
+    for idx in batches[:warmup_batches]:
+        model(**to_device(collate([sequences[i] for i in idx], pad_token_id, pad_to), device))
+    synchronize(device)
+    logits = np.zeros((len(sequences), model.config.num_labels), dtype=np.float32)
+    padded_tokens = 0
+    start = time.perf_counter()
+    for idx in tqdm(batches, desc="predict", unit="batch"):
+        batch = collate([sequences[i] for i in idx], pad_token_id, pad_to)
+        padded_tokens += batch["input_ids"].numel()
+        out = model(**to_device(batch, device))
+        logits[idx] = out.logits.float().cpu().numpy()
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return {"logits": logits, "seconds": seconds, "tokens": int(lengths.sum()), "padded_tokens": padded_tokens}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

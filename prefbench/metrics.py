@@ -1,0 +1,57 @@
+"""Scores and small helpers for the metrics files."""
+
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import accuracy_score
+from sklearn.metrics import log_loss as sk_log_loss
+
+from prefbench.data import LABEL_NAMES
+
+# Kaggle's log-loss clips probabilities to [eps, 1 - eps] and renormalises each row.
+EPS = 1e-15
+
+
+def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    probs = np.clip(probs, EPS, 1 - EPS)
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    return float(sk_log_loss(labels, probs, labels=list(range(len(LABEL_NAMES)))))
+
+
+def prior_log_loss(train_labels: np.ndarray, val_labels: np.ndarray) -> float:
+    """Log-loss of always predicting the training label frequencies: the bar to beat."""
+    prior = np.bincount(train_labels, minlength=len(LABEL_NAMES)) / len(train_labels)
+    return log_loss(val_labels, np.tile(prior, (len(val_labels), 1)))
+
+
+def accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
+    return float(accuracy_score(labels, probs.argmax(axis=1)))
+
+
+def calibration_rows(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> list[dict]:
+    """One-vs-rest reliability points per class, for `dvc plots` (x: predicted, y: observed)."""
+    rows = []
+    for k, name in enumerate(LABEL_NAMES):
+        observed, predicted = calibration_curve(labels == k, probs[:, k], n_bins=bins, strategy="quantile")
+        rows += [{"class": name, "predicted": round(float(p), 4), "observed": round(float(o), 4)}
+                 for p, o in zip(predicted, observed)]
+    return rows
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak GPU memory allocated by torch, or on CPU the peak resident set of this process."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 1e9, 3)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)  # Linux: KiB
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")

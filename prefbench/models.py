@@ -1,0 +1,152 @@
+"""Load tokenizers and `*ForSequenceClassification` models: local tiny, full-size random-init, or real.
+
+`pretrained` is a hub id or a local folder. A local folder with a config but no weight files
+(the shipped `models/gemma2-9b`, `models/llama3-8b`) builds the architecture with random
+weights: timing is real, predictions are not, and `weights: random-init` says so in the metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from prefbench.config import ModelParams
+from prefbench.data import LABEL_NAMES
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pth")
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(name: str, device_type: str, capability: tuple[int, int] | None = None) -> torch.dtype:
+    """`auto`: fp32 on CPU; bf16 on GPUs with native bf16 (compute capability >= 8.0, Ampere
+    and later), else fp16 (T4 is 7.5: bf16 there is emulated and slow)."""
+    if name != "auto":
+        return DTYPES[name]
+    if device_type != "cuda":
+        return torch.float32
+    if capability is None:
+        capability = torch.cuda.get_device_capability()
+    return torch.bfloat16 if capability >= (8, 0) else torch.float16
+
+
+def has_weights(pretrained: str) -> bool:
+    """False only for a local folder holding a config and no weight files (random-init)."""
+    path = Path(pretrained)
+    if not path.is_dir():
+        return True  # a hub id: from_pretrained downloads (or finds cached) weights
+    return any(any(path.glob(g)) for g in WEIGHT_GLOBS)
+
+
+def load_tokenizer(pretrained: str):
+    """The model's own tokenizer, with a pad token the classifier can pool on.
+
+    Llama3 has no pad token. We pad with EOS: sequences never contain EOS (we do not append it,
+    and user text cannot inject it, see tokenize.encode_rows), so the last non-pad token the
+    classification head pools on is always the last real token.
+    """
+    tok = AutoTokenizer.from_pretrained(pretrained, trust_remote_code=False)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def label_config_kwargs() -> dict:
+    return {
+        "num_labels": len(LABEL_NAMES),
+        "id2label": dict(enumerate(LABEL_NAMES)),
+        "label2id": {n: i for i, n in enumerate(LABEL_NAMES)},
+    }
+
+
+def quantization_config(cfg: ModelParams, dtype: torch.dtype, device: torch.device):
+    if cfg.quantization == "none":
+        return None
+    if device.type != "cuda":
+        raise RuntimeError(
+            f"quantization: {cfg.quantization} needs a CUDA GPU (bitsandbytes NF4); this machine has none. "
+            "Set models.<model>.quantization=none."
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise RuntimeError("quantization: 4bit needs bitsandbytes: pip install -e '.[gpu]'") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def load_model(cfg: ModelParams, pad_token_id: int, device: torch.device, seed: int = 0):
+    """Base classifier on `device` in the resolved dtype. Returns (model, dtype, weights)."""
+    dtype = resolve_dtype(cfg.dtype, device.type)
+    quant = quantization_config(cfg, dtype, device)
+    config = AutoConfig.from_pretrained(cfg.pretrained, trust_remote_code=False, **label_config_kwargs())
+    config.pad_token_id = pad_token_id
+    common = {"dtype": dtype, "attn_implementation": cfg.attn_implementation}
+    if has_weights(cfg.pretrained):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            cfg.pretrained, config=config, quantization_config=quant, trust_remote_code=False,
+            device_map={"": device} if device.type == "cuda" else None, **common,
+        )
+        weights = "pretrained"
+    else:
+        if quant is not None:
+            model = _random_init_quantized(config, quant, device, seed, **common)
+        else:
+            torch.manual_seed(seed)
+            # Initialise directly on the target device: 9B fp32 parameters on a CPU take minutes.
+            with torch.device(device):
+                model = AutoModelForSequenceClassification.from_config(config, **common)
+        weights = "random-init"
+    if quant is None:
+        model.to(device)
+    return model, dtype, weights
+
+
+def _random_init_quantized(config, quant, device, seed, **common):
+    """Random weights, quantised to NF4 the same way from_pretrained would (via a temporary save)."""
+    import tempfile
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForSequenceClassification.from_config(config, **common)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        del model
+        torch.cuda.empty_cache()
+        return AutoModelForSequenceClassification.from_pretrained(
+            tmp, quantization_config=quant, device_map={"": device}, **common
+        )
+
+
+def count_parameters(model) -> dict[str, int]:
+    """Total, embedding (input token embeddings; tied output counted once), non-embedding, trainable.
+
+    Counted over unique tensors, so the tied Gemma2 embedding is not counted twice and a 4-bit
+    base is counted by elements of the original matrices, not packed bytes.
+    """
+    seen, total, trainable = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = _numel(p)
+        total += n
+        trainable += n if p.requires_grad else 0
+    emb = _numel(model.get_input_embeddings().weight)
+    return {"params_total": total, "params_embedding": emb, "params_non_embedding": total - emb,
+            "params_trainable": trainable}
+
+
+def _numel(p) -> int:
+    # bitsandbytes Params4bit keeps the original shape in quant_state; numel() is the packed size.
+    state = getattr(p, "quant_state", None)
+    return int(state.shape.numel()) if state is not None else p.numel()

@@ -1,0 +1,34 @@
+"""Stage `sample`: write the embedded default data set, generated, in the competition's train.csv format.
+
+Usage: python -m stages.sample --params params.yaml --out data/sample/train.csv
+Reads params: sample.rows, sample.seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from prefbench.config import load_params
+from prefbench.data import LABEL_COLUMNS, label_balance
+from prefbench.sample import generate_arena_sample
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", required=True, help="CSV to write")
+    args = parser.parse_args()
+    p = load_params(args.params).sample
+    df = generate_arena_sample(p.rows, p.seed)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False)
+    balance = label_balance(pd.Series(df[list(LABEL_COLUMNS)].to_numpy().argmax(axis=1)))
+    print(f"sample: {len(df)} rows -> {out}; label balance {balance}")
+
+
+if __name__ == "__main__":
+    main()

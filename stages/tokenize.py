@@ -1,0 +1,53 @@
+"""Stage `tokenize`: encode the prepared rows with the selected model's own tokenizer.
+
+Usage: python -m stages.tokenize --params params.yaml --prepared data/prepared \
+           --out data/tokens --metrics metrics/tokens.json
+Reads params: model, models.<model>.pretrained, models.<model>.max_length, tokenize.prompt_share.
+Writes train.arrow and val.arrow (id, label, input_ids; Arrow IPC, no pickle) and meta.json
+(tokenizer, pad id, max_length). DVC caches the folder per model, so switching models back
+and forth restores it from the run cache instead of recomputing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from prefbench.config import load_params
+from prefbench.metrics import write_json
+from prefbench.models import load_tokenizer
+from prefbench.tokenize import encode_rows, length_stats, to_table, write_table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--prepared", required=True, help="folder with train.parquet and val.parquet")
+    parser.add_argument("--out", required=True, help="folder for the token cache")
+    parser.add_argument("--metrics", required=True, help="token-length statistics JSON")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    cfg = params.selected
+    tok = load_tokenizer(cfg.pretrained)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {"model": params.model, "tokenizer": cfg.pretrained, "max_length": cfg.max_length}
+    for split in ("train", "val"):
+        df = pd.read_parquet(Path(args.prepared) / f"{split}.parquet")
+        seqs, truncated = encode_rows(tok, df["prompt"].tolist(), df["response_a"].tolist(),
+                                      df["response_b"].tolist(), cfg.max_length, params.tokenize.prompt_share)
+        write_table(to_table(df["id"].tolist(), df["label"].tolist(), seqs), out / f"{split}.arrow")
+        metrics[split] = length_stats(np.array([len(s) for s in seqs]), truncated)
+        print(f"tokenize {split}: {metrics[split]}")
+    meta = {"model": params.model, "pretrained": cfg.pretrained, "pad_token_id": tok.pad_token_id,
+            "max_length": cfg.max_length}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(args.metrics, metrics)
+
+
+if __name__ == "__main__":
+    main()
