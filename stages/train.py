@@ -15,12 +15,11 @@ import dataclasses
 import json
 from pathlib import Path
 
-import torch
 import transformers
 from dvclive import Live
 
 from prefbench.config import load_params
-from prefbench.metrics import peak_memory_gb, write_json
+from prefbench.metrics import device_name, peak_memory_gb, round_floats, write_json
 from prefbench.models import count_parameters, load_model, load_tokenizer, pick_device
 from prefbench.tokenize import read_tokens
 from prefbench.train import add_lora, train
@@ -73,14 +72,6 @@ def main() -> None:
     print(f"train: {result['steps']} steps in {result['train_seconds']:.1f} s, "
           f"{result['seconds_per_sample']:.4f} s/sample, {result['tokens_per_second']:.0f} tokens/s, "
           f"final loss {result['final_loss']:.4f}")
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def round_floats(d: dict, digits: int = 6) -> dict:
-    return {k: round(v, digits) if isinstance(v, float) else v for k, v in d.items()}
 
 
 if __name__ == "__main__":

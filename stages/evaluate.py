@@ -1,0 +1,103 @@
+"""Stage `evaluate`: timed inference of base + adapter on the validation split.
+
+Usage: python -m stages.evaluate --params params.yaml --tokens data/tokens --adapter models/adapter \
+           --metrics metrics/eval.json --predictions metrics/predictions.csv \
+           --calibration metrics/calibration.csv
+Reads params: model, models.<model>.{pretrained, dtype, attn_implementation, quantization,
+eval_batch_size}, evaluate.warmup_batches.
+Batches are length-sorted and dynamically padded; only the predict loop is timed (model load
+is timed on its own, the device is synchronised, warm-up batches are excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pandas as pd
+import transformers
+from peft import PeftModel
+
+from prefbench.config import load_params
+from prefbench.data import LABEL_NAMES
+from prefbench.infer import predict, softmax, synchronize
+from prefbench.metrics import (accuracy, calibration_rows, device_name, log_loss, peak_memory_gb, prior_log_loss,
+                               round_floats, write_json)
+from prefbench.models import count_parameters, load_model, load_tokenizer, pick_device
+from prefbench.tokenize import read_tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--tokens", required=True, help="token cache folder (stage tokenize)")
+    parser.add_argument("--adapter", required=True, help="adapter folder (stage train)")
+    parser.add_argument("--metrics", required=True, help="evaluation metrics JSON")
+    parser.add_argument("--predictions", required=True, help="per-row predictions CSV (dvc plots)")
+    parser.add_argument("--calibration", required=True, help="reliability-curve CSV (dvc plots)")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    cfg = params.selected
+
+    transformers.set_seed(params.train.seed)
+    device = pick_device()
+    tok = load_tokenizer(cfg.pretrained)
+    ids, labels, seqs = read_tokens(args.tokens, "val")
+    _, train_labels, _ = read_tokens(args.tokens, "train")
+
+    synchronize(device)
+    start = time.perf_counter()
+    base, dtype, weights = load_model(cfg, tok.pad_token_id, device, seed=params.train.seed)
+    counts = count_parameters(base)
+    model = PeftModel.from_pretrained(base, args.adapter).to(device)
+    synchronize(device)
+    load_seconds = time.perf_counter() - start
+    # The adapter adds LoRA matrices and a copy of the score head: exactly what training updated.
+    counts["params_trainable"] = count_parameters(model)["params_total"] - counts["params_total"]
+
+    result = predict(model, seqs, cfg.eval_batch_size, tok.pad_token_id, device,
+                     warmup_batches=params.evaluate.warmup_batches)
+    probs = softmax(result["logits"])
+    n = len(seqs)
+    metrics = {
+        "model": params.model,
+        "log_loss": log_loss(labels, probs),
+        "log_loss_prior": prior_log_loss(train_labels, labels),
+        "accuracy": accuracy(labels, probs),
+        "seconds_per_sample": result["seconds"] / n,
+        "samples_per_second": n / result["seconds"],
+        "tokens_per_second": result["tokens"] / result["seconds"],
+        "padding_share": 1 - result["tokens"] / result["padded_tokens"],
+        "predict_seconds": result["seconds"],
+        "load_seconds": load_seconds,
+        "peak_memory_gb": peak_memory_gb(device),
+        **counts,
+        "n_samples": n,
+        "batch_size": cfg.eval_batch_size,
+        "max_length": cfg.max_length,
+        "device": device_name(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "attn_implementation": cfg.attn_implementation,
+        "quantization": cfg.quantization,
+        "weights": weights,
+    }
+    write_json(args.metrics, round_floats(metrics))
+    write_predictions(args.predictions, ids, labels, probs)
+    pd.DataFrame(calibration_rows(labels, probs)).to_csv(args.calibration, index=False)
+    print(f"evaluate: {params.model} ({weights}) log_loss {metrics['log_loss']:.4f} "
+          f"(prior {metrics['log_loss_prior']:.4f}), accuracy {metrics['accuracy']:.3f}, "
+          f"{metrics['seconds_per_sample']:.5f} s/sample, {metrics['tokens_per_second']:.0f} tokens/s, "
+          f"{n} rows on {metrics['device']}")
+
+
+def write_predictions(path: str, ids: list[str], labels: np.ndarray, probs: np.ndarray) -> None:
+    df = pd.DataFrame({"id": ids, "actual": [LABEL_NAMES[i] for i in labels],
+                       "predicted": [LABEL_NAMES[i] for i in probs.argmax(axis=1)]})
+    for k, name in enumerate(LABEL_NAMES):
+        df[f"p_{name}"] = probs[:, k].round(6)
+    df.to_csv(path, index=False)
+
+
+if __name__ == "__main__":
+    main()
