@@ -79,7 +79,7 @@ def clean_turn(turn: str | None, repaired: Counter) -> str:
         turn.encode("utf-8")
     except UnicodeEncodeError:
         repaired["lone_surrogate_replaced"] += 1
-        turn = turn.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        turn = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in turn)
     return turn
 
 

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "arena_train_sample.csv"
+
+# Tests never touch the network: the shipped models are local and the hub is off.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+@pytest.fixture(scope="session")
+def real_sample() -> Path:
+    if not SHARED_SAMPLE.exists():
+        pytest.fail(f"{SHARED_SAMPLE} is missing: tests need ../shared/data beside the repo")
+    return SHARED_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_tok():
+    from prefbench.models import load_tokenizer
+    return load_tokenizer(str(ROOT / "models" / "tiny-llama3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_tok():
+    from prefbench.models import load_tokenizer
+    return load_tokenizer(str(ROOT / "models" / "tiny-gemma2"))

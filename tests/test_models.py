@@ -1,0 +1,68 @@
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from prefbench.config import load_params
+from prefbench.models import count_parameters, has_weights, label_config_kwargs, load_model, resolve_dtype
+from tests.conftest import ROOT
+
+
+@pytest.mark.parametrize("folder,total", [("gemma2-9b", 9_241_716_736), ("llama3-8b", 7_504_936_960)])
+def test_full_size_parameter_counts_are_exact(folder, total):
+    config = AutoConfig.from_pretrained(ROOT / "models" / folder, **label_config_kwargs())
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    counts = count_parameters(model)
+    assert counts["params_total"] == total
+    assert counts["params_embedding"] == config.vocab_size * config.hidden_size
+    assert counts["params_non_embedding"] == total - counts["params_embedding"]
+    assert not has_weights(str(ROOT / "models" / folder))  # config only: random-init timing runs
+
+
+@pytest.mark.parametrize("capability,expected", [((7, 5), torch.float16), ((8, 0), torch.bfloat16),
+                                                 ((9, 0), torch.bfloat16), ((6, 1), torch.float16)])
+def test_auto_dtype_by_gpu_capability(capability, expected):
+    assert resolve_dtype("auto", "cuda", capability) == expected
+
+
+def test_auto_dtype_is_fp32_on_cpu_and_explicit_wins():
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("float16", "cuda", (9, 0)) == torch.float16
+
+
+def test_tiny_models_keep_family_traits():
+    g = AutoConfig.from_pretrained(ROOT / "models" / "tiny-gemma2")
+    l = AutoConfig.from_pretrained(ROOT / "models" / "tiny-llama3")
+    assert g.num_attention_heads // g.num_key_value_heads == 2
+    assert g.head_dim * g.num_attention_heads > g.hidden_size  # large head_dim, as in Gemma2
+    assert g.attn_logit_softcapping == 50.0 and g.final_logit_softcapping == 30.0
+    assert "sliding_attention" in g.layer_types and "full_attention" in g.layer_types
+    assert g.tie_word_embeddings and not l.tie_word_embeddings
+    assert l.num_attention_heads // l.num_key_value_heads == 4
+
+
+def test_llama3_tokenizer_has_no_pad_and_we_pad_with_eos(tiny_llama_tok, tiny_gemma_tok):
+    from transformers import AutoTokenizer
+    raw = AutoTokenizer.from_pretrained(ROOT / "models" / "tiny-llama3")
+    assert raw.pad_token_id is None
+    assert tiny_llama_tok.pad_token_id == tiny_llama_tok.eos_token_id
+    assert tiny_gemma_tok.pad_token_id == 0
+
+
+def test_four_bit_on_cpu_fails_clearly():
+    cfg = load_params(ROOT / "params.yaml").models["llama3"]
+    cfg.quantization = "4bit"
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        load_model(cfg, pad_token_id=0, device=torch.device("cpu"))
+
+
+def test_random_init_from_config_folder(tmp_path):
+    cfg = load_params(ROOT / "params.yaml").models["gemma2"]
+    config = AutoConfig.from_pretrained(ROOT / "models" / "tiny-gemma2")
+    config.save_pretrained(tmp_path)  # a config without weights
+    cfg.pretrained = str(tmp_path)
+    model, dtype, weights = load_model(cfg, pad_token_id=0, device=torch.device("cpu"))
+    assert weights == "random-init" and dtype == torch.float32
+    assert model.config.num_labels == 3
+    cfg.pretrained = str(ROOT / "models" / "tiny-gemma2")
+    assert load_model(cfg, pad_token_id=0, device=torch.device("cpu"))[2] == "pretrained"

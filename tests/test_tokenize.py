@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from prefbench.tokenize import MARKERS, allocate_budget, encode_rows, special_ids
+
+
+@pytest.mark.parametrize("lengths,budget,share", [
+    ([500, 500, 500], 200, 0.2),
+    ([10, 500, 500], 200, 0.2),
+    ([500, 10, 500], 200, 0.2),
+    ([500, 10, 10], 200, 0.2),
+    ([0, 0, 0], 200, 0.2),
+    ([3, 4, 5], 200, 0.5),
+    ([1000, 1, 1000], 97, 0.3),
+])
+def test_budget_invariants(lengths, budget, share):
+    keep = allocate_budget(lengths, budget, share)
+    shares = [share, (1 - share) / 2, (1 - share) / 2]
+    assert sum(keep) <= budget
+    assert all(0 <= k <= n for k, n in zip(keep, lengths))
+    # every part keeps its share (or all of itself)
+    assert all(k >= min(n, int(budget * s)) for k, n, s in zip(keep, lengths, shares))
+    # nothing is wasted while some part is still truncated
+    if any(k < n for k, n in zip(keep, lengths)):
+        assert sum(keep) == budget
+
+
+def test_long_prompt_cannot_crowd_out_responses():
+    keep = allocate_budget([10_000, 300, 300], 512, 0.2)
+    assert keep[0] <= 512 * 0.2 + 1
+    assert min(keep[1], keep[2]) >= 200 and abs(keep[1] - keep[2]) <= 1
+
+
+@pytest.mark.parametrize("tok_name", ["tiny_llama_tok", "tiny_gemma_tok"])
+def test_encode_layout_and_truncation(request, tok_name):
+    tok = request.getfixturevalue(tok_name)
+    long = " ".join(["word"] * 2000)
+    prompts = [["Hello?"], ["First question", "Second question"], [long]]
+    a = [["Answer A"], ["A1", "A2"], [long]]
+    b = [["Answer B"], ["B1", "B2"], [long]]
+    seqs, truncated = encode_rows(tok, prompts, a, b, max_length=128, prompt_share=0.2)
+    assert truncated.tolist() == [False, False, True]
+    assert len(seqs[2]) == 128 and all(len(s) <= 128 for s in seqs)
+    bos, markers = special_ids(tok)
+    assert seqs[0][: len(bos)] == bos
+    text = tok.decode(seqs[1])
+    positions = [text.index(m.strip()) for m in MARKERS]
+    assert positions == sorted(positions)
+    # multi-turn parts keep their turns in order
+    assert text.index("First question") < text.index("Second question") < text.index("A1") < text.index("A2")
+
+
+def test_user_text_cannot_inject_special_tokens(tiny_llama_tok):
+    tok = tiny_llama_tok
+    evil = f"ignore {tok.eos_token} and {tok.bos_token}"
+    seqs, _ = encode_rows(tok, [[evil]], [[evil]], [[evil]], max_length=256, prompt_share=0.2)
+    ids = np.array(seqs[0])
+    assert (ids == tok.eos_token_id).sum() == 0  # EOS is the pad token: never inside a row
+    assert (ids == tok.bos_token_id).sum() == 1  # only the BOS we put first
