@@ -98,33 +98,38 @@ def load_model(cfg: ModelParams, pad_token_id: int, device: torch.device, seed: 
         )
         weights = "pretrained"
     else:
+        torch.manual_seed(seed)
+        # Initialise directly on the target device: 9B fp32 parameters on a CPU take minutes.
+        with torch.device(device):
+            model = AutoModelForSequenceClassification.from_config(config, **common)
         if quant is not None:
-            model = _random_init_quantized(config, quant, device, seed, **common)
-        else:
-            torch.manual_seed(seed)
-            # Initialise directly on the target device: 9B fp32 parameters on a CPU take minutes.
-            with torch.device(device):
-                model = AutoModelForSequenceClassification.from_config(config, **common)
+            quantize_nf4_(model, dtype)
         weights = "random-init"
     if quant is None:
         model.to(device)
     return model, dtype, weights
 
 
-def _random_init_quantized(config, quant, device, seed, **common):
-    """Random weights, quantised to NF4 the same way from_pretrained would (via a temporary save)."""
-    import tempfile
+def quantize_nf4_(model, compute_dtype: torch.dtype):
+    """Swap every decoder nn.Linear for a bitsandbytes NF4 Linear4bit, in place (the score head
+    stays in full precision, as transformers leaves it). Used for random-init weights, which
+    have no checkpoint for from_pretrained(quantization_config=...) to quantise while loading."""
+    import bitsandbytes as bnb
 
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = AutoModelForSequenceClassification.from_config(config, **common)
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
-        del model
-        torch.cuda.empty_cache()
-        return AutoModelForSequenceClassification.from_pretrained(
-            tmp, quantization_config=quant, device_map={"": device}, **common
-        )
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, torch.nn.Linear) or name == "score":
+                continue
+            q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                  compute_dtype=compute_dtype, compress_statistics=True, quant_type="nf4",
+                                  device="meta")
+            q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, compress_statistics=True,
+                                         quant_type="nf4")
+            if child.bias is not None:
+                q.bias = child.bias
+            setattr(parent, name, q.to(child.weight.device))  # .to(cuda) quantises
+    model.is_loaded_in_4bit = True  # what peft checks to wrap Linear4bit layers with LoRA
+    return model
 
 
 def count_parameters(model) -> dict[str, int]:

@@ -57,7 +57,8 @@ def main() -> None:
     counts["params_trainable"] = count_parameters(model)["params_total"] - counts["params_total"]
 
     result = predict(model, seqs, cfg.eval_batch_size, tok.pad_token_id, device,
-                     warmup_batches=params.evaluate.warmup_batches)
+                     warmup_batches=params.evaluate.warmup_batches,
+                     pad_multiple=64 if device.type == "cuda" else 1)
     probs = softmax(result["logits"])
     n = len(seqs)
     metrics = {

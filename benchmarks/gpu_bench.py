@@ -1,0 +1,296 @@
+"""GPU benchmark: Gemma2-9B vs Llama3-8B inference and LoRA training with prefbench's own code.
+
+Usage (on a GPU machine; see benchmarks/run_gpu.sh for the device-tool call):
+    python -m benchmarks.gpu_bench --out results.json [--rows 128] [--budget-s 540]
+On a CPU (a smoke run of the same code path with the tiny models):
+    python -m benchmarks.gpu_bench --out /tmp/r.json --models tiny-llama3,tiny-gemma2 --rows 16 \
+        --max-lengths 128 --train-length 64
+
+For each model (random-init weights from the shipped configs; timing does not depend on values):
+  1. fp32 eager reference logits on a fixed correctness batch (the ground truth, softcap applied).
+  2. bf16: attention {eager, sdpa, flex_attention} x max_length x batching {fixed padding to
+     max_length, dynamic padding + length-sorted}: seconds/sample, tokens/s, MFU, peak memory,
+     max relative error of logits vs the fp32 reference. Gemma2 paths that skip the softcap are
+     flagged `softcap_applied: false`.
+  3. fp16 and NF4 4-bit (bitsandbytes) on the best correct attention, dynamic batching.
+  4. LoRA training steps (prefbench.train.train) with and without gradient checkpointing.
+Results are written after every cell, so a run cut short still returns what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from benchmarks.lengths import token_lengths
+from prefbench.config import ModelParams, TrainParams
+from prefbench.flops import forward_flops, lora_train_flops, mfu
+from prefbench.infer import predict, softmax  # noqa: F401  (softmax kept for ad-hoc checks)
+from prefbench.models import count_parameters, label_config_kwargs
+from prefbench.train import add_lora, train
+
+ROOT = Path(__file__).resolve().parents[1]
+PAD_MULTIPLE = 64  # as the evaluate stage pads on a GPU
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def measure_peak(device: torch.device, n: int = 8192, reps: int = 10) -> float:
+    """bf16 matmul FLOP/s of this card (median of `reps` after warm-up): the MFU denominator."""
+    if device.type != "cuda":
+        n, reps = 512, 3
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / float(np.median(times))
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def reset_peak(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gb(device):
+    return round(torch.cuda.max_memory_allocated() / 1e9, 2) if device.type == "cuda" else None
+
+
+def rel_error(logits: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.max(np.abs(logits - ref)) / (np.max(np.abs(ref)) + 1e-12))
+
+
+def random_sequences(lengths: np.ndarray, vocab: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(10, vocab - 10, int(n)) for n in lengths]
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.start = time.perf_counter()
+        chars = json.loads((ROOT / "benchmarks" / "arena_lengths.json").read_text())["part_chars"]
+        self.chars = chars
+        self.results = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": torch.cuda.get_device_name() if self.device.type == "cuda" else platform.processor() or "cpu",
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "cuda": torch.version.cuda, "python": platform.python_version()},
+            "rows": args.rows, "cells": [], "train": [], "skipped": [],
+        }
+
+    def left(self) -> float:
+        return self.args.budget_s - (time.perf_counter() - self.start)
+
+    def save(self):
+        Path(self.args.out).write_text(json.dumps(self.results, indent=1) + "\n")
+
+    def lengths(self, max_length: int) -> np.ndarray:
+        rng = np.random.default_rng(0)
+        rows = rng.choice(len(self.chars), self.args.rows, replace=False)
+        return token_lengths([self.chars[i] for i in rows], max_length)
+
+    def run(self):
+        self.results["peak_bf16_flops"] = measure_peak(self.device)
+        print(f"peak bf16 matmul: {self.results['peak_bf16_flops'] / 1e12:.1f} TFLOP/s", flush=True)
+        self.save()
+        for name in self.args.models.split(","):
+            self.model_suite(name)
+            gc.collect()
+            torch.cuda.empty_cache() if self.device.type == "cuda" else None
+        print(f"done in {time.perf_counter() - self.start:.0f} s", flush=True)
+
+    def model_suite(self, name: str):
+        a, dev = self.args, self.device
+        config = AutoConfig.from_pretrained(ROOT / "models" / name, **label_config_kwargs())
+        config.pad_token_id = 0
+        family = config.model_type
+        torch.manual_seed(0)
+        with torch.device(dev):
+            model = AutoModelForSequenceClassification.from_config(
+                config, dtype=torch.float32, attn_implementation="eager")
+        counts = count_parameters(model)
+        n_non_emb = counts["params_non_embedding"]
+        self.results.setdefault("models", {})[name] = {**counts, "layers": config.num_hidden_layers,
+                                                        "family": family}
+        max_lengths = [int(x) for x in a.max_lengths.split(",")]
+        # Correctness batch: 8 real-length rows at the first max_length, fp32 eager = ground truth.
+        check = random_sequences(self.lengths(max_lengths[0])[:8], config.vocab_size, seed=1)
+        ref = predict(model, check, 8, 0, dev, warmup_batches=0)["logits"]
+        model.to(torch.bfloat16)
+        best = {}
+        for attn in a.attns.split(","):
+            if not self.set_attn(model, attn, name):
+                continue
+            err = rel_error(predict(model, check, 8, 0, dev, warmup_batches=0)["logits"], ref)
+            softcap = not (family == "gemma2" and attn == "sdpa")
+            for max_length in max_lengths:
+                lengths = self.lengths(max_length)
+                seqs = random_sequences(lengths, config.vocab_size, seed=2)
+                batch = max(1, a.tokens_per_batch // max_length)
+                for batching in ("fixed", "dynamic"):
+                    cell = self.infer_cell(model, config, n_non_emb, seqs, batch, max_length, batching,
+                                           name=name, attn=attn, dtype="bfloat16")
+                    if cell is None:
+                        continue
+                    cell.update(max_rel_error=err, softcap_applied=softcap)
+                    if softcap and batching == "dynamic" and max_length == max_lengths[0]:
+                        if attn not in best or cell["seconds_per_sample"] < best["sps"]:
+                            best = {"attn": attn, "sps": cell["seconds_per_sample"]}
+        best_attn = best.get("attn", "eager")
+        self.set_attn(model, best_attn, name)
+        lengths = self.lengths(max_lengths[0])
+        seqs = random_sequences(lengths, config.vocab_size, seed=2)
+        batch = max(1, a.tokens_per_batch // max_lengths[0])
+        # fp16: same weights cast; then the LoRA training steps on the bf16 model.
+        model.to(torch.float16)
+        err = rel_error(predict(model, check, 8, 0, dev, warmup_batches=0)["logits"], ref)
+        cell = self.infer_cell(model, config, n_non_emb, seqs, batch, max_lengths[0], "dynamic",
+                               name=name, attn=best_attn, dtype="float16")
+        if cell:
+            cell.update(max_rel_error=err, softcap_applied=True)
+        model.to(torch.bfloat16)
+        for ckpt in (False, True):
+            self.train_cell(model, config, n_non_emb, name, best_attn, ckpt)
+            model = model.unload() if hasattr(model, "unload") else model  # drop LoRA, keep base
+        self.nf4_cell(model, config, n_non_emb, check, ref, seqs, batch, max_lengths[0], name, best_attn)
+        del model
+        self.save()
+
+    def set_attn(self, model, attn: str, name: str) -> bool:
+        try:
+            model.set_attn_implementation(attn)
+            return True
+        except Exception as e:  # e.g. transformers >= 5.24 refuses sdpa for Gemma2 (softcap)
+            self.results["skipped"].append({"model": name, "attn": attn, "reason": str(e)[:300]})
+            print(f"{name} {attn}: refused: {str(e)[:120]}", flush=True)
+            self.save()
+            return False
+
+    def infer_cell(self, model, config, n_non_emb, seqs, batch, max_length, batching, **tags):
+        if self.left() < 30:
+            self.results["skipped"].append({**tags, "max_length": max_length, "batching": batching,
+                                            "reason": "time budget"})
+            return None
+        dev = self.device
+        reset_peak(dev)
+        pad_to = max_length if batching == "fixed" else None
+        try:
+            # Untimed pass first: kernel selection and flex-attention compilation for every shape.
+            predict(model, seqs, batch, 0, dev, warmup_batches=0, pad_to=pad_to, pad_multiple=PAD_MULTIPLE)
+            r = predict(model, seqs, batch, 0, dev, warmup_batches=0, pad_to=pad_to, pad_multiple=PAD_MULTIPLE)
+        except torch.OutOfMemoryError:
+            self.results["skipped"].append({**tags, "max_length": max_length, "reason": "CUDA OOM"})
+            torch.cuda.empty_cache()
+            return None
+        flops = forward_flops(config, n_non_emb, [len(s) for s in seqs])
+        cell = {**tags, "max_length": max_length, "batching": batching, "batch_size": batch,
+                "rows": len(seqs), "seconds": round(r["seconds"], 4),
+                "seconds_per_sample": r["seconds"] / len(seqs), "tokens_per_second": r["tokens"] / r["seconds"],
+                "padding_share": round(1 - r["tokens"] / r["padded_tokens"], 4),
+                "model_tflops": flops / 1e12, "mfu": mfu(flops, r["seconds"], self.results["peak_bf16_flops"]),
+                "peak_memory_gb": peak_gb(dev)}
+        self.results["cells"].append(cell)
+        self.save()
+        print(f"{tags} L={max_length} {batching}: {cell['seconds_per_sample']:.4f} s/sample, "
+              f"MFU {cell['mfu']:.2f}, mem {cell['peak_memory_gb']} GB", flush=True)
+        return cell
+
+    def train_cell(self, model, config, n_non_emb, name, attn, checkpointing: bool):
+        a, dev = self.args, self.device
+        if self.left() < 60:
+            self.results["skipped"].append({"model": name, "train": True, "reason": "time budget"})
+            return
+        cfg = ModelParams(pretrained=name, dtype="bfloat16", attn_implementation=attn, quantization="none",
+                          lora_r=16, lora_alpha=32, lora_dropout=0.0, lora_target_modules=LORA_TARGETS,
+                          max_length=a.train_length, train_batch_size=a.train_batch, eval_batch_size=8,
+                          gradient_checkpointing=checkpointing)
+        tp = TrainParams(epochs=1, learning_rate=1e-4, warmup_ratio=0.0, weight_decay=0.0, grad_accum_steps=1,
+                         max_grad_norm=1.0, seed=0, log_every=1000)
+        lora_model = add_lora(model, cfg)
+        seqs = random_sequences(np.full(a.train_batch * a.train_steps, a.train_length), config.vocab_size, 3)
+        labels = np.zeros(len(seqs), dtype=np.int64)
+        reset_peak(dev)
+        try:
+            train(lora_model, seqs[: a.train_batch * 2], labels[: a.train_batch * 2], cfg, tp, 0, dev)  # warm-up
+            r = train(lora_model, seqs, labels, cfg, tp, 0, dev)
+        except torch.OutOfMemoryError:
+            self.results["skipped"].append({"model": name, "train": True, "checkpointing": checkpointing,
+                                            "reason": "CUDA OOM"})
+            torch.cuda.empty_cache()
+            return
+        finally:
+            if checkpointing:
+                model.gradient_checkpointing_disable()
+        flops = lora_train_flops(config, n_non_emb, [len(s) for s in seqs])
+        cell = {"model": name, "attn": attn, "gradient_checkpointing": checkpointing,
+                "batch": f"{a.train_batch}x{a.train_length}", "steps": r["steps"],
+                "seconds_per_step": r["train_seconds"] / r["steps"], "tokens_per_second": r["tokens_per_second"],
+                "mfu": mfu(flops, r["train_seconds"], self.results["peak_bf16_flops"]),
+                "peak_memory_gb": peak_gb(dev), "params_trainable": count_parameters(lora_model)["params_trainable"]}
+        self.results["train"].append(cell)
+        self.save()
+        print(f"train {name} {attn} ckpt={checkpointing}: {cell['seconds_per_step']:.3f} s/step, "
+              f"MFU {cell['mfu']:.2f}, mem {cell['peak_memory_gb']} GB", flush=True)
+
+    def nf4_cell(self, model, config, n_non_emb, check, ref, seqs, batch, max_length, name, attn):
+        if self.device.type != "cuda":
+            return
+        try:
+            import bitsandbytes as bnb  # noqa: F401
+        except ImportError:
+            self.results["skipped"].append({"model": name, "dtype": "nf4", "reason": "bitsandbytes not installed"})
+            return
+        from prefbench.models import quantize_nf4_
+        quantize_nf4_(model, compute_dtype=torch.bfloat16)
+        gc.collect()
+        torch.cuda.empty_cache()
+        err = rel_error(predict(model, check, 8, 0, self.device, warmup_batches=0)["logits"], ref)
+        cell = self.infer_cell(model, config, n_non_emb, seqs, batch, max_length, "dynamic",
+                               name=name, attn=attn, dtype="nf4")
+        if cell:
+            cell.update(max_rel_error=err, softcap_applied=True)
+            self.save()
+
+
+def main():
+    # Dynamic padding gives flex attention one compiled kernel per (batch, width) shape: allow them all.
+    torch._dynamo.config.cache_size_limit = 256
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--models", default="llama3-8b,gemma2-9b")
+    p.add_argument("--attns", default="eager,sdpa,flex_attention")
+    p.add_argument("--max-lengths", default="1024,2048")
+    p.add_argument("--rows", type=int, default=128)
+    p.add_argument("--tokens-per-batch", type=int, default=16384)
+    p.add_argument("--train-batch", type=int, default=2)
+    p.add_argument("--train-length", type=int, default=1024)
+    p.add_argument("--train-steps", type=int, default=6)
+    p.add_argument("--budget-s", type=float, default=540)
+    args = p.parse_args()
+    Bench(args).run()
+
+
+if __name__ == "__main__":
+    main()
