@@ -98,6 +98,9 @@ class Bench:
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "cuda": torch.version.cuda, "python": platform.python_version()},
             "rows": args.rows, "cells": [], "train": [], "skipped": [],
+            "notes": ["random-init weights: timings are real, logits are not a model's; max_rel_error compares "
+                      "each path with fp32 eager on the same weights and inputs",
+                      "MFU = model FLOPs (prefbench/flops.py, real tokens only) / seconds / peak_bf16_flops"],
         }
 
     def left(self) -> float:
@@ -139,44 +142,74 @@ class Bench:
         check = random_sequences(self.lengths(max_lengths[0])[:8], config.vocab_size, seed=1)
         ref = predict(model, check, 8, 0, dev, warmup_batches=0)["logits"]
         model.to(torch.bfloat16)
-        best = {}
+        errors = {}
         for attn in a.attns.split(","):
-            if not self.set_attn(model, attn, name):
-                continue
-            err = rel_error(predict(model, check, 8, 0, dev, warmup_batches=0)["logits"], ref)
-            softcap = not (family == "gemma2" and attn == "sdpa")
-            for max_length in max_lengths:
-                lengths = self.lengths(max_length)
-                seqs = random_sequences(lengths, config.vocab_size, seed=2)
-                batch = max(1, a.tokens_per_batch // max_length)
-                for batching in ("fixed", "dynamic"):
-                    cell = self.infer_cell(model, config, n_non_emb, seqs, batch, max_length, batching,
-                                           name=name, attn=attn, dtype="bfloat16")
-                    if cell is None:
-                        continue
-                    cell.update(max_rel_error=err, softcap_applied=softcap)
-                    if softcap and batching == "dynamic" and max_length == max_lengths[0]:
-                        if attn not in best or cell["seconds_per_sample"] < best["sps"]:
-                            best = {"attn": attn, "sps": cell["seconds_per_sample"]}
-        best_attn = best.get("attn", "eager")
+            if self.set_attn(model, attn, name):
+                errors[attn] = rel_error(predict(model, check, 8, 0, dev, warmup_batches=0)["logits"], ref)
+        # Order: what matters most first, so a run cut short by the budget keeps it.
+        best_attn = self.attention_grid(model, config, n_non_emb, name, family, errors, max_lengths[0])
         self.set_attn(model, best_attn, name)
-        lengths = self.lengths(max_lengths[0])
-        seqs = random_sequences(lengths, config.vocab_size, seed=2)
-        batch = max(1, a.tokens_per_batch // max_lengths[0])
-        # fp16: same weights cast; then the LoRA training steps on the bf16 model.
+        seqs, batch = self.workload(config, max_lengths[0])
         model.to(torch.float16)
         err = rel_error(predict(model, check, 8, 0, dev, warmup_batches=0)["logits"], ref)
         cell = self.infer_cell(model, config, n_non_emb, seqs, batch, max_lengths[0], "dynamic",
-                               name=name, attn=best_attn, dtype="float16")
+                               model=name, attn=best_attn, dtype="float16")
         if cell:
             cell.update(max_rel_error=err, softcap_applied=True)
         model.to(torch.bfloat16)
         for ckpt in (False, True):
             self.train_cell(model, config, n_non_emb, name, best_attn, ckpt)
             model = model.unload() if hasattr(model, "unload") else model  # drop LoRA, keep base
+        for max_length in max_lengths[1:]:
+            self.attention_grid(model, config, n_non_emb, name, family, errors, max_length)
+        self.set_attn(model, best_attn, name)
+        if a.compile:
+            self.compile_cell(model, config, n_non_emb, check, ref, name, best_attn, max_lengths[0])
         self.nf4_cell(model, config, n_non_emb, check, ref, seqs, batch, max_lengths[0], name, best_attn)
         del model
         self.save()
+
+    def workload(self, config, max_length: int):
+        seqs = random_sequences(self.lengths(max_length), config.vocab_size, seed=2)
+        return seqs, max(1, self.args.tokens_per_batch // max_length)
+
+    def attention_grid(self, model, config, n_non_emb, name, family, errors, max_length) -> str:
+        """bf16, every attention x {fixed, dynamic}; returns the fastest correct attention."""
+        seqs, batch = self.workload(config, max_length)
+        best = {}
+        for attn, err in errors.items():
+            self.set_attn(model, attn, name)
+            softcap = not (family == "gemma2" and attn == "sdpa")
+            for batching in ("fixed", "dynamic"):
+                cell = self.infer_cell(model, config, n_non_emb, seqs, batch, max_length, batching,
+                                       model=name, attn=attn, dtype="bfloat16")
+                if cell is None:
+                    continue
+                cell.update(max_rel_error=err, softcap_applied=softcap)
+                if softcap and batching == "dynamic" and cell["seconds_per_sample"] < best.get("sps", 1e9):
+                    best = {"attn": attn, "sps": cell["seconds_per_sample"]}
+        self.save()
+        return best.get("attn", "eager")
+
+    def compile_cell(self, model, config, n_non_emb, check, ref, name, attn, max_length):
+        """torch.compile(dynamic=True) on the best path: one compile for all padded widths."""
+        if self.left() < 120:
+            self.results["skipped"].append({"model": name, "compile": True, "reason": "time budget"})
+            return
+        compiled = torch.compile(model, dynamic=True)
+        t = time.perf_counter()
+        try:
+            err = rel_error(predict(compiled, check, 8, 0, self.device, warmup_batches=0)["logits"], ref)
+        except Exception as e:  # a compile failure is a result too
+            self.results["skipped"].append({"model": name, "compile": True, "reason": str(e)[:300]})
+            return
+        seqs, batch = self.workload(config, max_length)
+        cell = self.infer_cell(compiled, config, n_non_emb, seqs, batch, max_length, "dynamic",
+                               model=name, attn=attn, dtype="bfloat16", compiled=True)
+        if cell:
+            cell.update(max_rel_error=err, softcap_applied=True,
+                        first_call_seconds=round(time.perf_counter() - t, 1))
+            self.save()
 
     def set_attn(self, model, attn: str, name: str) -> bool:
         try:
@@ -188,7 +221,7 @@ class Bench:
             self.save()
             return False
 
-    def infer_cell(self, model, config, n_non_emb, seqs, batch, max_length, batching, **tags):
+    def infer_cell(self, net, config, n_non_emb, seqs, batch, max_length, batching, **tags):
         if self.left() < 30:
             self.results["skipped"].append({**tags, "max_length": max_length, "batching": batching,
                                             "reason": "time budget"})
@@ -198,11 +231,13 @@ class Bench:
         pad_to = max_length if batching == "fixed" else None
         try:
             # Untimed pass first: kernel selection and flex-attention compilation for every shape.
-            predict(model, seqs, batch, 0, dev, warmup_batches=0, pad_to=pad_to, pad_multiple=PAD_MULTIPLE)
-            r = predict(model, seqs, batch, 0, dev, warmup_batches=0, pad_to=pad_to, pad_multiple=PAD_MULTIPLE)
-        except torch.OutOfMemoryError:
-            self.results["skipped"].append({**tags, "max_length": max_length, "reason": "CUDA OOM"})
-            torch.cuda.empty_cache()
+            predict(net, seqs, batch, 0, dev, warmup_batches=0, pad_to=pad_to, pad_multiple=PAD_MULTIPLE)
+            r = predict(net, seqs, batch, 0, dev, warmup_batches=0, pad_to=pad_to, pad_multiple=PAD_MULTIPLE)
+        except Exception as e:  # OOM, a compile failure: recorded, and the run goes on
+            self.results["skipped"].append({**tags, "max_length": max_length, "batching": batching,
+                                            "reason": f"{type(e).__name__}: {str(e)[:300]}"})
+            print(f"{tags} L={max_length} {batching}: {type(e).__name__}", flush=True)
+            torch.cuda.empty_cache() if dev.type == "cuda" else None
             return None
         flops = forward_flops(config, n_non_emb, [len(s) for s in seqs])
         cell = {**tags, "max_length": max_length, "batching": batching, "batch_size": batch,
@@ -268,7 +303,7 @@ class Bench:
         torch.cuda.empty_cache()
         err = rel_error(predict(model, check, 8, 0, self.device, warmup_batches=0)["logits"], ref)
         cell = self.infer_cell(model, config, n_non_emb, seqs, batch, max_length, "dynamic",
-                               name=name, attn=attn, dtype="nf4")
+                               model=name, attn=attn, dtype="nf4")
         if cell:
             cell.update(max_rel_error=err, softcap_applied=True)
             self.save()
@@ -288,6 +323,7 @@ def main():
     p.add_argument("--train-length", type=int, default=1024)
     p.add_argument("--train-steps", type=int, default=6)
     p.add_argument("--budget-s", type=float, default=540)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args()
     Bench(args).run()
 

@@ -6,8 +6,8 @@
 # Usage: bash benchmarks/gpu_wheels.sh   (needs PyPI; the device machine has no network)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-W=.whl
-rm -rf "$W" && mkdir -p "$W"
+rm -rf .whl && mkdir -p .whl/core .whl/dvc
+W=.whl/core
 PLAT=(--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
       --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
       --platform manylinux1_x86_64)
@@ -20,10 +20,12 @@ get peft==0.21.2
 get bitsandbytes==0.50.2
 # Slim bitsandbytes: keep the CUDA 13.x and CPU libraries only.
 tmp=$(mktemp -d)
-(cd "$tmp" && python3 -m zipfile -e "$OLDPWD/$W"/bitsandbytes-*.whl . &&
+here=$PWD
+(cd "$tmp" && python3 -m zipfile -e "$here/$W"/bitsandbytes-*.whl . &&
  rm -f bitsandbytes/libbitsandbytes_cuda1[12]*.so bitsandbytes/libbitsandbytes_rocm*.so &&
- rm "$OLDPWD/$W"/bitsandbytes-*.whl &&
- python3 -m zipfile -c "$OLDPWD/$W/bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl" bitsandbytes bitsandbytes-0.50.2.dist-info)
+ rm "$here/$W"/bitsandbytes-*.whl &&
+ python3 -m zipfile -c "$here/$W/bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl" bitsandbytes bitsandbytes-0.50.2.dist-info)
 rm -rf "$tmp"
+W=.whl/dvc
 for req in $(cat benchmarks/dvc_requirements.txt); do get "$req"; done
-du -sh "$W"
+du -sh .whl/*

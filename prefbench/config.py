@@ -46,7 +46,7 @@ class DataParams:
 class ModelParams:
     pretrained: str  # local folder (weights or config only) or a hub id
     dtype: str  # auto | float32 | bfloat16 | float16
-    attn_implementation: str  # eager | sdpa | flex_attention | flash_attention_2
+    attn_implementation: str  # auto | eager | sdpa | flex_attention | flash_attention_2
     quantization: str  # none | 4bit (NF4 base via bitsandbytes, CUDA only)
     lora_r: int
     lora_alpha: int
@@ -61,7 +61,7 @@ class ModelParams:
         _choice(self.dtype, ("auto", "float32", "bfloat16", "float16"), f"{key}.dtype")
         _choice(
             self.attn_implementation,
-            ("eager", "sdpa", "flex_attention", "flash_attention_2"),
+            ("auto", "eager", "sdpa", "flex_attention", "flash_attention_2"),
             f"{key}.attn_implementation",
         )
         _choice(self.quantization, ("none", "4bit"), f"{key}.quantization")

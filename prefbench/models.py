@@ -35,6 +35,20 @@ def resolve_dtype(name: str, device_type: str, capability: tuple[int, int] | Non
     return torch.bfloat16 if capability >= (8, 0) else torch.float16
 
 
+def resolve_attention(name: str, model_type: str, device_type: str) -> str:
+    """`auto`: the fastest attention that computes the model correctly on this device.
+
+    Gemma2 soft-caps attention logits (tanh at 50): SDPA cannot apply that, eager and flex
+    attention do. On a GPU flex attention is the faster of the two (benchmarks/README.md); on a
+    CPU flex has no backward pass, so eager. Llama3 has no softcap: SDPA.
+    """
+    if name != "auto":
+        return name
+    if model_type == "gemma2":
+        return "flex_attention" if device_type == "cuda" else "eager"
+    return "sdpa"
+
+
 def has_weights(pretrained: str) -> bool:
     """False only for a local folder holding a config and no weight files (random-init)."""
     path = Path(pretrained)
@@ -90,7 +104,8 @@ def load_model(cfg: ModelParams, pad_token_id: int, device: torch.device, seed: 
     quant = quantization_config(cfg, dtype, device)
     config = AutoConfig.from_pretrained(cfg.pretrained, trust_remote_code=False, **label_config_kwargs())
     config.pad_token_id = pad_token_id
-    common = {"dtype": dtype, "attn_implementation": cfg.attn_implementation}
+    attn = resolve_attention(cfg.attn_implementation, config.model_type, device.type)
+    common = {"dtype": dtype, "attn_implementation": attn}
     if has_weights(cfg.pretrained):
         model = AutoModelForSequenceClassification.from_pretrained(
             cfg.pretrained, config=config, quantization_config=quant, trust_remote_code=False,

@@ -14,6 +14,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from prefbench.config import ModelParams, TrainParams
 from prefbench.infer import collate, shuffled_batches, synchronize, to_device
+from prefbench.models import resolve_dtype
 
 
 def add_lora(model, cfg: ModelParams):
@@ -49,6 +50,11 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
     optim = torch.optim.AdamW(params, lr=tp.learning_rate, weight_decay=tp.weight_decay)
     sched = get_cosine_schedule_with_warmup(optim, int(tp.warmup_ratio * total_steps), total_steps)
     labels_t = torch.as_tensor(labels, dtype=torch.long)
+    # Autocast on GPUs: a 4-bit base trains with fp32 norms and embeddings (peft's k-bit
+    # preparation), and the fp32 LoRA matrices meet bf16/fp16 activations; autocast keeps the
+    # matmuls in the half-precision dtype, as HF Trainer's bf16/fp16 flags do.
+    dtype = resolve_dtype(cfg.dtype, device.type)
+    amp = dict(device_type=device.type, dtype=dtype, enabled=device.type == "cuda" and dtype != torch.float32)
 
     model.train()
     batches: list[np.ndarray] = []
@@ -61,7 +67,8 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
             batches = shuffled_batches(lengths, cfg.train_batch_size, rng)
         idx = batches.pop()
         batch = to_device(collate([sequences[i] for i in idx], pad_token_id), device)
-        out = model(**batch, labels=labels_t[idx].to(device))
+        with torch.autocast(**amp):
+            out = model(**batch, labels=labels_t[idx].to(device))
         (out.loss / tp.grad_accum_steps).backward()
         loss_sum += out.loss.item()
         loss_n += 1

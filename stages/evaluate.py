@@ -50,6 +50,7 @@ def main() -> None:
     start = time.perf_counter()
     base, dtype, weights = load_model(cfg, tok.pad_token_id, device, seed=params.train.seed)
     counts = count_parameters(base)
+    attn = base.config._attn_implementation  # `auto` resolved (prefbench.models.resolve_attention)
     model = PeftModel.from_pretrained(base, args.adapter).to(device)
     synchronize(device)
     load_seconds = time.perf_counter() - start
@@ -79,7 +80,7 @@ def main() -> None:
         "max_length": cfg.max_length,
         "device": device_name(device),
         "dtype": str(dtype).removeprefix("torch."),
-        "attn_implementation": cfg.attn_implementation,
+        "attn_implementation": attn,
         "quantization": cfg.quantization,
         "weights": weights,
     }

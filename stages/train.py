@@ -42,9 +42,10 @@ def main() -> None:
     _, labels, seqs = read_tokens(args.tokens, "train")
     model, dtype, weights = load_model(cfg, tok.pad_token_id, device, seed=tp.seed)
     base_counts = count_parameters(model)
+    attn = model.config._attn_implementation  # `auto` resolved (prefbench.models.resolve_attention)
     model = add_lora(model, cfg)
     trainable = count_parameters(model)["params_trainable"]
-    print(f"train: {params.model} ({weights}, {dtype}, {cfg.attn_implementation}) on {device}: "
+    print(f"train: {params.model} ({weights}, {dtype}, {attn}) on {device}: "
           f"{len(seqs)} rows, {base_counts['params_total']:,} parameters, {trainable:,} trainable")
 
     with Live(dir=args.live, save_dvc_exp=False, dvcyaml=None, report=None) as live:
@@ -64,7 +65,7 @@ def main() -> None:
     (out / "resolved_params.json").write_text(json.dumps(resolved, indent=2) + "\n")
     metrics = {
         "model": params.model, "weights": weights, "device": device_name(device),
-        "dtype": resolved["dtype"], "attn_implementation": cfg.attn_implementation,
+        "dtype": resolved["dtype"], "attn_implementation": attn,
         "quantization": cfg.quantization, **round_floats(result), "params_trainable": trainable,
         "params_total": base_counts["params_total"], "peak_memory_gb": peak_memory_gb(device),
     }

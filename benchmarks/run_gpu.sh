@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Run on the GPU machine (device tool), from the repo root, with .whl/ carried (benchmarks/gpu_wheels.sh).
+#   bash benchmarks/run_gpu.sh bench llama3-8b      # benchmarks.gpu_bench for one model -> $OUT
+#   bash benchmarks/run_gpu.sh repro                # dvc exp run, full-size configs, few hundred rows
+set -euo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+what=$1; shift
+sets=core; [ "$what" = repro ] && sets="core dvc"
+for s in $sets; do
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/$s/*.whl
+done
+export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TQDM_MININTERVAL=10
+python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__, torch.cuda.get_device_name())"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+case $what in
+  bench)
+    for m in "$@"; do
+      python3 -m benchmarks.gpu_bench --models "$m" --out "$OUT/bench-$m.json" --budget-s "${BUDGET_S:-520}" 2>&1 |
+        grep -vE "it/s\]|s/it\]" | tee "$OUT/bench-$m.log"
+    done ;;
+  repro)
+    bash benchmarks/gpu_repro.sh "$OUT" 2>&1 | grep -vE "it/s\]|s/it\]" | tee "$OUT/repro.log" ;;
+esac
