@@ -80,6 +80,13 @@ def rel_error(logits: np.ndarray, ref: np.ndarray) -> float:
     return float(np.max(np.abs(logits - ref)) / (np.max(np.abs(ref)) + 1e-12))
 
 
+def cast_parameters_(model, dtype: torch.dtype) -> None:
+    """Cast weights only. model.to(dtype) would also cast buffers such as RoPE's inv_freq, which
+    must stay fp32 (a bf16 inv_freq shifts positions by whole radians at 1000 tokens)."""
+    for p in model.parameters():
+        p.data = p.data.to(dtype)
+
+
 def random_sequences(lengths: np.ndarray, vocab: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.integers(10, vocab - 10, int(n)) for n in lengths]
@@ -118,21 +125,41 @@ class Bench:
         self.results["peak_bf16_flops"] = measure_peak(self.device)
         print(f"peak bf16 matmul: {self.results['peak_bf16_flops'] / 1e12:.1f} TFLOP/s", flush=True)
         self.save()
-        for name in self.args.models.split(","):
+        names = self.args.models.split(",")
+        for name in names:
             self.model_suite(name)
-            gc.collect()
-            torch.cuda.empty_cache() if self.device.type == "cuda" else None
+            self.free()
+        # torch.compile last, after every model's grid: its compile time is the least predictable.
+        for name in names if self.args.compile else []:
+            self.compile_suite(name)
+            self.free()
         print(f"done in {time.perf_counter() - self.start:.0f} s", flush=True)
+
+    def free(self):
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def build(self, name: str, dtype: torch.dtype):
+        config = AutoConfig.from_pretrained(ROOT / "models" / name, **label_config_kwargs())
+        config.pad_token_id = 0
+        torch.manual_seed(0)
+        with torch.device(self.device):
+            model = AutoModelForSequenceClassification.from_config(config, dtype=dtype, attn_implementation="eager")
+        return config, model
+
+    def compile_suite(self, name: str):
+        config, model = self.build(name, torch.bfloat16)
+        info = self.results["models"][name]
+        self.set_attn(model, info["best_attn"], name)
+        self.compile_cell(model, config, info["params_non_embedding"], name, info["best_attn"],
+                          int(self.args.max_lengths.split(",")[0]))
+        del model
 
     def model_suite(self, name: str):
         a, dev = self.args, self.device
-        config = AutoConfig.from_pretrained(ROOT / "models" / name, **label_config_kwargs())
-        config.pad_token_id = 0
+        config, model = self.build(name, torch.float32)
         family = config.model_type
-        torch.manual_seed(0)
-        with torch.device(dev):
-            model = AutoModelForSequenceClassification.from_config(
-                config, dtype=torch.float32, attn_implementation="eager")
         counts = count_parameters(model)
         n_non_emb = counts["params_non_embedding"]
         self.results.setdefault("models", {})[name] = {**counts, "layers": config.num_hidden_layers,
@@ -141,31 +168,31 @@ class Bench:
         # Correctness batch: 8 real-length rows at the first max_length, fp32 eager = ground truth.
         check = random_sequences(self.lengths(max_lengths[0])[:8], config.vocab_size, seed=1)
         ref = predict(model, check, 8, 0, dev, warmup_batches=0)["logits"]
-        model.to(torch.bfloat16)
+        cast_parameters_(model, torch.bfloat16)
         errors = {}
         for attn in a.attns.split(","):
             if self.set_attn(model, attn, name):
                 errors[attn] = rel_error(predict(model, check, 8, 0, dev, warmup_batches=0)["logits"], ref)
         # Order: what matters most first, so a run cut short by the budget keeps it.
         best_attn = self.attention_grid(model, config, n_non_emb, name, family, errors, max_lengths[0])
+        self.results["models"][name]["best_attn"] = best_attn
         self.set_attn(model, best_attn, name)
         seqs, batch = self.workload(config, max_lengths[0])
-        model.to(torch.float16)
+        cast_parameters_(model, torch.float16)
         err = rel_error(predict(model, check, 8, 0, dev, warmup_batches=0)["logits"], ref)
         cell = self.infer_cell(model, config, n_non_emb, seqs, batch, max_lengths[0], "dynamic",
                                model=name, attn=best_attn, dtype="float16")
         if cell:
             cell.update(max_rel_error=err, softcap_applied=True)
-        model.to(torch.bfloat16)
-        for ckpt in (False, True):
+        cast_parameters_(model, torch.bfloat16)
+        for ckpt in (False, True) if a.train else ():
             self.train_cell(model, config, n_non_emb, name, best_attn, ckpt)
             model = model.unload() if hasattr(model, "unload") else model  # drop LoRA, keep base
         for max_length in max_lengths[1:]:
             self.attention_grid(model, config, n_non_emb, name, family, errors, max_length)
         self.set_attn(model, best_attn, name)
-        if a.compile:
-            self.compile_cell(model, config, n_non_emb, check, ref, name, best_attn, max_lengths[0])
-        self.nf4_cell(model, config, n_non_emb, check, ref, seqs, batch, max_lengths[0], name, best_attn)
+        if a.nf4:
+            self.nf4_cell(model, config, n_non_emb, check, ref, seqs, batch, max_lengths[0], name, best_attn)
         del model
         self.save()
 
@@ -191,24 +218,18 @@ class Bench:
         self.save()
         return best.get("attn", "eager")
 
-    def compile_cell(self, model, config, n_non_emb, check, ref, name, attn, max_length):
+    def compile_cell(self, model, config, n_non_emb, name, attn, max_length):
         """torch.compile(dynamic=True) on the best path: one compile for all padded widths."""
         if self.left() < 120:
             self.results["skipped"].append({"model": name, "compile": True, "reason": "time budget"})
             return
         compiled = torch.compile(model, dynamic=True)
         t = time.perf_counter()
-        try:
-            err = rel_error(predict(compiled, check, 8, 0, self.device, warmup_batches=0)["logits"], ref)
-        except Exception as e:  # a compile failure is a result too
-            self.results["skipped"].append({"model": name, "compile": True, "reason": str(e)[:300]})
-            return
         seqs, batch = self.workload(config, max_length)
         cell = self.infer_cell(compiled, config, n_non_emb, seqs, batch, max_length, "dynamic",
                                model=name, attn=attn, dtype="bfloat16", compiled=True)
         if cell:
-            cell.update(max_rel_error=err, softcap_applied=True,
-                        first_call_seconds=round(time.perf_counter() - t, 1))
+            cell.update(softcap_applied=True, compile_and_both_passes_seconds=round(time.perf_counter() - t, 1))
             self.save()
 
     def set_attn(self, model, attn: str, name: str) -> bool:
@@ -230,9 +251,13 @@ class Bench:
         reset_peak(dev)
         pad_to = max_length if batching == "fixed" else None
         try:
-            # Untimed pass first: kernel selection and flex-attention compilation for every shape.
-            predict(net, seqs, batch, 0, dev, warmup_batches=0, pad_to=pad_to, pad_multiple=PAD_MULTIPLE)
-            r = predict(net, seqs, batch, 0, dev, warmup_batches=0, pad_to=pad_to, pad_multiple=PAD_MULTIPLE)
+            # Compiled kernels (flex attention, torch.compile) are built per shape: an untimed pass over
+            # every batch first. Eager kernels need one warm-up batch.
+            compiled = tags.get("attn") == "flex_attention" or tags.get("compiled")
+            if compiled:
+                predict(net, seqs, batch, 0, dev, warmup_batches=0, pad_to=pad_to, pad_multiple=PAD_MULTIPLE)
+            r = predict(net, seqs, batch, 0, dev, warmup_batches=0 if compiled else 1, pad_to=pad_to,
+                        pad_multiple=PAD_MULTIPLE)
         except Exception as e:  # OOM, a compile failure: recorded, and the run goes on
             self.results["skipped"].append({**tags, "max_length": max_length, "batching": batching,
                                             "reason": f"{type(e).__name__}: {str(e)[:300]}"})
@@ -324,6 +349,8 @@ def main():
     p.add_argument("--train-steps", type=int, default=6)
     p.add_argument("--budget-s", type=float, default=540)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--train", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--nf4", action=argparse.BooleanOptionalAction, default=True)
     args = p.parse_args()
     Bench(args).run()
 

@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 case $what in
   bench)
     for m in "$@"; do
-      python3 -m benchmarks.gpu_bench --models "$m" --out "$OUT/bench-$m.json" --budget-s "${BUDGET_S:-520}" 2>&1 |
+      python3 -m benchmarks.gpu_bench --models "$m" --out "$OUT/bench-$m.json" --budget-s "${BUDGET_S:-520}" ${BENCH_ARGS:-} 2>&1 |
         grep -vE "it/s\]|s/it\]" | tee "$OUT/bench-$m.log"
     done ;;
   repro)

@@ -35,17 +35,19 @@ def resolve_dtype(name: str, device_type: str, capability: tuple[int, int] | Non
     return torch.bfloat16 if capability >= (8, 0) else torch.float16
 
 
-def resolve_attention(name: str, model_type: str, device_type: str) -> str:
-    """`auto`: the fastest attention that computes the model correctly on this device.
+def resolve_attention(name: str, model_type: str, device_type: str, training: bool = False) -> str:
+    """`auto`: the fastest attention that computes the model correctly here (benchmarks/README.md).
 
     Gemma2 soft-caps attention logits (tanh at 50): SDPA cannot apply that, eager and flex
-    attention do. On a GPU flex attention is the faster of the two (benchmarks/README.md); on a
-    CPU flex has no backward pass, so eager. Llama3 has no softcap: SDPA.
+    attention do. Flex attention is the faster for GPU inference (equal at 1024 tokens, 12% faster
+    at 2048 on an H200), but its backward pass has no kernel for Gemma2's head_dim 256 (Inductor:
+    NoValidChoicesError, seen on an H200) and none at all on a CPU: eager for training and on CPUs.
+    Llama3 has no softcap: SDPA.
     """
     if name != "auto":
         return name
     if model_type == "gemma2":
-        return "flex_attention" if device_type == "cuda" else "eager"
+        return "flex_attention" if device_type == "cuda" and not training else "eager"
     return "sdpa"
 
 
@@ -98,13 +100,13 @@ def quantization_config(cfg: ModelParams, dtype: torch.dtype, device: torch.devi
     )
 
 
-def load_model(cfg: ModelParams, pad_token_id: int, device: torch.device, seed: int = 0):
+def load_model(cfg: ModelParams, pad_token_id: int, device: torch.device, seed: int = 0, training: bool = False):
     """Base classifier on `device` in the resolved dtype. Returns (model, dtype, weights)."""
     dtype = resolve_dtype(cfg.dtype, device.type)
     quant = quantization_config(cfg, dtype, device)
     config = AutoConfig.from_pretrained(cfg.pretrained, trust_remote_code=False, **label_config_kwargs())
     config.pad_token_id = pad_token_id
-    attn = resolve_attention(cfg.attn_implementation, config.model_type, device.type)
+    attn = resolve_attention(cfg.attn_implementation, config.model_type, device.type, training)
     common = {"dtype": dtype, "attn_implementation": attn}
     if has_weights(cfg.pretrained):
         model = AutoModelForSequenceClassification.from_pretrained(
