@@ -15,8 +15,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 case $what in
   bench)
     for m in "$@"; do
-      python3 -m benchmarks.gpu_bench --models "$m" --out "$OUT/bench-$m.json" --budget-s "${BUDGET_S:-520}" ${BENCH_ARGS:-} 2>&1 |
-        grep -vE "it/s\]|s/it\]" | tee "$OUT/bench-$m.log"
+      tag=${m//,/_}  # a comma in a file name keeps it from coming back from the device
+      python3 -m benchmarks.gpu_bench --models "$m" --out "$OUT/bench-$tag.json" --budget-s "${BUDGET_S:-520}" ${BENCH_ARGS:-} 2>&1 |
+        grep -vE "it/s\]|s/it\]" | tee "$OUT/bench-$tag.log"
     done ;;
   repro)
     bash benchmarks/gpu_repro.sh "$OUT" 2>&1 | grep -vE "it/s\]|s/it\]" | tee "$OUT/repro.log" ;;

@@ -35,20 +35,19 @@ def resolve_dtype(name: str, device_type: str, capability: tuple[int, int] | Non
     return torch.bfloat16 if capability >= (8, 0) else torch.float16
 
 
-def resolve_attention(name: str, model_type: str, device_type: str, training: bool = False) -> str:
-    """`auto`: the fastest attention that computes the model correctly here (benchmarks/README.md).
+def resolve_attention(name: str, model_type: str) -> str:
+    """`auto`: the fastest attention that computes the model correctly (benchmarks/README.md).
 
-    Gemma2 soft-caps attention logits (tanh at 50): SDPA cannot apply that, eager and flex
-    attention do. Flex attention is the faster for GPU inference (equal at 1024 tokens, 12% faster
-    at 2048 on an H200), but its backward pass has no kernel for Gemma2's head_dim 256 (Inductor:
-    NoValidChoicesError, seen on an H200) and none at all on a CPU: eager for training and on CPUs.
-    Llama3 has no softcap: SDPA.
+    Gemma2 soft-caps attention logits (tanh at 50): SDPA cannot apply that (transformers 5.24
+    refuses it), eager and flex attention do. Measured on an H200 at max_length 1024 with dynamic
+    padding, eager and flex run at the same speed, and flex adds a compile per padded shape (which
+    dominates a short evaluation) and has no backward kernel for Gemma2's head_dim 256 (Inductor
+    NoValidChoicesError) nor any on a CPU: eager. Flex is faster at max_length 2048 for
+    inference (12% less time): set attn_implementation: flex_attention there. Llama3 has no softcap: SDPA.
     """
     if name != "auto":
         return name
-    if model_type == "gemma2":
-        return "flex_attention" if device_type == "cuda" and not training else "eager"
-    return "sdpa"
+    return "eager" if model_type == "gemma2" else "sdpa"
 
 
 def has_weights(pretrained: str) -> bool:
@@ -100,13 +99,13 @@ def quantization_config(cfg: ModelParams, dtype: torch.dtype, device: torch.devi
     )
 
 
-def load_model(cfg: ModelParams, pad_token_id: int, device: torch.device, seed: int = 0, training: bool = False):
+def load_model(cfg: ModelParams, pad_token_id: int, device: torch.device, seed: int = 0):
     """Base classifier on `device` in the resolved dtype. Returns (model, dtype, weights)."""
     dtype = resolve_dtype(cfg.dtype, device.type)
     quant = quantization_config(cfg, dtype, device)
     config = AutoConfig.from_pretrained(cfg.pretrained, trust_remote_code=False, **label_config_kwargs())
     config.pad_token_id = pad_token_id
-    attn = resolve_attention(cfg.attn_implementation, config.model_type, device.type, training)
+    attn = resolve_attention(cfg.attn_implementation, config.model_type)
     common = {"dtype": dtype, "attn_implementation": attn}
     if has_weights(cfg.pretrained):
         model = AutoModelForSequenceClassification.from_pretrained(

@@ -40,7 +40,7 @@ def main() -> None:
     device = pick_device()
     tok = load_tokenizer(cfg.pretrained)
     _, labels, seqs = read_tokens(args.tokens, "train")
-    model, dtype, weights = load_model(cfg, tok.pad_token_id, device, seed=tp.seed, training=True)
+    model, dtype, weights = load_model(cfg, tok.pad_token_id, device, seed=tp.seed)
     base_counts = count_parameters(model)
     attn = model.config._attn_implementation  # `auto` resolved (prefbench.models.resolve_attention)
     model = add_lora(model, cfg)
