@@ -34,6 +34,7 @@ class DataParams:
     val_fraction: float  # share of rows (whole prompt groups) held out for evaluation
     seed: int
     max_rows: int  # 0 = all rows; >0 = the first N rows of the CSV (quick runs on real data)
+    strict: bool  # true: fail on the first bad row (file, row id, column); false: drop and count it
 
     def validate(self, key: str) -> None:
         if not 0.0 < self.val_fraction < 1.0:
@@ -95,10 +96,13 @@ class TrainParams:
     max_grad_norm: float
     seed: int
     log_every: int  # optimizer steps between dvclive points
+    checkpoint_every: int  # optimizer steps between resumable checkpoints; 0 = none
 
     def validate(self, key: str) -> None:
         for name in ("epochs", "learning_rate", "grad_accum_steps", "log_every"):
             _positive(getattr(self, name), f"{key}.{name}")
+        if self.checkpoint_every < 0:
+            raise ParamsError(f"{key}.checkpoint_every must be >= 0 (0 = no checkpoints), got {self.checkpoint_every}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ParamsError(f"{key}.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
