@@ -33,6 +33,7 @@ class ParseReport:
     rows_kept: int = 0
     dropped: Counter = field(default_factory=Counter)  # reason -> rows
     repaired: Counter = field(default_factory=Counter)  # repair -> turns or rows
+    examples: dict = field(default_factory=dict)  # reason -> first few "row N (id X), column C"
 
     def as_dict(self) -> dict:
         return {
@@ -45,10 +46,16 @@ class ParseReport:
 
 
 def read_csv(path: str | Path, max_rows: int = 0) -> pd.DataFrame:
-    """Read a competition CSV as text; extra columns (a pandas index, say) are tolerated."""
+    """Read a competition CSV as text; extra columns (a pandas index, say) are tolerated.
+
+    A UTF-8 BOM and Windows line endings are accepted. A file without the label columns (the
+    shape of the competition's test.csv) is refused with a message that says so.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
     try:
         # keep_default_na=False: a cell reading "null" or "NA" is text, not a missing value.
         df = pd.read_csv(
@@ -56,25 +63,46 @@ def read_csv(path: str | Path, max_rows: int = 0) -> pd.DataFrame:
         )
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable UTF-8 CSV: {e}") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing and set(missing) == set(LABEL_COLUMNS):
+        raise DataError(f"{path}: no label columns ({', '.join(LABEL_COLUMNS)}): this looks like the "
+                        "competition's test.csv; training and evaluation need train.csv")
     if missing:
         raise DataError(f"{path}: missing required column(s) {', '.join(missing)}; have {list(df.columns)}")
+    if df.empty:
+        raise DataError(f"{path}: header only, no data rows")
     return df
+
+
+class RowProblem(ValueError):
+    """Why one row cannot be used: a drop reason (counted in the metrics) and the column."""
+
+    def __init__(self, reason: str, column: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.column = reason, column
 
 
 def parse_turns(cell: str) -> list[str | None]:
     """One JSON-list cell -> list of turns (str or None). Raises ValueError if not a list of str/null."""
-    value = json.loads(cell)
+    # strict=False: raw control characters (a NUL byte, a bare tab) inside strings are accepted
+    # here and repaired in clean_turn, instead of losing the row.
+    value = json.loads(cell, strict=False)
     if not isinstance(value, list) or not all(v is None or isinstance(v, str) for v in value):
         raise ValueError("not a JSON list of strings")
     return value
 
 
 def clean_turn(turn: str | None, repaired: Counter) -> str:
-    """null -> ""; lone surrogates (unencodable as UTF-8) -> U+FFFD. Counts each repair."""
+    """Repairs, each counted: null -> ""; NUL characters removed; lone surrogates (which cannot be
+    written as UTF-8: half an emoji from a truncated scrape) -> U+FFFD."""
     if turn is None:
         repaired["null_turn_as_empty"] += 1
         return ""
+    if "\x00" in turn:
+        repaired["nul_removed"] += 1
+        turn = turn.replace("\x00", "")
     try:
         turn.encode("utf-8")
     except UnicodeEncodeError:
@@ -84,49 +112,67 @@ def clean_turn(turn: str | None, repaired: Counter) -> str:
 
 
 def parse_label(row: pd.Series) -> int:
-    """One-hot winner columns -> class index; ValueError if not exactly one 1."""
-    values = [int(float(row[c])) for c in LABEL_COLUMNS]
-    if sorted(values) != [0, 0, 1]:
-        raise ValueError(f"labels {values} are not one-hot")
-    return values.index(1)
+    """One-hot winner columns -> class index."""
+    try:
+        values = [float(row[c]) for c in LABEL_COLUMNS]
+    except ValueError:
+        raise RowProblem("bad_label", ",".join(LABEL_COLUMNS),
+                         f"labels {[row[c] for c in LABEL_COLUMNS]} are not numbers") from None
+    if sorted(values) != [0.0, 0.0, 1.0]:
+        raise RowProblem("bad_label", ",".join(LABEL_COLUMNS), f"labels {values} are not one-hot")
+    return values.index(1.0)
 
 
-def parse_frame(df: pd.DataFrame, source: str) -> tuple[pd.DataFrame, ParseReport]:
-    """Validate every row; return the kept rows (turn lists + label) and the report."""
+def parse_row(row: pd.Series, repaired: Counter) -> dict:
+    """One CSV row -> {prompt, response_a, response_b: list of turns, label}; RowProblem if unusable."""
+    turns = {}
+    for col in TEXT_COLUMNS:
+        try:
+            turns[col] = parse_turns(row[col])
+        except ValueError as e:  # json.JSONDecodeError is a ValueError
+            raise RowProblem(f"bad_json_{col}", col, f"not a JSON list of strings ({e})") from None
+    counts = {c: len(t) for c, t in turns.items()}
+    if len(set(counts.values())) != 1:
+        raise RowProblem("turn_count_mismatch", ",".join(TEXT_COLUMNS), f"turns per column differ: {counts}")
+    label = parse_label(row)
+    texts = {c: [clean_turn(t, repaired) for t in turns[c]] for c in TEXT_COLUMNS}
+    if not any(texts["response_a"]) and not any(texts["response_b"]):
+        raise RowProblem("both_responses_empty", "response_a,response_b", "both responses are null or empty")
+    return {**texts, "label": label}
+
+
+def parse_frame(df: pd.DataFrame, source: str, strict: bool = False) -> tuple[pd.DataFrame, ParseReport]:
+    """Validate every row; return the kept rows (turn lists + label) and the report.
+
+    strict=False: a bad row is dropped and counted by reason (the first ids of each reason are
+    kept in report.examples). strict=True: the first bad row raises DataError naming the file,
+    the row (1-based data row and its id) and the column.
+    """
     report = ParseReport(rows_read=len(df))
     seen: set[str] = set()
     rows = []
-    for _, row in df.iterrows():
+    for number, (_, row) in enumerate(df.iterrows(), start=1):
         rid = row["id"]
-        if rid in seen:
-            report.dropped["duplicate_id"] += 1
+        try:
+            if rid in seen:
+                raise RowProblem("duplicate_id", "id", f"id {rid} appeared earlier in the file")
+            seen.add(rid)
+            repaired = Counter()
+            parsed = parse_row(row, repaired)
+        except RowProblem as problem:
+            if strict:
+                raise DataError(f"{source}: row {number} (id {rid}), column {problem.column}: {problem} "
+                                "(data.strict is true; set it to false to drop and count such rows)") from None
+            report.dropped[problem.reason] += 1
+            report.examples.setdefault(problem.reason, [])
+            if len(report.examples[problem.reason]) < 5:
+                report.examples[problem.reason].append(f"row {number} (id {rid}), column {problem.column}")
             continue
-        seen.add(rid)
-        turns, reason = {}, None
-        for col in TEXT_COLUMNS:
-            try:
-                turns[col] = parse_turns(row[col])
-            except ValueError:  # json.JSONDecodeError is a ValueError
-                reason = f"bad_json_{col}"
-                break
-        if reason is None and len({len(t) for t in turns.values()}) != 1:
-            reason = "turn_count_mismatch"
-        if reason is None:
-            try:
-                label = parse_label(row)
-            except ValueError:
-                reason = "bad_label"
-        if reason is None:
-            texts = {c: [clean_turn(t, report.repaired) for t in turns[c]] for c in TEXT_COLUMNS}
-            if not any(texts["response_a"]) and not any(texts["response_b"]):
-                reason = "both_responses_empty"
-        if reason is not None:
-            report.dropped[reason] += 1
-            continue
-        rows.append({"id": rid, **texts, "label": label, "prompt_key": json.dumps(texts["prompt"])})
+        report.repaired.update(repaired)
+        rows.append({"id": rid, **parsed, "prompt_key": json.dumps(parsed["prompt"])})
     report.rows_kept = len(rows)
     if not rows:
-        raise DataError(f"{source}: no usable rows ({report.as_dict()['dropped']})")
+        raise DataError(f"{source}: no usable rows; dropped {dict(report.dropped)}, e.g. {report.examples}")
     return pd.DataFrame(rows), report
 
 

@@ -2,7 +2,9 @@
 
 Usage: python -m stages.prepare --params params.yaml --csv data/sample/train.csv \
            --out data/prepared --metrics metrics/data.json
-Reads params: data.val_fraction, data.seed, data.max_rows (data.train_csv arrives as --csv).
+Reads params: data.val_fraction, data.seed, data.max_rows, data.strict (data.train_csv arrives as --csv).
+A bad row is dropped and counted by reason (data.strict: false) or stops the stage with the file,
+row and column named (data.strict: true).
 Writes train.parquet and val.parquet (id, prompt/response_a/response_b as lists of turns, label)
 and metrics: rows read, kept, dropped by reason, repairs, label balance per split.
 """
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from prefbench.cli import run
 from prefbench.config import DataParams, load_params
 from prefbench.data import ParseReport, label_balance, parse_frame, read_csv, split_by_prompt
 from prefbench.metrics import write_json
@@ -36,11 +39,13 @@ def main() -> None:
     metrics = data_metrics(report, train, val)
     write_json(args.metrics, metrics)
     print(f"prepare: read {report.rows_read}, kept {report.rows_kept}, dropped {metrics['rows_dropped']} "
-          f"{metrics['dropped']}; train {len(train)}, val {len(val)}")
+          f"{metrics['dropped']}, repaired {metrics['repaired']}; train {len(train)}, val {len(val)}")
+    for reason, where in report.examples.items():
+        print(f"prepare: dropped ({reason}): {'; '.join(where)}{' ...' if report.dropped[reason] > len(where) else ''}")
 
 
 def prepare(raw: pd.DataFrame, dp: DataParams, source: str) -> tuple[pd.DataFrame, pd.DataFrame, ParseReport]:
-    rows, report = parse_frame(raw, source)
+    rows, report = parse_frame(raw, source, strict=dp.strict)
     is_val = split_by_prompt(rows["label"].to_numpy(), rows["prompt_key"].to_numpy(), dp.val_fraction, dp.seed)
     rows = rows.drop(columns="prompt_key")
     return rows[~is_val].reset_index(drop=True), rows[is_val].reset_index(drop=True), report
@@ -58,4 +63,4 @@ def data_metrics(report: ParseReport, train: pd.DataFrame, val: pd.DataFrame) ->
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from prefbench.cli import run
 from prefbench.config import load_params
 from prefbench.data import LABEL_COLUMNS, label_balance
 from prefbench.sample import generate_arena_sample
@@ -31,4 +32,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

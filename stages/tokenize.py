@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from prefbench.cli import run
 from prefbench.config import load_params
 from prefbench.metrics import write_json
 from prefbench.models import load_tokenizer
@@ -50,4 +51,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)
