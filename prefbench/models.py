@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from prefbench.config import ModelParams
+from prefbench.config import ModelParams, ParamsError
 from prefbench.data import LABEL_NAMES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -83,14 +83,14 @@ def quantization_config(cfg: ModelParams, dtype: torch.dtype, device: torch.devi
     if cfg.quantization == "none":
         return None
     if device.type != "cuda":
-        raise RuntimeError(
-            f"quantization: {cfg.quantization} needs a CUDA GPU (bitsandbytes NF4); this machine has none. "
-            "Set models.<model>.quantization=none."
+        raise ParamsError(
+            f"models.<model>.quantization: {cfg.quantization} needs a CUDA GPU (bitsandbytes NF4) and this "
+            "machine has none: set it to none (dvc exp run -S models.<model>.quantization=none)"
         )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise RuntimeError("quantization: 4bit needs bitsandbytes: pip install -e '.[gpu]'") from None
+        raise ParamsError("models.<model>.quantization: 4bit needs bitsandbytes: pip install -e '.[gpu]'") from None
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(

@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from prefbench.config import load_params
+from prefbench.config import ParamsError, load_params
 from prefbench.models import count_parameters, has_weights, label_config_kwargs, load_model, resolve_dtype
 from tests.conftest import ROOT
 
@@ -52,7 +52,7 @@ def test_llama3_tokenizer_has_no_pad_and_we_pad_with_eos(tiny_llama_tok, tiny_ge
 def test_four_bit_on_cpu_fails_clearly():
     cfg = load_params(ROOT / "params.yaml").models["llama3"]
     cfg.quantization = "4bit"
-    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+    with pytest.raises(ParamsError, match=r"quantization: 4bit needs a CUDA GPU .* set it to none"):
         load_model(cfg, pad_token_id=0, device=torch.device("cpu"))
 
 
