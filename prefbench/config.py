@@ -21,11 +21,13 @@ class ParamsError(ValueError):
 
 @dataclass
 class SampleParams:
-    rows: int  # rows of generated competition-format data (the embedded default)
+    rows: int  # rows of generated competition-format train.csv (the embedded default)
+    test_rows: int  # rows of a generated test.csv (no labels, no model names) for `predict`
     seed: int
 
     def validate(self, key: str) -> None:
         _positive(self.rows, f"{key}.rows")
+        _positive(self.test_rows, f"{key}.test_rows")
 
 
 @dataclass
@@ -117,6 +119,18 @@ class EvaluateParams:
 
 
 @dataclass
+class PredictParams:
+    test_csv: str  # competition-format test.csv (id, prompt, response_a, response_b)
+    swap_tta: bool  # also predict with responses A and B swapped and average: 2x the time
+    kaggle_rows: int  # rows of the hidden test set, for the projected run time
+    kaggle_hours: float  # the competition's run-time limit
+
+    def validate(self, key: str) -> None:
+        _positive(self.kaggle_rows, f"{key}.kaggle_rows")
+        _positive(self.kaggle_hours, f"{key}.kaggle_hours")
+
+
+@dataclass
 class Params:
     model: str  # key into `models`
     models: dict[str, ModelParams]
@@ -125,6 +139,7 @@ class Params:
     tokenize: TokenizeParams
     train: TrainParams
     evaluate: EvaluateParams
+    predict: PredictParams
     selected: ModelParams = field(init=False)
 
     def __post_init__(self) -> None:
@@ -140,6 +155,7 @@ SECTIONS = {
     "tokenize": TokenizeParams,
     "train": TrainParams,
     "evaluate": EvaluateParams,
+    "predict": PredictParams,
 }
 
 

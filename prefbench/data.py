@@ -176,6 +176,43 @@ def parse_frame(df: pd.DataFrame, source: str, strict: bool = False) -> tuple[pd
     return pd.DataFrame(rows), report
 
 
+TEST_COLUMNS = ("id", *TEXT_COLUMNS)
+
+
+def read_test_csv(path: str | Path) -> tuple[pd.DataFrame, ParseReport]:
+    """The competition's test.csv: id, prompt, response_a, response_b. Every row must get a
+    prediction, so nothing is dropped: a cell that is not a JSON list is used as one turn of raw
+    text, and each repair is counted. Label columns, if present (a train.csv), are ignored."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: file is empty") from None
+    missing = [c for c in TEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing required column(s) {', '.join(missing)}; have {list(df.columns)}")
+    if df.empty:
+        raise DataError(f"{path}: header only, no data rows")
+    if df["id"].duplicated().any():
+        raise DataError(f"{path}: duplicate id(s) {df.loc[df['id'].duplicated(), 'id'].head(5).tolist()}: "
+                        "a submission needs one row per id")
+    report = ParseReport(rows_read=len(df), rows_kept=len(df))
+    out = {"id": df["id"].tolist()}
+    for col in TEXT_COLUMNS:
+        cells = []
+        for cell in df[col]:
+            try:
+                turns = parse_turns(cell)
+            except ValueError:
+                report.repaired[f"raw_text_{col}"] += 1
+                turns = [cell]
+            cells.append([clean_turn(t, report.repaired) for t in turns])
+        out[col] = cells
+    return pd.DataFrame(out), report
+
+
 def split_by_prompt(labels: np.ndarray, groups: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of validation rows: stratified by label, grouped so a prompt never straddles.
 

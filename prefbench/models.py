@@ -171,3 +171,19 @@ def _numel(p) -> int:
     # bitsandbytes Params4bit keeps the original shape in quant_state; numel() is the packed size.
     state = getattr(p, "quant_state", None)
     return int(state.shape.numel()) if state is not None else p.numel()
+
+
+def load_with_adapter(cfg: ModelParams, adapter: str, pad_token_id: int, device: torch.device, seed: int = 0):
+    """Base classifier + trained LoRA adapter and score head, ready for inference.
+
+    Returns (model, info): info holds dtype, attn_implementation, weights and parameter counts;
+    params_trainable is what the adapter adds (LoRA matrices and the score head copy)."""
+    from peft import PeftModel
+
+    base, dtype, weights = load_model(cfg, pad_token_id, device, seed=seed)
+    counts = count_parameters(base)
+    info = {"dtype": str(dtype).removeprefix("torch."), "attn_implementation": base.config._attn_implementation,
+            "weights": weights, **counts}
+    model = PeftModel.from_pretrained(base, adapter).to(device)
+    info["params_trainable"] = count_parameters(model)["params_total"] - counts["params_total"]
+    return model, info

@@ -34,7 +34,9 @@ def pipeline(request, tmp_path_factory):
     params = tmp / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     p = ["--params", str(params)]
-    out = {"sample": run_stage("sample", *p, "--out", str(tmp / "train.csv"))}
+    raw["sample"]["test_rows"] = 40
+    params.write_text(yaml.safe_dump(raw))
+    out = {"sample": run_stage("sample", *p, "--out", str(tmp / "train.csv"), "--test-out", str(tmp / "test.csv"))}
     out["prepare"] = run_stage("prepare", *p, "--csv", str(tmp / "train.csv"), "--out", str(tmp / "prepared"),
                                "--metrics", str(tmp / "data.json"))
     out["tokenize"] = run_stage("tokenize", *p, "--prepared", str(tmp / "prepared"), "--out", str(tmp / "tokens"),
@@ -44,6 +46,8 @@ def pipeline(request, tmp_path_factory):
     out["evaluate"] = run_stage("evaluate", *p, "--tokens", str(tmp / "tokens"), "--adapter", str(tmp / "adapter"),
                                 "--metrics", str(tmp / "eval.json"), "--predictions", str(tmp / "pred.csv"),
                                 "--calibration", str(tmp / "cal.csv"))
+    out["predict"] = run_stage("predict", *p, "--test-csv", str(tmp / "test.csv"), "--adapter", str(tmp / "adapter"),
+                               "--out", str(tmp / "submission.csv"), "--metrics", str(tmp / "predict.json"))
     return request.param, tmp, out
 
 
@@ -102,3 +106,31 @@ def test_evaluate_stage_metrics(pipeline):
     pred = pd.read_csv(tmp / "pred.csv")
     assert len(pred) == m["n_samples"]
     assert ((pred[["p_a", "p_b", "p_tie"]].sum(axis=1) - 1).abs() < 1e-4).all()
+
+
+def test_predict_stage_writes_a_kaggle_submission(pipeline):
+    model, tmp, out = pipeline
+    test = pd.read_csv(tmp / "test.csv")
+    assert list(test.columns) == ["id", "prompt", "response_a", "response_b"]
+    sub = pd.read_csv(tmp / "submission.csv")
+    assert list(sub.columns) == ["id", "winner_model_a", "winner_model_b", "winner_tie"]
+    assert sub["id"].tolist() == test["id"].tolist()  # input order
+    assert ((sub.iloc[:, 1:].sum(axis=1) - 1).abs() < 1e-5).all()
+    m = load(tmp / "predict.json")
+    assert m["n_samples"] == 40 and m["swap_tta"] is True and m["kaggle_rows"] == 25000
+    assert m["projected_hours"] == pytest.approx(m["seconds_per_sample"] * 25000 / 3600, rel=1e-3)
+    assert "Kaggle limit 9" in out["predict"]
+
+
+def test_swap_tta_is_symmetric(pipeline):
+    """With swap TTA, exchanging A and B in test.csv must exchange the two winner columns."""
+    model, tmp, _ = pipeline
+    test = pd.read_csv(tmp / "test.csv")
+    swapped = test.rename(columns={"response_a": "response_b", "response_b": "response_a"})[test.columns]
+    swapped.to_csv(tmp / "test_swapped.csv", index=False)
+    run_stage("predict", "--params", str(tmp / "params.yaml"), "--test-csv", str(tmp / "test_swapped.csv"),
+              "--adapter", str(tmp / "adapter"), "--out", str(tmp / "sub_swapped.csv"),
+              "--metrics", str(tmp / "predict_swapped.json"))
+    a, b = pd.read_csv(tmp / "submission.csv"), pd.read_csv(tmp / "sub_swapped.csv")
+    assert (a["winner_model_a"] - b["winner_model_b"]).abs().max() < 2e-6
+    assert (a["winner_tie"] - b["winner_tie"]).abs().max() < 2e-6

@@ -1,0 +1,93 @@
+"""Stage `predict`: a Kaggle submission from a test.csv, timed, with optional swap augmentation.
+
+Usage: python -m stages.predict --params params.yaml --test-csv data/sample/test.csv \
+           --adapter models/adapter --out data/submission.csv --metrics metrics/predict.json
+Reads params: model, models.<model>.{pretrained, dtype, attn_implementation, quantization, max_length,
+eval_batch_size}, tokenize.prompt_share, train.seed, evaluate.warmup_batches,
+predict.{swap_tta, kaggle_rows, kaggle_hours} (predict.test_csv arrives as --test-csv).
+Writes `id, winner_model_a, winner_model_b, winner_tie` in the input's row order (probabilities
+sum to 1) and prints the projected hours for the hidden test set against the Kaggle limit.
+Swap test-time augmentation predicts each row a second time with responses A and B exchanged
+and averages (the swapped prediction's a/b columns exchanged back): twice the time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import transformers
+
+from prefbench.cli import run
+from prefbench.config import load_params
+from prefbench.data import LABEL_COLUMNS, read_test_csv
+from prefbench.infer import predict, softmax, synchronize
+from prefbench.metrics import device_name, peak_memory_gb, round_floats, write_json
+from prefbench.models import load_tokenizer, load_with_adapter, pick_device
+from prefbench.tokenize import encode_rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--test-csv", required=True, help="competition-format test.csv")
+    parser.add_argument("--adapter", required=True, help="adapter folder (stage train)")
+    parser.add_argument("--out", required=True, help="submission CSV to write")
+    parser.add_argument("--metrics", required=True, help="timing metrics JSON")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    cfg, pp = params.selected, params.predict
+
+    df, report = read_test_csv(args.test_csv)
+    transformers.set_seed(params.train.seed)
+    device = pick_device()
+    tok = load_tokenizer(cfg.pretrained)
+    start = time.perf_counter()
+    model, info = load_with_adapter(cfg, args.adapter, tok.pad_token_id, device, seed=params.train.seed)
+    synchronize(device)
+    load_seconds = time.perf_counter() - start
+
+    views = [("response_a", "response_b")] + ([("response_b", "response_a")] if pp.swap_tta else [])
+    probs, seconds, tokens = [], 0.0, 0
+    for first, second in views:
+        seqs, _ = encode_rows(tok, df["prompt"].tolist(), df[first].tolist(), df[second].tolist(),
+                              cfg.max_length, params.tokenize.prompt_share)
+        result = predict(model, [np.asarray(s) for s in seqs], cfg.eval_batch_size, tok.pad_token_id, device,
+                         warmup_batches=params.evaluate.warmup_batches,
+                         pad_multiple=64 if device.type == "cuda" else 1)
+        p = softmax(result["logits"])
+        probs.append(p if first == "response_a" else p[:, [1, 0, 2]])  # swapped: a<->b back
+        seconds += result["seconds"]
+        tokens += result["tokens"]
+    prob = np.mean(probs, axis=0)
+    write_submission(args.out, df["id"].tolist(), prob)
+
+    n = len(df)
+    per_sample = seconds / n
+    hours = per_sample * pp.kaggle_rows / 3600
+    metrics = {
+        "model": params.model, "n_samples": n, "swap_tta": pp.swap_tta, "seconds_per_sample": per_sample,
+        "tokens_per_second": tokens / seconds, "load_seconds": load_seconds,
+        "kaggle_rows": pp.kaggle_rows, "projected_hours": hours, "kaggle_hours": pp.kaggle_hours,
+        "fits_kaggle_limit": hours + load_seconds / 3600 < pp.kaggle_hours,
+        "peak_memory_gb": peak_memory_gb(device), "device": device_name(device),
+        "repaired": dict(report.repaired), **{k: info[k] for k in ("dtype", "attn_implementation", "weights")},
+    }
+    write_json(args.metrics, round_floats(metrics))
+    print(f"predict: {n} rows -> {args.out} ({'with' if pp.swap_tta else 'no'} swap TTA), "
+          f"{per_sample:.5f} s/sample on {metrics['device']}; {pp.kaggle_rows:,} rows would take "
+          f"{hours:.2f} h here (Kaggle limit {pp.kaggle_hours} h: {'fits' if metrics['fits_kaggle_limit'] else 'does NOT fit'})")
+
+
+def write_submission(path: str, ids: list[str], prob: np.ndarray) -> None:
+    prob = prob / prob.sum(axis=1, keepdims=True)
+    sub = pd.DataFrame({"id": ids, **{c: prob[:, k] for k, c in enumerate(LABEL_COLUMNS)}})
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sub.to_csv(path, index=False, float_format="%.6f")
+
+
+if __name__ == "__main__":
+    run(main)
