@@ -8,10 +8,57 @@ length and padded only to their own longest row (dynamic padding).
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from prefbench.config import ModelParams
+
+
+class BatchOutOfMemoryError(RuntimeError):
+    """The device ran out of memory on one batch; the message says which settings to lower."""
+
+
+def oom_message(phase: str, rows: int, longest: int, cfg: ModelParams | None = None, name: str = "<model>",
+                step: int | None = None) -> str:
+    """What ran out of memory (`phase` is "train" or "evaluate"), on which batch, and what to lower.
+
+    `rows` and `longest` describe the failing batch: its number of rows and its longest row in
+    tokens (batches are padded to their longest row).
+    """
+    key = f"models.{name}"
+    where = f"training (optimizer step {step})" if phase == "train" and step is not None else (
+        "training" if phase == "train" else "evaluation")
+    msg = f"out of memory in {where} on a batch of {rows} rows, the longest {longest} tokens"
+    if cfg is not None:
+        msg += f" (max_length {cfg.max_length})"
+    if phase == "train":
+        now = f" (now {cfg.train_batch_size})" if cfg is not None else ""
+        fixes = [f"{key}.train_batch_size{now} (raise train.grad_accum_steps to keep the effective batch size)",
+                 f"or {key}.max_length"]
+        extra = [] if cfg is not None and cfg.gradient_checkpointing else [f"{key}.gradient_checkpointing: true"]
+    else:
+        now = f" (now {cfg.eval_batch_size})" if cfg is not None else ""
+        fixes = [f"{key}.eval_batch_size{now}", f"or {key}.max_length"]
+        extra = []
+    if cfg is None or cfg.quantization == "none":
+        extra.append(f"{key}.quantization: 4bit (CUDA, bitsandbytes)")
+    msg += ". Lower " + " ".join(fixes)
+    if extra:
+        msg += ", or set " + " or ".join(extra)
+    return msg + "."
+
+
+@contextmanager
+def oom_guard(phase: str, rows: int, longest: int, cfg: ModelParams | None = None, name: str = "<model>",
+              step: int | None = None):
+    """Turn torch.OutOfMemoryError inside the block into a BatchOutOfMemoryError naming the batch."""
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        raise BatchOutOfMemoryError(oom_message(phase, rows, longest, cfg, name, step)) from err
 
 
 def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -62,17 +109,20 @@ def synchronize(device: torch.device) -> None:
 @torch.inference_mode()
 def predict(model, sequences: list[np.ndarray], batch_size: int, pad_token_id: int,
             device: torch.device, warmup_batches: int = 1, pad_to: int | None = None,
-            pad_multiple: int = 1) -> dict:
-    """Class probabilities for every sequence (input order) and the time of the predict loop.
+            pad_multiple: int = 1, cfg: ModelParams | None = None, name: str = "<model>") -> dict:
+    """Logits for every sequence (input order) and the time of the predict loop.
 
     The timer covers only the loop over batches (host-to-device copies included), after
-    `warmup_batches` untimed batches, with the device synchronised at both ends.
+    `warmup_batches` untimed batches, with the device synchronised at both ends. Running out of
+    device memory raises BatchOutOfMemoryError naming the batch and the settings (`cfg`, model
+    `name`) to lower.
     """
     model.eval()
     lengths = np.array([len(s) for s in sequences])
     batches = length_sorted_batches(lengths, batch_size)
     for idx in batches[:warmup_batches]:
-        model(**to_device(collate([sequences[i] for i in idx], pad_token_id, pad_to, pad_multiple), device))
+        with oom_guard("evaluate", len(idx), int(lengths[idx].max()), cfg, name):
+            model(**to_device(collate([sequences[i] for i in idx], pad_token_id, pad_to, pad_multiple), device))
     synchronize(device)
     logits = np.zeros((len(sequences), model.config.num_labels), dtype=np.float32)
     padded_tokens = 0
@@ -80,8 +130,9 @@ def predict(model, sequences: list[np.ndarray], batch_size: int, pad_token_id: i
     for idx in tqdm(batches, desc="predict", unit="batch"):
         batch = collate([sequences[i] for i in idx], pad_token_id, pad_to, pad_multiple)
         padded_tokens += batch["input_ids"].numel()
-        out = model(**to_device(batch, device))
-        logits[idx] = out.logits.float().cpu().numpy()
+        with oom_guard("evaluate", len(idx), int(lengths[idx].max()), cfg, name):
+            out = model(**to_device(batch, device))
+            logits[idx] = out.logits.float().cpu().numpy()
     synchronize(device)
     seconds = time.perf_counter() - start
     return {"logits": logits, "seconds": seconds, "tokens": int(lengths.sum()), "padded_tokens": padded_tokens}

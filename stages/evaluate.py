@@ -7,11 +7,14 @@ Reads params: model, models.<model>.{pretrained, dtype, attn_implementation, qua
 eval_batch_size}, evaluate.warmup_batches.
 Batches are length-sorted and dynamically padded; only the predict loop is timed (model load
 is timed on its own, the device is synchronised, warm-up batches are excluded).
+Non-finite logits (or running out of device memory) stop the stage with a message and exit
+status 1, and no metrics are written; the outputs appear complete or not at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -19,13 +22,30 @@ import pandas as pd
 import transformers
 from peft import PeftModel
 
+from prefbench.cli import run
 from prefbench.config import load_params
 from prefbench.data import LABEL_NAMES
-from prefbench.infer import predict, softmax, synchronize
+from prefbench.infer import BatchOutOfMemoryError, predict, softmax, synchronize
 from prefbench.metrics import (accuracy, calibration_rows, device_name, log_loss, peak_memory_gb, prior_log_loss,
                                round_floats, write_json)
 from prefbench.models import count_parameters, load_model, load_tokenizer, pick_device
 from prefbench.tokenize import read_tokens
+from prefbench.train import atomic_path
+
+
+class NonFiniteLogitsError(RuntimeError):
+    """Some validation rows got nan or inf logits; the message says how many."""
+
+
+def check_finite(logits: np.ndarray, dtype_name: str = "?", name: str = "<model>") -> None:
+    """Raise NonFiniteLogitsError if any row's logits are nan or inf: a log-loss from them would
+    be nan or meaningless, so the stage writes no metrics at all."""
+    bad = int((~np.isfinite(logits)).any(axis=1).sum())
+    if bad:
+        raise NonFiniteLogitsError(
+            f"{bad} of {len(logits)} validation rows have non-finite logits (nan or inf), computing in "
+            f"{dtype_name}; no metrics written. In float16 (overflow), set models.{name}.dtype: bfloat16 "
+            "or float32; otherwise the adapter itself may hold nan weights (see the training loss).")
 
 
 def main() -> None:
@@ -57,9 +77,13 @@ def main() -> None:
     # The adapter adds LoRA matrices and a copy of the score head: exactly what training updated.
     counts["params_trainable"] = count_parameters(model)["params_total"] - counts["params_total"]
 
-    result = predict(model, seqs, cfg.eval_batch_size, tok.pad_token_id, device,
-                     warmup_batches=params.evaluate.warmup_batches,
-                     pad_multiple=64 if device.type == "cuda" else 1)
+    try:
+        result = predict(model, seqs, cfg.eval_batch_size, tok.pad_token_id, device,
+                         warmup_batches=params.evaluate.warmup_batches,
+                         pad_multiple=64 if device.type == "cuda" else 1, cfg=cfg, name=params.model)
+        check_finite(result["logits"], str(dtype).removeprefix("torch."), params.model)
+    except (BatchOutOfMemoryError, NonFiniteLogitsError) as err:
+        sys.exit(f"evaluate: error: {err}")
     probs = softmax(result["logits"])
     n = len(seqs)
     metrics = {
@@ -84,9 +108,13 @@ def main() -> None:
         "quantization": cfg.quantization,
         "weights": weights,
     }
-    write_json(args.metrics, round_floats(metrics))
-    write_predictions(args.predictions, ids, labels, probs)
-    pd.DataFrame(calibration_rows(labels, probs)).to_csv(args.calibration, index=False)
+    calibration = pd.DataFrame(calibration_rows(labels, probs))
+    with atomic_path(args.predictions) as path:
+        write_predictions(path, ids, labels, probs)
+    with atomic_path(args.calibration) as path:
+        calibration.to_csv(path, index=False)
+    with atomic_path(args.metrics) as path:  # last: its presence says the evaluation completed
+        write_json(path, round_floats(metrics))
     print(f"evaluate: {params.model} ({weights}) log_loss {metrics['log_loss']:.4f} "
           f"(prior {metrics['log_loss_prior']:.4f}), accuracy {metrics['accuracy']:.3f}, "
           f"{metrics['seconds_per_sample']:.5f} s/sample, {metrics['tokens_per_second']:.0f} tokens/s, "
@@ -102,4 +130,4 @@ def write_predictions(path: str, ids: list[str], labels: np.ndarray, probs: np.n
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

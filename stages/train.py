@@ -1,11 +1,19 @@
 """Stage `train`: LoRA fine-tuning of the selected model as a 3-class sequence classifier.
 
 Usage: python -m stages.train --params params.yaml --tokens data/tokens --out models/adapter \
-           --metrics metrics/train.json --live dvclive
+           --metrics metrics/train.json --live dvclive [--checkpoints models/adapter.ckpt]
 Reads params: model, models.<model>.{pretrained, dtype, attn_implementation, quantization,
 lora_*, train_batch_size, gradient_checkpointing}, train.*.
 Writes the adapter and score head (safetensors) and resolved_params.json to --out, per-step
-loss and learning rate to --live (dvclive, for `dvc plots show`), and metrics/train.json.
+loss and learning rate to --live (dvclive, for `dvc plots show`), and metrics/train.json; the
+adapter folder and the metrics file appear complete or not at all (written aside, then renamed).
+
+Every train.checkpoint_every optimizer steps a checkpoint goes to --checkpoints (default: --out
+plus `.ckpt`, beside the adapter and not a DVC output, so `dvc repro` keeps it). Run again after
+a crash or a kill, the stage resumes from it if the params and the token cache are the same
+(else it says so and starts over) and ends with the same adapter as an uninterrupted run; the
+checkpoints are deleted once the adapter is written. A non-finite loss or running out of device
+memory stops the stage with a message saying what to change (exit status 1).
 """
 
 from __future__ import annotations
@@ -13,16 +21,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
+import peft
+import torch
 import transformers
 from dvclive import Live
 
+from prefbench.cli import run
 from prefbench.config import load_params
+from prefbench.infer import BatchOutOfMemoryError
 from prefbench.metrics import device_name, peak_memory_gb, round_floats, write_json
 from prefbench.models import count_parameters, load_model, load_tokenizer, pick_device
 from prefbench.tokenize import read_tokens
-from prefbench.train import add_lora, train
+from prefbench.train import NonFiniteLossError, add_lora, atomic_path, fingerprint, remove_checkpoints, train
 
 
 def main() -> None:
@@ -32,9 +45,11 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for the adapter")
     parser.add_argument("--metrics", required=True, help="training metrics JSON")
     parser.add_argument("--live", required=True, help="dvclive folder for per-step curves")
+    parser.add_argument("--checkpoints", help="folder for resumable checkpoints (default: OUT.ckpt)")
     args = parser.parse_args()
     params = load_params(args.params)
     cfg, tp = params.selected, params.train
+    checkpoints = Path(args.checkpoints or f"{args.out.rstrip('/')}.ckpt")
 
     transformers.set_seed(tp.seed)
     device = pick_device()
@@ -48,6 +63,8 @@ def main() -> None:
     print(f"train: {params.model} ({weights}, {dtype}, {attn}) on {device}: "
           f"{len(seqs)} rows, {base_counts['params_total']:,} parameters, {trainable:,} trainable")
 
+    # A fresh log even when resuming: DVC deletes dvclive/ before it re-runs the stage, and train()
+    # logs the points before the checkpoint again, so the curve is complete either way.
     with Live(dir=args.live, save_dvc_exp=False, dvcyaml=None, report=None) as live:
         def log(step: int, values: dict) -> None:
             live.step = step
@@ -55,25 +72,46 @@ def main() -> None:
                 live.log_metric(f"train/{name}", value)
             live.next_step()
 
-        result = train(model, seqs, labels, cfg, tp, tok.pad_token_id, device, log=log)
+        try:
+            result = train(model, seqs, labels, cfg, tp, tok.pad_token_id, device, log=log,
+                           checkpoint_dir=checkpoints, fingerprint=run_fingerprint(params, args.tokens),
+                           name=params.model)
+        except (NonFiniteLossError, BatchOutOfMemoryError) as err:
+            sys.exit(f"train: error: {err}")
 
-    out = Path(args.out)
-    model.save_pretrained(out)  # adapter_model.safetensors: LoRA weights and the score head
     resolved = {"model": params.model, "weights": weights, "dtype": str(dtype).removeprefix("torch."),
                 "pad_token_id": tok.pad_token_id, "models": dataclasses.asdict(cfg),
                 "train": dataclasses.asdict(tp)}
-    (out / "resolved_params.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    for lora in model.peft_config.values():  # a set, saved in hash order: sort it, for identical bytes per run
+        if isinstance(lora.target_modules, set):
+            lora.target_modules = sorted(lora.target_modules)
+    with atomic_path(args.out) as out:
+        model.save_pretrained(out)  # adapter_model.safetensors: LoRA weights and the score head
+        (out / "resolved_params.json").write_text(json.dumps(resolved, indent=2) + "\n")
     metrics = {
         "model": params.model, "weights": weights, "device": device_name(device),
         "dtype": resolved["dtype"], "attn_implementation": attn,
         "quantization": cfg.quantization, **round_floats(result), "params_trainable": trainable,
         "params_total": base_counts["params_total"], "peak_memory_gb": peak_memory_gb(device),
     }
-    write_json(args.metrics, metrics)
+    with atomic_path(args.metrics) as path:
+        write_json(path, metrics)
+    remove_checkpoints(checkpoints)
     print(f"train: {result['steps']} steps in {result['train_seconds']:.1f} s, "
           f"{result['seconds_per_sample']:.4f} s/sample, {result['tokens_per_second']:.0f} tokens/s, "
           f"final loss {result['final_loss']:.4f}")
 
 
+def run_fingerprint(params, tokens: str) -> str:
+    """What a checkpoint must have been made with to be resumed: the params training reads
+    (checkpoint_every and eval_batch_size aside), the token cache, and the library versions."""
+    cfg = {k: v for k, v in dataclasses.asdict(params.selected).items() if k != "eval_batch_size"}
+    settings = {"model": params.model, "models": cfg,
+                "train": {k: v for k, v in dataclasses.asdict(params.train).items() if k != "checkpoint_every"},
+                "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                             "peft": peft.__version__}}
+    return fingerprint(settings, [Path(tokens) / "meta.json", Path(tokens) / "train.arrow"])
+
+
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,0 +1,135 @@
+"""Non-finite numbers and running out of device memory stop training and evaluation with a message
+that says where and what to change; evaluation writes no metrics from non-finite logits."""
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from prefbench.config import load_params
+from prefbench.infer import BatchOutOfMemoryError, oom_message, predict
+from prefbench.models import load_model, load_tokenizer
+from prefbench.tokenize import read_tokens
+from prefbench.train import NonFiniteLossError, add_lora, non_finite_message, train
+from stages.evaluate import NonFiniteLogitsError, check_finite
+from tests.conftest import ROOT
+from tests.test_resume import tokens, train_args, write_params  # noqa: F401  (tokens: a fixture)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def setup():
+    """The real tiny Llama3 with LoRA, a few random rows, and train params for a short run."""
+    params = load_params(ROOT / "params.yaml")
+    cfg = dataclasses.replace(params.models["llama3"], pretrained=str(ROOT / "models" / "tiny-llama3"),
+                              max_length=64, train_batch_size=4)
+    tok = load_tokenizer(cfg.pretrained)
+    torch.manual_seed(0)
+    model, _, _ = load_model(cfg, tok.pad_token_id, CPU)
+    model = add_lora(model, cfg)
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(10, 500, size=int(rng.integers(20, 40))) for _ in range(40)]
+    labels = rng.integers(0, 3, size=len(seqs))
+    tp = dataclasses.replace(params.train, epochs=1.0, log_every=2, checkpoint_every=0)
+    return model, cfg, tp, tok.pad_token_id, seqs, labels
+
+
+def test_nan_weight_stops_training_naming_the_step(setup):
+    model, cfg, tp, pad, seqs, labels = setup
+    lora_a = next(p for n, p in model.named_parameters() if "lora_A" in n)
+
+    def log(step, values):
+        if step == 2:  # after the second optimizer step, a weight becomes nan
+            with torch.no_grad():
+                lora_a[0, 0] = float("nan")
+
+    with pytest.raises(NonFiniteLossError) as err:
+        train(model, seqs, labels, cfg, tp, pad, CPU, log=log, name="llama3")
+    msg = str(err.value)
+    assert "loss is nan at optimizer step 3 of 10" in msg
+    assert "train.learning_rate" in msg
+
+
+def test_non_finite_message_suggests_bf16_or_fp32_for_fp16():
+    msg = non_finite_message("loss", float("inf"), 7, 100, torch.float16, 2e-4, "gemma2")
+    assert "optimizer step 7 of 100" in msg and "float16" in msg and "Gemma2" in msg
+    assert "models.gemma2.dtype: bfloat16" in msg and "float32" in msg
+
+
+def test_train_stage_stops_on_nan_loss_with_one_message(tokens, tmp_path):  # noqa: F811
+    # A learning rate of 1e30 blows the weights up at the first step: the loss is nan at the second.
+    params = write_params(tmp_path / "params.yaml", epochs=1, learning_rate=1e30, warmup_ratio=0.0)
+    proc = subprocess.run([sys.executable, "-m", "stages.train", *train_args(params, tokens, tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "train: error: training loss is nan at optimizer step 2 of " in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "adapter").exists() and not (tmp_path / "train.json").exists()
+
+
+def test_check_finite_counts_rows():
+    logits = np.zeros((5, 3), dtype=np.float32)
+    check_finite(logits)
+    logits[1, 0] = np.nan
+    logits[3] = np.inf
+    with pytest.raises(NonFiniteLogitsError, match="2 of 5 validation rows have non-finite logits"):
+        check_finite(logits, "float16", "gemma2")
+
+
+def test_evaluate_stage_writes_no_metrics_from_nan_logits(tokens, tmp_path):  # noqa: F811
+    params = write_params(tmp_path / "params.yaml")
+    cfg = load_params(params[1]).selected
+    tok = load_tokenizer(cfg.pretrained)
+    model = add_lora(load_model(cfg, tok.pad_token_id, CPU)[0], cfg)
+    score = next(p for n, p in model.named_parameters() if "score" in n and p.requires_grad)
+    with torch.no_grad():
+        score.fill_(float("nan"))  # an adapter whose score head is nan: every logit is nan
+    model.save_pretrained(tmp_path / "adapter")
+    args = ["--tokens", str(tokens), "--adapter", str(tmp_path / "adapter"), "--metrics", str(tmp_path / "eval.json"),
+            "--predictions", str(tmp_path / "pred.csv"), "--calibration", str(tmp_path / "cal.csv")]
+    proc = subprocess.run([sys.executable, "-m", "stages.evaluate", *params, *args], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 1
+    n_val = len(read_tokens(tokens, "val")[0])
+    assert f"evaluate: error: {n_val} of {n_val} validation rows have non-finite logits" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not any((tmp_path / f).exists() for f in ("eval.json", "pred.csv", "cal.csv"))
+
+
+def test_oom_message_names_batch_and_settings(setup):
+    _, cfg, *_ = setup
+    msg = oom_message("train", 4, 61, cfg, "llama3", step=12)
+    assert "optimizer step 12" in msg and "batch of 4 rows" in msg and "61 tokens" in msg
+    assert "models.llama3.train_batch_size (now 4" in msg and "models.llama3.max_length" in msg
+    assert "models.llama3.gradient_checkpointing: true" in msg and "models.llama3.quantization: 4bit" in msg
+    msg = oom_message("evaluate", 32, 1024, dataclasses.replace(cfg, quantization="4bit"), "gemma2")
+    assert "evaluation" in msg and "batch of 32 rows" in msg and "1024 tokens" in msg
+    assert "models.gemma2.eval_batch_size (now" in msg and "models.gemma2.max_length" in msg
+    assert "gradient_checkpointing" not in msg and "quantization" not in msg  # no help at inference / already 4-bit
+
+
+def raise_oom(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_train_turns_out_of_memory_into_a_clear_error(setup, monkeypatch):
+    model, cfg, tp, pad, seqs, labels = setup
+    monkeypatch.setattr(model, "forward", raise_oom)
+    with pytest.raises(BatchOutOfMemoryError) as err:
+        train(model, seqs, labels, cfg, tp, pad, CPU, name="llama3")
+    msg = str(err.value)
+    assert "optimizer step 1" in msg and f"batch of {cfg.train_batch_size} rows" in msg
+    assert "models.llama3.train_batch_size" in msg
+    assert isinstance(err.value.__cause__, torch.OutOfMemoryError)
+
+
+def test_predict_turns_out_of_memory_into_a_clear_error(setup, monkeypatch):
+    model, cfg, _, pad, seqs, _ = setup
+    monkeypatch.setattr(model, "forward", raise_oom)
+    longest = max(len(s) for s in seqs)
+    with pytest.raises(BatchOutOfMemoryError, match=f"batch of 8 rows, the longest {longest} tokens"):
+        predict(model, seqs, 8, pad, CPU, warmup_batches=0, cfg=cfg, name="llama3")
