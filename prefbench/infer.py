@@ -142,3 +142,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+class NonFiniteLogitsError(RuntimeError):
+    """Some rows got nan or inf logits; the message says how many."""
+
+
+def check_finite(logits: np.ndarray, dtype_name: str = "?", name: str = "<model>") -> None:
+    """Raise NonFiniteLogitsError if any row's logits are nan or inf: a log-loss from them would
+    be nan or meaningless, so the stage writes no metrics at all."""
+    bad = int((~np.isfinite(logits)).any(axis=1).sum())
+    if bad:
+        raise NonFiniteLogitsError(
+            f"{bad} of {len(logits)} rows have non-finite logits (nan or inf), computing in "
+            f"{dtype_name}; no metrics written. In float16 (overflow), set models.{name}.dtype: bfloat16 "
+            "or float32; otherwise the adapter itself may hold nan weights (see the training loss).")

@@ -20,32 +20,17 @@ import time
 import numpy as np
 import pandas as pd
 import transformers
-from peft import PeftModel
 
 from prefbench.cli import run
 from prefbench.config import load_params
 from prefbench.data import LABEL_NAMES
-from prefbench.infer import BatchOutOfMemoryError, predict, softmax, synchronize
+from prefbench.infer import (BatchOutOfMemoryError, NonFiniteLogitsError, check_finite, predict, softmax,
+                             synchronize)
 from prefbench.metrics import (accuracy, calibration_rows, device_name, log_loss, peak_memory_gb, prior_log_loss,
                                round_floats, write_json)
-from prefbench.models import count_parameters, load_model, load_tokenizer, pick_device
+from prefbench.models import load_tokenizer, load_with_adapter, pick_device
 from prefbench.tokenize import read_tokens
 from prefbench.train import atomic_path
-
-
-class NonFiniteLogitsError(RuntimeError):
-    """Some validation rows got nan or inf logits; the message says how many."""
-
-
-def check_finite(logits: np.ndarray, dtype_name: str = "?", name: str = "<model>") -> None:
-    """Raise NonFiniteLogitsError if any row's logits are nan or inf: a log-loss from them would
-    be nan or meaningless, so the stage writes no metrics at all."""
-    bad = int((~np.isfinite(logits)).any(axis=1).sum())
-    if bad:
-        raise NonFiniteLogitsError(
-            f"{bad} of {len(logits)} validation rows have non-finite logits (nan or inf), computing in "
-            f"{dtype_name}; no metrics written. In float16 (overflow), set models.{name}.dtype: bfloat16 "
-            "or float32; otherwise the adapter itself may hold nan weights (see the training loss).")
 
 
 def main() -> None:
@@ -68,20 +53,15 @@ def main() -> None:
 
     synchronize(device)
     start = time.perf_counter()
-    base, dtype, weights = load_model(cfg, tok.pad_token_id, device, seed=params.train.seed)
-    counts = count_parameters(base)
-    attn = base.config._attn_implementation  # `auto` resolved (prefbench.models.resolve_attention)
-    model = PeftModel.from_pretrained(base, args.adapter).to(device)
+    model, info = load_with_adapter(cfg, args.adapter, tok.pad_token_id, device, seed=params.train.seed)
     synchronize(device)
     load_seconds = time.perf_counter() - start
-    # The adapter adds LoRA matrices and a copy of the score head: exactly what training updated.
-    counts["params_trainable"] = count_parameters(model)["params_total"] - counts["params_total"]
 
     try:
         result = predict(model, seqs, cfg.eval_batch_size, tok.pad_token_id, device,
                          warmup_batches=params.evaluate.warmup_batches,
                          pad_multiple=64 if device.type == "cuda" else 1, cfg=cfg, name=params.model)
-        check_finite(result["logits"], str(dtype).removeprefix("torch."), params.model)
+        check_finite(result["logits"], info["dtype"], params.model)
     except (BatchOutOfMemoryError, NonFiniteLogitsError) as err:
         sys.exit(f"evaluate: error: {err}")
     probs = softmax(result["logits"])
@@ -98,15 +78,15 @@ def main() -> None:
         "predict_seconds": result["seconds"],
         "load_seconds": load_seconds,
         "peak_memory_gb": peak_memory_gb(device),
-        **counts,
+        **{k: info[k] for k in ("params_total", "params_embedding", "params_non_embedding", "params_trainable")},
         "n_samples": n,
         "batch_size": cfg.eval_batch_size,
         "max_length": cfg.max_length,
         "device": device_name(device),
-        "dtype": str(dtype).removeprefix("torch."),
-        "attn_implementation": attn,
+        "dtype": info["dtype"],
+        "attn_implementation": info["attn_implementation"],  # `auto` resolved
         "quantization": cfg.quantization,
-        "weights": weights,
+        "weights": info["weights"],
     }
     calibration = pd.DataFrame(calibration_rows(labels, probs))
     with atomic_path(args.predictions) as path:
@@ -115,7 +95,7 @@ def main() -> None:
         calibration.to_csv(path, index=False)
     with atomic_path(args.metrics) as path:  # last: its presence says the evaluation completed
         write_json(path, round_floats(metrics))
-    print(f"evaluate: {params.model} ({weights}) log_loss {metrics['log_loss']:.4f} "
+    print(f"evaluate: {params.model} ({info['weights']}) log_loss {metrics['log_loss']:.4f} "
           f"(prior {metrics['log_loss_prior']:.4f}), accuracy {metrics['accuracy']:.3f}, "
           f"{metrics['seconds_per_sample']:.5f} s/sample, {metrics['tokens_per_second']:.0f} tokens/s, "
           f"{n} rows on {metrics['device']}")

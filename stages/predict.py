@@ -14,6 +14,7 @@ and averages (the swapped prediction's a/b columns exchanged back): twice the ti
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +25,8 @@ import transformers
 from prefbench.cli import run
 from prefbench.config import load_params
 from prefbench.data import LABEL_COLUMNS, read_test_csv
-from prefbench.infer import predict, softmax, synchronize
+from prefbench.infer import (BatchOutOfMemoryError, NonFiniteLogitsError, check_finite, predict, softmax,
+                             synchronize)
 from prefbench.metrics import device_name, peak_memory_gb, round_floats, write_json
 from prefbench.models import load_tokenizer, load_with_adapter, pick_device
 from prefbench.tokenize import encode_rows
@@ -55,9 +57,13 @@ def main() -> None:
     for first, second in views:
         seqs, _ = encode_rows(tok, df["prompt"].tolist(), df[first].tolist(), df[second].tolist(),
                               cfg.max_length, params.tokenize.prompt_share)
-        result = predict(model, [np.asarray(s) for s in seqs], cfg.eval_batch_size, tok.pad_token_id, device,
-                         warmup_batches=params.evaluate.warmup_batches,
-                         pad_multiple=64 if device.type == "cuda" else 1)
+        try:
+            result = predict(model, [np.asarray(s) for s in seqs], cfg.eval_batch_size, tok.pad_token_id, device,
+                             warmup_batches=params.evaluate.warmup_batches,
+                             pad_multiple=64 if device.type == "cuda" else 1, cfg=cfg, name=params.model)
+            check_finite(result["logits"], info["dtype"], params.model)
+        except (BatchOutOfMemoryError, NonFiniteLogitsError) as err:
+            sys.exit(f"predict: error: {err}")
         p = softmax(result["logits"])
         probs.append(p if first == "response_a" else p[:, [1, 0, 2]])  # swapped: a<->b back
         seconds += result["seconds"]

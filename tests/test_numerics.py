@@ -14,7 +14,7 @@ from prefbench.infer import BatchOutOfMemoryError, oom_message, predict
 from prefbench.models import load_model, load_tokenizer
 from prefbench.tokenize import read_tokens
 from prefbench.train import NonFiniteLossError, add_lora, non_finite_message, train
-from stages.evaluate import NonFiniteLogitsError, check_finite
+from prefbench.infer import NonFiniteLogitsError, check_finite
 from tests.conftest import ROOT
 from tests.test_resume import tokens, train_args, write_params  # noqa: F401  (tokens: a fixture)
 
@@ -76,7 +76,7 @@ def test_check_finite_counts_rows():
     check_finite(logits)
     logits[1, 0] = np.nan
     logits[3] = np.inf
-    with pytest.raises(NonFiniteLogitsError, match="2 of 5 validation rows have non-finite logits"):
+    with pytest.raises(NonFiniteLogitsError, match="2 of 5 rows have non-finite logits"):
         check_finite(logits, "float16", "gemma2")
 
 
@@ -95,7 +95,7 @@ def test_evaluate_stage_writes_no_metrics_from_nan_logits(tokens, tmp_path):  # 
                           text=True)
     assert proc.returncode == 1
     n_val = len(read_tokens(tokens, "val")[0])
-    assert f"evaluate: error: {n_val} of {n_val} validation rows have non-finite logits" in proc.stderr
+    assert f"evaluate: error: {n_val} of {n_val} rows have non-finite logits" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not any((tmp_path / f).exists() for f in ("eval.json", "pred.csv", "cal.csv"))
 
