@@ -93,3 +93,16 @@ def test_split_is_deterministic_grouped_and_stratified(real_sample):
     assert not set(groups[a]) & set(groups[~a])  # no prompt on both sides
     for k in range(3):
         assert abs((labels[a] == k).mean() - (labels == k).mean()) < 0.05
+
+
+def test_test_csv_reader_keeps_every_row_and_ignores_labels(real_sample, tmp_path):
+    """The reverse of 'test.csv where labels are needed': a train.csv given to `predict` is
+    accepted, labels ignored, and no row is dropped (a submission needs every id)."""
+    from prefbench.data import read_test_csv
+    df, report = read_test_csv(real_sample)
+    assert len(df) == 999 and report.rows_kept == 999 and not report.dropped
+    assert list(df.columns) == ["id", "prompt", "response_a", "response_b"]
+    bad = tmp_path / "test.csv"
+    bad.write_text('id,prompt,response_a,response_b\n1,not json,"[""a""]","[""b""]"\n')
+    df, report = read_test_csv(bad)
+    assert df.loc[0, "prompt"] == ["not json"] and report.repaired["raw_text_prompt"] == 1
