@@ -23,4 +23,4 @@ want gpu-gemma2 && run gpu-gemma2 -S model=gemma2 -S models.gemma2.pretrained=mo
 want gpu-gemma2-4bit && run gpu-gemma2-4bit -S model=gemma2 -S models.gemma2.pretrained=models/gemma2-9b -S models.gemma2.max_length=1024 \
   -S models.gemma2.train_batch_size=4 -S models.gemma2.eval_batch_size=16 -S models.gemma2.quantization=4bit
 dvc exp show --json > "$OUT/repro-exp-show.json"
-dvc exp show --no-pager --md --drop '.*' --keep 'Experiment|^model$|log_loss$|seconds_per_sample|params_total|weights|quantization|attn_impl' | tee "$OUT/repro-exp-show.md"
+dvc exp show --no-pager --md --drop '.*' --keep 'Experiment|metrics/eval.json:model|log_loss|metrics/eval.json:seconds_per_sample|metrics/eval.json:params_total|metrics/eval.json:weights|metrics/eval.json:quantization|metrics/eval.json:attn_impl' | tee "$OUT/repro-exp-show.md"
