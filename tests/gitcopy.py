@@ -63,3 +63,15 @@ def git_copy(dst: Path) -> Path:
     sh("git", "init", "-q", "-b", "main", cwd=dst)
     git_commit(dst, "copy")
     return dst
+
+
+def shrink_params(repo: Path, rows: int, test_rows: int) -> None:
+    """Make the copy's default pipeline quick: fewer generated rows, one epoch, 64 tokens."""
+    import yaml
+
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["sample"].update(rows=rows, test_rows=test_rows)
+    raw["train"]["epochs"] = 1
+    for cfg in raw["models"].values():
+        cfg["max_length"] = 64
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tests.gitcopy import DVC, git_commit, git_copy, run, sh
+from tests.gitcopy import DVC, git_commit, git_copy, run, sh, shrink_params
 
 STAGES = ("sample", "prepare", "tokenize", "train", "evaluate")
 # DVC-cached outputs (dvc.yaml `outs` without `cache: false`) that must be there; any other cached
@@ -107,14 +107,7 @@ def reset_workspace(repo: Path) -> None:
 def work(tmp_path_factory):
     base = tmp_path_factory.mktemp("dvc_storage")
     repo = git_copy(base / "repo")
-    raw = yaml.safe_load((repo / "params.yaml").read_text())
-    raw["sample"]["rows"] = 200
-    if "test_rows" in raw["sample"]:  # the generated test.csv of the predict stage
-        raw["sample"]["test_rows"] = 40
-    raw["train"]["epochs"] = 1
-    for cfg in raw["models"].values():
-        cfg["max_length"] = 64
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    shrink_params(repo, rows=200, test_rows=40)
     sh(DVC, "remote", "add", "-d", "local", str(base / "remote"), cwd=repo)
     git_commit(repo, "small params, local DVC remote")
     return SimpleNamespace(base=base, repo=repo, remote=base / "remote", clone=base / "clone",

@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from tests.gitcopy import DVC, ROOT, git_commit, git_copy
+from tests.gitcopy import DVC, ROOT, git_commit, git_copy, shrink_params
 from tests.gitcopy import env as child_env
 
 SOURCE_DIRS = ("prefbench", "stages")
@@ -265,14 +265,7 @@ def test_hub_tokens_never_written_by_the_pipeline(tmp_path):
     (outputs, metrics, dvclive, adapter incl. resolved_params.json and README.md, dvc.lock, the
     DVC cache and run cache, .dvc/tmp) and neither stdout nor stderr contains either token."""
     repo = git_copy(tmp_path / "repo")
-    raw = yaml.safe_load((repo / "params.yaml").read_text())
-    raw["sample"]["rows"] = 120
-    if "test_rows" in raw["sample"]:  # the generated test.csv of the predict stage
-        raw["sample"]["test_rows"] = 30
-    raw["train"]["epochs"] = 1
-    for cfg in raw["models"].values():
-        cfg["max_length"] = 64
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    shrink_params(repo, rows=120, test_rows=30)
     git_commit(repo, "small params")
     copied = {p: p.read_bytes() for p in repo.rglob("*")
               if p.is_file() and ".git" not in p.relative_to(repo).parts[:1]}
