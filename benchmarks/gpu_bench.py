@@ -287,7 +287,7 @@ class Bench:
                           max_length=a.train_length, train_batch_size=a.train_batch, eval_batch_size=8,
                           gradient_checkpointing=checkpointing)
         tp = TrainParams(epochs=1, learning_rate=1e-4, warmup_ratio=0.0, weight_decay=0.0, grad_accum_steps=1,
-                         max_grad_norm=1.0, seed=0, log_every=1000)
+                         max_grad_norm=1.0, seed=0, log_every=1000, checkpoint_every=0, devices=1)
         lora_model = add_lora(model, cfg)
         seqs = random_sequences(np.full(a.train_batch * a.train_steps, a.train_length), config.vocab_size, 3)
         labels = np.zeros(len(seqs), dtype=np.int64)

@@ -99,10 +99,12 @@ class TrainParams:
     seed: int
     log_every: int  # optimizer steps between dvclive points
     checkpoint_every: int  # optimizer steps between resumable checkpoints; 0 = none
+    devices: int  # GPUs for DDP training (torchrun, one process each); 0 = all visible
 
     def validate(self, key: str) -> None:
         for name in ("epochs", "learning_rate", "grad_accum_steps", "log_every"):
             _positive(getattr(self, name), f"{key}.{name}")
+        _devices(self.devices, f"{key}.devices")
         if self.checkpoint_every < 0:
             raise ParamsError(f"{key}.checkpoint_every must be >= 0 (0 = no checkpoints), got {self.checkpoint_every}")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -112,10 +114,12 @@ class TrainParams:
 @dataclass
 class EvaluateParams:
     warmup_batches: int  # batches run before the timer starts (kernel selection, caches)
+    devices: int  # GPUs for evaluate and predict, one model copy each; 0 = all visible
 
     def validate(self, key: str) -> None:
         if self.warmup_batches < 0:
             raise ParamsError(f"{key}.warmup_batches must be >= 0, got {self.warmup_batches}")
+        _devices(self.devices, f"{key}.devices")
 
 
 @dataclass
@@ -230,6 +234,11 @@ def _coerce(value, typ, key: str):
 def _positive(value, key: str) -> None:
     if value <= 0:
         raise ParamsError(f"{key} must be > 0, got {value}")
+
+
+def _devices(value: int, key: str) -> None:
+    if value < 0:
+        raise ParamsError(f"{key} must be >= 0 (0 = all visible GPUs), got {value}")
 
 
 def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
