@@ -36,7 +36,7 @@ from benchmarks.lengths import token_lengths
 from prefbench.config import ModelParams, TrainParams
 from prefbench.flops import forward_flops, lora_train_flops, mfu
 from prefbench.infer import predict, softmax  # noqa: F401  (softmax kept for ad-hoc checks)
-from prefbench.models import count_parameters, label_config_kwargs
+from prefbench.models import count_parameters, label_config_kwargs, resolve_attention
 from prefbench.train import add_lora, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,9 +151,12 @@ class Bench:
     def compile_suite(self, name: str):
         config, model = self.build(name, torch.bfloat16)
         info = self.results["models"][name]
-        self.set_attn(model, info["best_attn"], name)
-        self.compile_cell(model, config, info["params_non_embedding"], name, info["best_attn"],
-                          int(self.args.max_lengths.split(",")[0]))
+        # Gemma2 compiles with flex attention: Inductor fuses the softcap into the attention kernel,
+        # where compiled eager attention still writes the [batch, heads, L, L] scores to memory.
+        attn = "flex_attention" if info["family"] == "gemma2" else info["best_attn"]
+        if self.set_attn(model, attn, name):
+            self.compile_cell(model, config, info["params_non_embedding"], name, attn,
+                              int(self.args.max_lengths.split(",")[0]))
         del model
 
     def model_suite(self, name: str):
@@ -186,8 +189,13 @@ class Bench:
             cell.update(max_rel_error=err, softcap_applied=True)
         cast_parameters_(model, torch.bfloat16)
         for ckpt in (False, True) if a.train else ():
-            self.train_cell(model, config, n_non_emb, name, best_attn, ckpt)
+            # Training runs the pipeline's choice (attention: auto), which also trains: flex attention
+            # has no backward for Gemma2's head_dim 256 (see prefbench.models.resolve_attention).
+            train_attn = resolve_attention("auto", family)
+            self.set_attn(model, train_attn, name)
+            self.train_cell(model, config, n_non_emb, name, train_attn, ckpt)
             model = model.unload() if hasattr(model, "unload") else model  # drop LoRA, keep base
+            model.__dict__.pop("peft_config", None)  # else the next add_lora stacks a second adapter
         for max_length in max_lengths[1:]:
             self.attention_grid(model, config, n_non_emb, name, family, errors, max_length)
         self.set_attn(model, best_attn, name)
@@ -295,10 +303,11 @@ class Bench:
         try:
             train(lora_model, seqs[: a.train_batch * 2], labels[: a.train_batch * 2], cfg, tp, 0, dev)  # warm-up
             r = train(lora_model, seqs, labels, cfg, tp, 0, dev)
-        except torch.OutOfMemoryError:
+        except Exception as e:  # OOM, flex attention without a backward on this device: recorded, run goes on
             self.results["skipped"].append({"model": name, "train": True, "checkpointing": checkpointing,
-                                            "reason": "CUDA OOM"})
-            torch.cuda.empty_cache()
+                                            "attn": attn, "reason": f"{type(e).__name__}: {str(e)[:300]}"})
+            print(f"train {name} {attn} ckpt={checkpointing}: {type(e).__name__}", flush=True)
+            torch.cuda.empty_cache() if dev.type == "cuda" else None
             return
         finally:
             if checkpointing:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run on the GPU machine (device tool), from the repo root, with .whl/ carried (benchmarks/gpu_wheels.sh).
 #   bash benchmarks/run_gpu.sh bench llama3-8b      # benchmarks.gpu_bench for one model -> $OUT
+#   bash benchmarks/run_gpu.sh profile              # benchmarks.profile_attention -> $OUT/profile.json
 #   bash benchmarks/run_gpu.sh repro                # dvc exp run, full-size configs, few hundred rows
-set -euo pipefail
+set -uo pipefail  # no -e: a step killed by its timeout keeps what it wrote, and the next step runs
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 what=$1; shift
 sets=core; [ "$what" = repro ] && sets="core dvc"
@@ -16,9 +17,12 @@ case $what in
   bench)
     for m in "$@"; do
       tag=${m//,/_}  # a comma in a file name keeps it from coming back from the device
-      python3 -m benchmarks.gpu_bench --models "$m" --out "$OUT/bench-$tag.json" --budget-s "${BUDGET_S:-520}" ${BENCH_ARGS:-} 2>&1 |
+      timeout "${BENCH_TIMEOUT:-580}" python3 -m benchmarks.gpu_bench --models "$m" --out "$OUT/bench-$tag.json" --budget-s "${BUDGET_S:-520}" ${BENCH_ARGS:-} 2>&1 |
         grep -vE "it/s\]|s/it\]" | tee "$OUT/bench-$tag.log"
     done ;;
+  profile)
+    timeout "${PROFILE_TIMEOUT:-580}" python3 -m benchmarks.profile_attention --out "$OUT/profile.json" ${PROFILE_ARGS:-} 2>&1 |
+      grep -vE "it/s\]|s/it\]|USDT" | tee "$OUT/profile.log" ;;
   repro)
     bash benchmarks/gpu_repro.sh "$OUT" 2>&1 | grep -vE "it/s\]|s/it\]" | tee "$OUT/repro.log" ;;
 esac

@@ -1,6 +1,7 @@
 """Compare experiments: `dvc exp show --json` -> a Markdown table and a speed-vs-accuracy scatter.
 
 Usage: python -m prefbench.compare [--json exp.json] [--out-md reports/compare.md] [--out-html reports/compare.html]
+                                   [--html-template offline.html]
 Without --json it runs `dvc exp show --json` itself. One row and one point per experiment (and
 per committed baseline), labelled by model: seconds per sample against validation log-loss.
 """
@@ -42,30 +43,21 @@ def markdown(exps: list[dict]) -> str:
 
 
 def scatter_spec(exps: list[dict]) -> dict:
-    """Vega-Lite: seconds per sample (log x) vs log-loss, colour = model, label = experiment."""
-    values = [{k: e[k] for k in ("experiment", "model", "seconds_per_sample", "log_loss")} for e in exps]
-    enc = {"x": {"field": "seconds_per_sample", "type": "quantitative", "scale": {"type": "log"},
-                 "title": "seconds per sample (validation, timed loop)"},
-           "y": {"field": "log_loss", "type": "quantitative", "scale": {"zero": False},
-                 "title": "validation log-loss"},
-           "color": {"field": "model", "type": "nominal"}}
-    return {"$schema": "https://vega.github.io/schema/vega-lite/v5.json",
-            "title": "Speed vs accuracy, one point per experiment", "width": 480, "height": 320,
-            "data": {"values": values},
-            "layer": [{"mark": {"type": "point", "filled": True, "size": 90}, "encoding": enc},
-                      {"mark": {"type": "text", "dx": 8, "align": "left"},
-                       "encoding": {**enc, "text": {"field": "experiment"}}}]}
+    """Vega-Lite: seconds per sample (log x) vs log-loss, colour = model, label = experiment.
+
+    The same plot as `python -m prefbench.plots` draws: the DVC template
+    `.dvc/plots/speed_accuracy.json` filled by DVC's renderer."""
+    from prefbench.plots import point, scatter_spec as dvc_scatter
+
+    return dvc_scatter([p for e in exps if (p := point(e["experiment"], e)) is not None])
 
 
-def html(spec: dict) -> str:
-    """A standalone page rendered by vega-embed (the same renderer `dvc plots` pages load)."""
-    return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>prefbench: speed vs accuracy</title>
-<script src="https://cdn.jsdelivr.net/npm/vega@5"></script>
-<script src="https://cdn.jsdelivr.net/npm/vega-lite@5"></script>
-<script src="https://cdn.jsdelivr.net/npm/vega-embed@6"></script></head>
-<body><div id="plot"></div><script>vegaEmbed("#plot", {json.dumps(spec)});</script></body></html>
-"""
+def html(spec: dict, html_template: str | None = None) -> str:
+    """A standalone page, as `dvc plots show` writes it (vega-embed from the CDN, or inlined by an
+    offline `--html-template`: `python -m prefbench.plots --write-html-template PATH`)."""
+    from prefbench.plots import SCATTER_ID, page
+
+    return page({SCATTER_ID: spec}, html_template)
 
 
 def _fmt(v) -> str:
@@ -81,6 +73,8 @@ def main() -> None:
     parser.add_argument("--json", help="output of `dvc exp show --json` (default: run it)")
     parser.add_argument("--out-md", default="reports/compare.md")
     parser.add_argument("--out-html", default="reports/compare.html")
+    parser.add_argument("--html-template", help="a DVC HTML template, e.g. the offline one from "
+                        "`python -m prefbench.plots --write-html-template PATH`")
     args = parser.parse_args()
     text = Path(args.json).read_text() if args.json else subprocess.run(
         ["dvc", "exp", "show", "--json"], check=True, capture_output=True, text=True).stdout
@@ -88,7 +82,8 @@ def main() -> None:
     if not exps:
         raise SystemExit("error: no experiment with metrics/eval.json in `dvc exp show --json`")
     md = markdown(exps)
-    for path, content in ((args.out_md, md), (args.out_html, html(scatter_spec(exps)))):
+    template = Path(args.html_template).read_text(encoding="utf-8") if args.html_template else None
+    for path, content in ((args.out_md, md), (args.out_html, html(scatter_spec(exps), template))):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(content)
     print(md)

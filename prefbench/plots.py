@@ -1,0 +1,254 @@
+"""Every plot of the pipeline on one page, online or offline: `dvc plots show` / `dvc plots diff`
+(training loss, learning rate, confusion matrix, reliability) plus the speed-vs-accuracy scatter,
+one point per revision or experiment, labelled by name and coloured by model.
+
+Usage:
+  python -m prefbench.plots                         # like `dvc plots show`; scatter: every experiment
+  python -m prefbench.plots main exp-1a2b3 gemma2   # like `dvc plots diff main ...`: one point each
+  python -m prefbench.plots --offline ...           # vega, vega-lite, vega-embed inlined (no CDN)
+  python -m prefbench.plots --json ...              # {plot id: Vega-Lite spec} on stdout
+  python -m prefbench.plots --write-html-template dvc_plots/offline.html
+                                                    # for `dvc plots show --html-template ...`
+
+The scatter is DVC's own renderer (dvc_render) with the template `.dvc/plots/speed_accuracy.json`:
+`dvc plots` itself cannot draw it from `metrics/eval.json`, a single JSON object (DVC plots need an
+array of records). The page is filled the way `dvc plots show` fills its own (dvc_render's HTML with
+the same vega, vega-lite and vega-embed versions); `--offline` inlines those from `npm pack`
+(fetched once into ~/.cache/prefbench/vega, or --js-dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+EVAL = "metrics/eval.json"
+SCATTER_ID = "speed_accuracy"
+SCATTER_TEMPLATE = "speed_accuracy"
+SCATTER_TITLE = "Speed vs accuracy, one point per experiment"
+X, Y = "seconds_per_sample", "log_loss"
+X_LABEL = "seconds per sample (validation, timed loop, log scale)"
+Y_LABEL = "validation log-loss"
+# Fields a scatter point carries (shown in its tooltip); `rev` is its label.
+POINT_FIELDS = ("model", X, Y, "accuracy", "log_loss_prior", "params_total", "max_length", "dtype",
+                "quantization", "device")
+JS_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prefbench" / "vega"
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- the scatter
+
+def template_dir() -> str:
+    """`.dvc/plots` of the repo in the current directory, else of the repo prefbench lives in."""
+    for root in (Path.cwd(), PACKAGE_ROOT):
+        folder = root / ".dvc" / "plots"
+        if (folder / f"{SCATTER_TEMPLATE}.json").is_file():
+            return str(folder)
+    raise FileNotFoundError(f".dvc/plots/{SCATTER_TEMPLATE}.json not found (run from the prefbench repo)")
+
+
+def point(name: str, metrics: dict) -> dict | None:
+    """One scatter point from a metrics/eval.json dict; None if it lacks speed or log-loss."""
+    if not isinstance(metrics.get(X), (int, float)) or not isinstance(metrics.get(Y), (int, float)):
+        return None
+    return {"rev": name, **{k: metrics.get(k) for k in POINT_FIELDS}}
+
+
+def scatter_spec(points: list[dict]) -> dict:
+    """Vega-Lite spec of the scatter: the DVC template filled by DVC's renderer (dvc_render)."""
+    from dvc_render import VegaRenderer
+
+    renderer = VegaRenderer([dict(p) for p in points], SCATTER_ID, template=SCATTER_TEMPLATE,
+                            template_dir=template_dir(), x=X, y=Y, x_label=X_LABEL, y_label=Y_LABEL,
+                            title=SCATTER_TITLE)
+    return renderer.get_filled_template()
+
+
+# ---------------------------------------------------------------- DVC
+
+def _dvc(*args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True,
+                          env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    if proc.returncode != 0:
+        raise SystemExit(f"error: dvc {' '.join(args)} exited {proc.returncode}:\n{proc.stderr.strip()}")
+    return proc.stdout
+
+
+def dvc_plot_specs(revs: list[str]) -> dict[str, dict]:
+    """plot id -> filled Vega-Lite spec, from `dvc plots show --json` (no revs) or `dvc plots diff --json`."""
+    out = json.loads(_dvc("plots", "diff", "--json", *revs) if revs else _dvc("plots", "show", "--json"))
+    for err in out.get("errors") or []:
+        print(f"warning: dvc plots: {err.get('name')} at {err.get('rev')}: {err.get('msg')}", file=sys.stderr)
+    specs = {}
+    for plot_id, entries in (out.get("data") or {}).items():
+        for i, entry in enumerate(entries):
+            if entry.get("type") == "vega" and entry.get("content"):
+                specs[plot_id if i == 0 else f"{plot_id} ({i})"] = entry["content"]
+    return specs
+
+
+def diff_revisions(revs: list[str]) -> list[str]:
+    """The revisions `dvc plots diff REVS` draws: one rev is compared against the workspace."""
+    return [*revs, "workspace"] if len(revs) == 1 else list(revs)
+
+
+def points_for_revs(revs: list[str]) -> list[dict]:
+    """One point per revision (branch, tag, commit, experiment name or `workspace`)."""
+    import dvc.api
+
+    points = []
+    for rev in revs:
+        try:
+            metrics = dvc.api.metrics_show(EVAL, rev=None if rev == "workspace" else rev)
+        except Exception as e:  # noqa: BLE001 - a rev without metrics is skipped, not fatal
+            print(f"warning: no {EVAL} at {rev}: {e}", file=sys.stderr)
+            continue
+        if (p := point(rev, metrics)) is not None:
+            points.append(p)
+    return points
+
+
+def points_for_experiments() -> list[dict]:
+    """One point per baseline commit and experiment in `dvc exp show`, plus the workspace when its
+    metrics differ from HEAD's (after a `dvc repro` that is not committed yet)."""
+    from prefbench.compare import experiments
+
+    rows = json.loads(_dvc("exp", "show", "--json"))
+    points = [p for e in experiments(rows) if (p := point(e["experiment"], e))]
+    workspace = next((r for r in rows if (r.get("rev") or (r.get("data") or {}).get("rev")) == "workspace"), None)
+    metrics = (((workspace or {}).get("data") or {}).get("metrics") or {}).get(EVAL, {}).get("data")
+    if metrics and (p := point("workspace", metrics)):
+        same = [q for q in points if {k: q[k] for k in POINT_FIELDS} == {k: p[k] for k in POINT_FIELDS}]
+        if not same:
+            points.insert(0, p)
+    return points
+
+
+def collect(revs: list[str]) -> dict[str, dict]:
+    """Every plot: DVC's (in DVC's order), then the speed-vs-accuracy scatter."""
+    specs = dvc_plot_specs(revs)
+    points = points_for_revs(diff_revisions(revs)) if revs else points_for_experiments()
+    if points:
+        specs[SCATTER_ID] = scatter_spec(points)
+    else:
+        print(f"warning: no {EVAL} with {X} and {Y}: no speed-vs-accuracy scatter", file=sys.stderr)
+    return specs
+
+
+# ---------------------------------------------------------------- the page
+
+def vega_versions() -> dict[str, str]:
+    """vega, vega-lite, vega-embed versions that `dvc plots show` pages load (dvc_render)."""
+    from dvc_render import VegaRenderer
+
+    found = dict(re.findall(r"npm/(vega(?:-lite|-embed)?)@([0-9][0-9.]*)", VegaRenderer.SCRIPTS))
+    assert set(found) == {"vega", "vega-lite", "vega-embed"}, VegaRenderer.SCRIPTS
+    return found
+
+
+def fetch_js(js_dir: Path = JS_CACHE) -> Path:
+    """`<name>.min.js` (and its LICENSE) of each vega package in `js_dir`, from `npm pack` if missing."""
+    js_dir.mkdir(parents=True, exist_ok=True)
+    for name, version in vega_versions().items():
+        target = js_dir / f"{name}-{version}.min.js"
+        if target.is_file():
+            continue
+        if shutil.which("npm") is None:
+            raise SystemExit(f"error: {target} is missing and npm is not installed to fetch {name}@{version}")
+        with tempfile.TemporaryDirectory() as tmp:
+            proc = subprocess.run(["npm", "pack", "--silent", f"{name}@{version}"], cwd=tmp,
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"error: npm pack {name}@{version}: {proc.stderr.strip()}")
+            with tarfile.open(next(Path(tmp).glob("*.tgz"))) as tar:
+                for member, out in ((f"package/build/{name}.min.js", target),
+                                    ("package/LICENSE", js_dir / f"{name}-{version}.LICENSE")):
+                    data = tar.extractfile(member)
+                    if data is None:
+                        raise SystemExit(f"error: {member} missing from {name}@{version}")
+                    tmp_out = out.with_suffix(".part")
+                    tmp_out.write_bytes(data.read())
+                    tmp_out.replace(out)
+    return js_dir
+
+
+def offline_template(js_dir: Path) -> str:
+    """A DVC HTML template (`{plot_divs}`, no `{scripts}`) with vega, vega-lite, vega-embed inlined."""
+    scripts = []
+    for name, version in vega_versions().items():
+        js = (js_dir / f"{name}-{version}.min.js").read_text(encoding="utf-8")
+        for placeholder in ("{plot_divs}", "{scripts}", "{refresh_tag}"):
+            assert placeholder not in js, f"{name} contains {placeholder}"
+        js = js.replace("</script", "<\\/script")
+        scripts.append(f"<script>/* {name}@{version}, BSD-3-Clause (LICENSE beside it in {js_dir}) */\n"
+                       f"{js}\n</script>")
+    return ("<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n{refresh_tag}\n"
+            "<title>DVC Plot</title>\n" + "\n".join(scripts) +
+            "\n<style>table { border-spacing: 15px; }</style>\n</head>\n<body>\n{plot_divs}\n</body>\n</html>\n")
+
+
+def page(specs: dict[str, dict], html_template: str | None = None) -> str:
+    """The HTML page `dvc plots show` writes (dvc_render's HTML and VegaRenderer.DIV), for `specs`."""
+    from dvc_render import VegaRenderer
+    from dvc_render.html import HTML
+
+    document = HTML(html_template).with_scripts(VegaRenderer.SCRIPTS)
+    for i, (plot_id, spec) in enumerate(specs.items()):
+        div_id = "plot" + str(i) + "_" + re.sub(r"[^A-Za-z0-9_]", "_", plot_id)
+        partial = json.dumps(spec).replace("</", "<\\/")
+        document.with_element(VegaRenderer.DIV.format(id=div_id, partial=partial))
+    return document.embed()
+
+
+def write_page(path: Path, specs: dict[str, dict], html_template: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page(specs, html_template), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def resolve_html_template(args: argparse.Namespace) -> str | None:
+    if args.html_template:
+        return Path(args.html_template).read_text(encoding="utf-8")
+    if args.offline:
+        return offline_template(fetch_js(Path(args.js_dir)))
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("revisions", nargs="*", help="as for `dvc plots diff` (none: `dvc plots show`)")
+    parser.add_argument("-o", "--out", default="dvc_plots/prefbench", help="folder for index.html")
+    parser.add_argument("--offline", action="store_true", help="inline vega, vega-lite, vega-embed")
+    parser.add_argument("--js-dir", default=str(JS_CACHE), help="where --offline keeps the vega scripts")
+    parser.add_argument("--html-template", help="a DVC HTML template to fill (as `dvc plots show --html-template`)")
+    parser.add_argument("--json", action="store_true", help="print {plot id: Vega-Lite spec}, write no page")
+    parser.add_argument("--write-html-template", metavar="PATH",
+                        help="write the offline DVC HTML template to PATH and stop")
+    args = parser.parse_args(argv)
+    if args.write_html_template:
+        out = Path(args.write_html_template)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(offline_template(fetch_js(Path(args.js_dir))), encoding="utf-8")
+        print(f"offline template: {out} (dvc plots show --html-template {out})")
+        return
+    specs = collect(args.revisions)
+    if args.json:
+        print(json.dumps(specs))
+        return
+    path = write_page(Path(args.out) / "index.html", specs, resolve_html_template(args))
+    print(f"plots: {', '.join(specs)}")
+    print(path.resolve().as_uri())
+
+
+if __name__ == "__main__":
+    main()

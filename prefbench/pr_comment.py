@@ -1,0 +1,82 @@
+"""The pull-request review comment: this checkout's params and metrics against a base revision.
+
+Usage: python -m prefbench.pr_comment --base origin/main [--out pr-comment.md]
+
+Run it after `dvc repro`: it compares the workspace (the freshly reproduced metrics) with the
+base's committed ones, through `dvc params diff --md BASE` and `dvc metrics diff --md BASE`, and
+writes one Markdown comment starting with a marker line, so that the workflow
+(.github/workflows/pr.yml) can find its earlier comment and update it in place. The same command
+works locally: `dvc repro && python -m prefbench.pr_comment --base main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+MARKER = "<!-- prefbench-pr-review -->"
+TIMING_NOTE = ("Timings (`seconds_per_sample`, `samples_per_second`, `tokens_per_second`, `*_seconds`, "
+               "`peak_memory_gb`) are measured on the machine that ran `dvc repro`, the base's on the "
+               "machine that committed them: compare quality metrics freely, timings only on one machine.")
+
+
+def dvc(*args: str) -> str:
+    """Run DVC (the one installed beside this Python); its stdout, or exit naming the command."""
+    cmd = [sys.executable, "-m", "dvc", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    if proc.returncode != 0:
+        raise SystemExit(f"error: dvc {' '.join(args)} exited {proc.returncode}:\n{proc.stderr.strip()}")
+    return proc.stdout
+
+
+def table_or_none(md: str) -> str | None:
+    """A `dvc ... diff --md` table, or None when it has no row (DVC prints only the header then)."""
+    rows = [line for line in md.strip().splitlines() if line.startswith("|")]
+    return "\n".join(rows) if len(rows) > 2 else None
+
+
+def run_link() -> str:
+    """A link to the GitHub Actions run, when run there."""
+    server, repo, run = (os.environ.get(k) for k in ("GITHUB_SERVER_URL", "GITHUB_REPOSITORY", "GITHUB_RUN_ID"))
+    return f" ([workflow run]({server}/{repo}/actions/runs/{run}))" if server and repo and run else ""
+
+
+def build(base: str, head: str = "this PR") -> str:
+    params = table_or_none(dvc("params", "diff", "--md", base))
+    metrics = table_or_none(dvc("metrics", "diff", "--md", base))
+    parts = [MARKER,
+             f"### prefbench: {head} against `{base}`",
+             "",
+             f"`dvc repro` of the CPU default pipeline{run_link()}, then the diffs below "
+             "(`workspace` = the reproduced run).",
+             "",
+             f"**Params** (`dvc params diff --md {base}`)",
+             "",
+             params or f"No params changed against `{base}`.",
+             "",
+             f"**Metrics** (`dvc metrics diff --md {base}`)",
+             "",
+             metrics or f"No metric changed against `{base}`.",
+             ""]
+    if metrics:
+        parts += [TIMING_NOTE, ""]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", required=True, help="the revision to compare with (origin/main on CI)")
+    parser.add_argument("--head", default="this PR", help="what the workspace is, for the heading")
+    parser.add_argument("--out", help="write the comment here (default: stdout only)")
+    args = parser.parse_args(argv)
+    body = build(args.base, args.head)
+    if args.out:
+        Path(args.out).write_text(body, encoding="utf-8")
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
