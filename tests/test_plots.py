@@ -1,0 +1,177 @@
+"""Plots: `dvc plots show` / `dvc plots diff` on a git copy of the repo draw the training loss, the
+learning rate, the confusion matrix and the reliability curve from the committed default run, and
+`python -m prefbench.plots` adds the speed-vs-accuracy scatter, one point per revision. No
+pipeline run: the committed metrics/, dvclive/ files are the data; a second revision is a commit
+with another metrics/eval.json. Offline pages are checked with stand-in scripts (no network).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from prefbench import plots
+from tests.gitcopy import DVC, git_commit, git_copy, sh
+
+LOSS = "dvclive/plots/metrics/train/loss.tsv"
+LR = "dvclive/plots/metrics/train/learning_rate.tsv"
+CONFUSION = "metrics/predictions.csv"
+CALIBRATION = "metrics/calibration.csv"
+# plot id -> fields every data row must carry
+EXPECTED = {LOSS: ("step", "loss"), LR: ("step", "learning_rate"), CONFUSION: ("actual", "predicted"),
+            CALIBRATION: ("predicted", "observed")}
+
+
+def rows(spec: dict) -> list[dict]:
+    return spec["data"]["values"]
+
+
+def plots_json(repo: Path, *args: str) -> dict[str, dict]:
+    return json.loads(sh(sys.executable, "-m", "prefbench.plots", "--json", *args, cwd=repo))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A git copy (branch main = the committed default run) plus branch `other`: one commit whose
+    metrics/eval.json is another model's, faster and worse."""
+    repo = git_copy(tmp_path_factory.mktemp("plots") / "repo")
+    sh("git", "checkout", "-q", "-b", "other", cwd=repo)
+    path = repo / "metrics" / "eval.json"
+    metrics = json.loads(path.read_text())
+    metrics.update(model="gemma2", log_loss=metrics["log_loss"] + 0.05,
+                   seconds_per_sample=metrics["seconds_per_sample"] / 2)
+    path.write_text(json.dumps(metrics, indent=2))
+    git_commit(repo, "other: another eval.json")
+    sh("git", "checkout", "-q", "main", cwd=repo)
+    return repo
+
+
+def test_dvc_plots_show_draws_loss_lr_confusion_and_reliability(repo):
+    out = json.loads(sh(DVC, "plots", "show", "--json", cwd=repo))
+    assert not out.get("errors"), out.get("errors")
+    data = out["data"]
+    for plot_id, fields in EXPECTED.items():
+        (entry,) = data[plot_id]
+        assert entry["type"] == "vega" and entry["revisions"] == ["workspace"]
+        values = rows(entry["content"])
+        assert len(values) >= 10, (plot_id, len(values))
+        assert all(all(f in row and row[f] != "" for f in fields) for row in values), plot_id
+    assert {r["actual"] for r in rows(data[CONFUSION][0]["content"])} == {"a", "b", "tie"}
+    # the learning rate warms up then decays: its curve is not flat
+    lrs = [float(r["learning_rate"]) for r in rows(data[LR][0]["content"])]
+    assert max(lrs) > 2 * lrs[0] and lrs[-1] < max(lrs) / 2
+
+
+def test_dvc_plots_diff_draws_both_revisions(repo):
+    out = json.loads(sh(DVC, "plots", "diff", "--json", "main", "other", cwd=repo))
+    assert not out.get("errors"), out.get("errors")
+    for plot_id in EXPECTED:
+        (entry,) = out["data"][plot_id]
+        assert sorted(entry["revisions"]) == ["main", "other"], plot_id
+        assert {r["rev"] for r in rows(entry["content"])} == {"main", "other"}
+
+
+def test_prefbench_plots_diff_adds_one_scatter_point_per_revision(repo):
+    specs = plots_json(repo, "main", "other")
+    assert set(EXPECTED) <= set(specs)
+    scatter = specs[plots.SCATTER_ID]
+    points = {p["rev"]: p for p in rows(scatter)}
+    assert set(points) == {"main", "other"}
+    main = json.loads((repo / "metrics" / "eval.json").read_text())
+    assert points["main"]["model"] == "llama3" and points["other"]["model"] == "gemma2"
+    assert points["main"]["log_loss"] == main["log_loss"]
+    assert points["other"]["seconds_per_sample"] == pytest.approx(main["seconds_per_sample"] / 2)
+    # the DVC template, filled: x = seconds per sample (log), y = log-loss, colour = model, label = rev
+    point_layer, text_layer = scatter["layer"]
+    assert point_layer["encoding"]["x"]["field"] == "seconds_per_sample"
+    assert point_layer["encoding"]["x"]["scale"]["type"] == "log"
+    assert point_layer["encoding"]["y"]["field"] == "log_loss"
+    assert point_layer["encoding"]["color"]["field"] == "model"
+    assert text_layer["encoding"]["text"]["field"] == "rev"
+    assert "<DVC_METRIC" not in json.dumps(scatter)
+
+
+def test_prefbench_plots_show_scatter_is_every_experiment_plus_a_changed_workspace(repo):
+    specs = plots_json(repo)
+    assert set(EXPECTED) <= set(specs)
+    # workspace = HEAD: one point, the baseline
+    assert [p["rev"] for p in rows(specs[plots.SCATTER_ID])] == ["main"]
+    path = repo / "metrics" / "eval.json"
+    original = path.read_text()
+    try:
+        path.write_text(json.dumps({**json.loads(original), "log_loss": 0.5}))
+        points = rows(plots_json(repo)[plots.SCATTER_ID])
+        assert [(p["rev"], p["log_loss"]) for p in points][:1] == [("workspace", 0.5)]
+        assert [p["rev"] for p in points] == ["workspace", "main"]
+    finally:
+        path.write_text(original)
+
+
+def test_page_is_dvcs_page_with_every_plot(repo, tmp_path):
+    out = tmp_path / "page"
+    stdout = sh(sys.executable, "-m", "prefbench.plots", "main", "other", "-o", str(out), cwd=repo)
+    html = (out / "index.html").read_text()
+    assert stdout.strip().endswith((out / "index.html").resolve().as_uri())
+    assert html.count("vegaEmbed(") == len(EXPECTED) + 1
+    assert "cdn.jsdelivr.net/npm/vega@" in html  # online by default, as `dvc plots show`
+
+
+def test_reliability_template_draws_one_line_per_class(repo):
+    out = json.loads(sh(DVC, "plots", "show", CALIBRATION, "--template", "reliability",
+                        "-x", "predicted", "-y", "observed", "--json", cwd=repo))
+    spec = out["data"][CALIBRATION][0]["content"]
+    curve = spec["layer"][1]["encoding"]
+    assert curve["color"]["field"] == "class" and curve["x"]["field"] == "predicted"
+    assert {r["class"] for r in rows(spec)} == {"a", "b", "tie"}
+
+
+@pytest.fixture
+def stub_js(tmp_path):
+    """Stand-ins for vega, vega-lite, vega-embed, named as fetch_js stores them."""
+    js_dir = tmp_path / "js"
+    js_dir.mkdir()
+    for name, version in plots.vega_versions().items():
+        (js_dir / f"{name}-{version}.min.js").write_text(f"window.stub_{name.replace('-', '_')} = '</script>';")
+    return js_dir
+
+
+def test_vega_versions_are_the_ones_dvc_pages_load():
+    from dvc_render import VegaRenderer
+
+    versions = plots.vega_versions()
+    for name, version in versions.items():
+        assert f"npm/{name}@{version}" in VegaRenderer.SCRIPTS
+
+
+def test_offline_template_works_with_dvc_plots_show(repo, stub_js, tmp_path):
+    template = tmp_path / "offline.html"
+    sh(sys.executable, "-m", "prefbench.plots", "--write-html-template", str(template),
+       "--js-dir", str(stub_js), cwd=repo)  # the scripts are there: npm is not called
+    text = template.read_text()
+    assert "{plot_divs}" in text and "{scripts}" not in text
+    assert "stub_vega_lite" in text and "<\\/script" in text  # inlined, `</script` escaped
+    out = tmp_path / "dvc_page"
+    sh(DVC, "plots", "show", "-o", str(out), "--html-template", str(template), cwd=repo)
+    html = (out / "index.html").read_text()
+    assert "cdn.jsdelivr" not in html and "stub_vega_embed" in html
+    assert html.count("vegaEmbed(") == len(EXPECTED)
+    page = tmp_path / "prefbench_page"
+    sh(sys.executable, "-m", "prefbench.plots", "--offline", "--js-dir", str(stub_js), "-o", str(page), cwd=repo)
+    html = (page / "index.html").read_text()
+    assert "cdn.jsdelivr" not in html and "stub_vega" in html
+    assert html.count("vegaEmbed(") == len(EXPECTED) + 1
+
+
+def test_compare_page_uses_the_same_template_and_page(stub_js):
+    from prefbench.compare import html, scatter_spec
+
+    exps = [{"experiment": "a", "model": "llama3", "seconds_per_sample": 0.01, "log_loss": 0.9},
+            {"experiment": "b", "model": "gemma2", "seconds_per_sample": 0.02, "log_loss": None}]
+    spec = scatter_spec(exps)
+    assert [p["rev"] for p in rows(spec)] == ["a"]  # b has no log-loss: no point
+    assert spec["layer"][0]["encoding"]["color"]["field"] == "model"
+    offline = html(spec, plots.offline_template(stub_js))
+    assert "cdn.jsdelivr" not in offline and offline.count("vegaEmbed(") == 1

@@ -1,0 +1,120 @@
+"""Pull-request review: the workflow (.github/workflows/pr.yml) reproduces the pipeline and posts the
+comment that `python -m prefbench.pr_comment` builds; the comment carries both diffs against the base.
+
+The comment is built for real on a git copy: a branch that changes a param and the evaluate metrics
+(as `dvc repro` would, without running it), compared with `main`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prefbench.pr_comment import MARKER
+from tests.conftest import ROOT
+from tests.gitcopy import git_copy, sh
+
+WORKFLOW = ROOT / ".github" / "workflows" / "pr.yml"
+
+
+@pytest.fixture(scope="module")
+def workflow() -> dict:
+    return yaml.safe_load(WORKFLOW.read_text())
+
+
+def steps(workflow: dict) -> list[dict]:
+    (job,) = workflow["jobs"].values()
+    return job["steps"]
+
+
+def step_index(workflow: dict, pattern: str) -> int:
+    found = [i for i, s in enumerate(steps(workflow)) if re.search(pattern, s.get("run", ""))]
+    assert len(found) == 1, (pattern, found)
+    return found[0]
+
+
+def test_runs_on_pull_requests_with_write_access_to_comments(workflow):
+    on = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as True
+    assert "pull_request" in on
+    assert workflow["permissions"]["pull-requests"] == "write"
+
+
+def test_checks_out_full_history_python_311_and_cpu_torch(workflow):
+    checkout = next(s for s in steps(workflow) if s.get("uses", "").startswith("actions/checkout@"))
+    assert checkout["with"]["fetch-depth"] == 0
+    python = next(s for s in steps(workflow) if s.get("uses", "").startswith("actions/setup-python@"))
+    assert str(python["with"]["python-version"]) == "3.11"
+    install = steps(workflow)[step_index(workflow, r"make install")]["run"]
+    makefile = (ROOT / "Makefile").read_text()
+    torch_pin = re.search(r"^TORCH \?= (\S+)", makefile, re.M).group(1)
+    assert f'TORCH="{torch_pin} --index-url https://download.pytorch.org/whl/cpu"' in install
+
+
+def test_reproduces_then_comments_both_diffs_against_the_base(workflow):
+    (job,) = workflow["jobs"].values()
+    assert job["env"]["BASE"] == "origin/${{ github.base_ref }}"
+    repro = step_index(workflow, r"\bdvc repro\b")
+    build = step_index(workflow, r"-m prefbench\.pr_comment")
+    post = step_index(workflow, r"gh pr comment")
+    assert repro < build < post
+    build_run = steps(workflow)[build]["run"]
+    out = re.search(r'-m prefbench\.pr_comment --base "\$BASE" --out (\S+)', build_run).group(1)
+    post_step = steps(workflow)[post]
+    # the post step sends the file the build step wrote, creating or updating the marked comment
+    assert f"--body-file {out}" in post_step["run"] and f"body=@{out}" in post_step["run"]
+    assert f"head -n 1 {out}" in post_step["run"]  # the marker line finds the earlier comment
+    assert post_step["env"]["GH_TOKEN"] == "${{ github.token }}"
+    assert post_step["env"]["PR"] == "${{ github.event.pull_request.number }}"
+    # plots against the base go to an artifact
+    plots = steps(workflow)[step_index(workflow, r"dvc plots diff")]["run"]
+    assert '"$BASE"' in plots
+    assert any(s.get("uses", "").startswith("actions/upload-artifact@") for s in steps(workflow))
+
+
+@pytest.fixture(scope="module")
+def pr_repo(tmp_path_factory):
+    """A git copy, then a PR branch's workspace: lora_r 8 -> 16 and a re-evaluated eval.json."""
+    repo = git_copy(tmp_path_factory.mktemp("pr") / "repo")
+    sh("git", "checkout", "-q", "-b", "pr", cwd=repo)
+    return repo
+
+
+def comment(repo: Path, tmp_path: Path) -> tuple[str, str]:
+    out = tmp_path / "comment.md"
+    stdout = sh(sys.executable, "-m", "prefbench.pr_comment", "--base", "main", "--out", str(out), cwd=repo)
+    return out.read_text(), stdout
+
+
+def test_comment_without_changes_says_so(pr_repo, tmp_path):
+    body, stdout = comment(pr_repo, tmp_path)
+    assert body.splitlines()[0] == MARKER and stdout.strip() == body.strip()
+    assert "No params changed against `main`." in body
+    assert "No metric changed against `main`." in body
+
+
+def test_comment_has_the_params_and_metrics_diffs(pr_repo, tmp_path):
+    params = pr_repo / "params.yaml"
+    text = params.read_text()
+    assert text.count("    lora_r: 8\n") == 2
+    params.write_text(text.replace("    lora_r: 8\n", "    lora_r: 16\n", 1))
+    path = pr_repo / "metrics" / "eval.json"
+    metrics = json.loads(path.read_text())
+    old_loss = metrics["log_loss"]
+    trainable = metrics["params_trainable"]
+    path.write_text(json.dumps({**metrics, "log_loss": 0.9123, "params_trainable": 2 * trainable}, indent=2))
+
+    body, _ = comment(pr_repo, tmp_path)
+    assert body.splitlines()[0] == MARKER
+    params_part, metrics_part = body.split("**Metrics**")
+    assert "dvc params diff --md main" in params_part
+    assert re.search(r"\| params\.yaml \| models\.llama3\.lora_r +\| 8 +\| 16 +\|", params_part), params_part
+    assert "dvc metrics diff --md main" in metrics_part
+    # dvc metrics diff prints 5 significant digits
+    assert re.search(rf"\| metrics/eval\.json \| log_loss +\| {old_loss:.5g} +\| 0\.9123 +\|", metrics_part), metrics_part
+    assert re.search(rf"\| metrics/eval\.json \| params_trainable +\| {trainable} +\| {2 * trainable} +\|", metrics_part)
+    assert "No metric changed" not in body and "No params changed" not in body
