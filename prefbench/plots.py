@@ -174,7 +174,7 @@ def fetch_js(js_dir: Path = JS_CACHE) -> Path:
                     data = tar.extractfile(member)
                     if data is None:
                         raise SystemExit(f"error: {member} missing from {name}@{version}")
-                    tmp_out = out.with_suffix(".part")
+                    tmp_out = out.with_name(out.name + ".part")
                     tmp_out.write_bytes(data.read())
                     tmp_out.replace(out)
     return js_dir
