@@ -155,7 +155,7 @@ class Bench:
         info = self.results["models"][name]
         # Gemma2 compiles its eager attention (Inductor fuses the softcap, mask and softmax elementwise
         # work): flex attention under torch.compile(dynamic=True) failed with an InductorError on an
-        # H200 (2026-11-26, benchmarks/results/bench-side-by-side-1.log).
+        # H200 (2026-11-26, benchmarks/results/bench-side-by-side-1.json).
         attn = "eager" if info["family"] == "gemma2" else info["best_attn"]
         if self.set_attn(model, attn, name):
             self.compile_cell(model, config, info["params_non_embedding"], name, attn,
