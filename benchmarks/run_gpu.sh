@@ -2,11 +2,12 @@
 # Run on the GPU machine (device tool), from the repo root, with .whl/ carried (benchmarks/gpu_wheels.sh).
 #   bash benchmarks/run_gpu.sh bench llama3-8b      # benchmarks.gpu_bench for one model -> $OUT
 #   bash benchmarks/run_gpu.sh profile              # benchmarks.profile_attention -> $OUT/profile.json
+#   bash benchmarks/run_gpu.sh multi 2              # 1 GPU vs 2: DDP training, sharded evaluate
 #   bash benchmarks/run_gpu.sh repro                # dvc exp run, full-size configs, few hundred rows
 set -uo pipefail  # no -e: a step killed by its timeout keeps what it wrote, and the next step runs
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 what=$1; shift
-sets=core; [ "$what" = repro ] && sets="core dvc"
+sets=core; [[ "$what" == repro || "$what" == multi ]] && sets="core dvc"  # the stages need dvclive
 for s in $sets; do
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/$s/*.whl
 done
@@ -23,6 +24,8 @@ case $what in
   profile)
     timeout "${PROFILE_TIMEOUT:-580}" python3 -m benchmarks.profile_attention --out "$OUT/profile.json" ${PROFILE_ARGS:-} 2>&1 |
       grep -vE "it/s\]|s/it\]|USDT" | tee "$OUT/profile.log" ;;
+  multi)
+    bash benchmarks/multi_gpu.sh "$OUT" "${1:-2}" "${2:-llama3}" 2>&1 | grep -vE "it/s\]|s/it\]|step/s\]|batch/s\]" | tee "$OUT/multi-gpu.log" ;;
   repro)
     bash benchmarks/gpu_repro.sh "$OUT" 2>&1 | grep -vE "it/s\]|s/it\]" | tee "$OUT/repro.log" ;;
 esac

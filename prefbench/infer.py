@@ -8,6 +8,7 @@ length and padded only to their own longest row (dynamic padding).
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
@@ -106,36 +107,76 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.inference_mode()
+def deal_round_robin(lengths: np.ndarray, n: int) -> list[np.ndarray]:
+    """Row indices sorted by length (longest first) and dealt to `n` workers in turn: each worker
+    gets the same mix of long and short rows, so all finish at about the same time (the Kaggle
+    2xT4 pattern: one model per GPU)."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i::n] for i in range(n)]
+
+
 def predict(model, sequences: list[np.ndarray], batch_size: int, pad_token_id: int,
             device: torch.device, warmup_batches: int = 1, pad_to: int | None = None,
             pad_multiple: int = 1, cfg: ModelParams | None = None, name: str = "<model>") -> dict:
-    """Logits for every sequence (input order) and the time of the predict loop.
+    """Logits for every sequence (input order) and the time of the predict loop, on one device.
 
     The timer covers only the loop over batches (host-to-device copies included), after
     `warmup_batches` untimed batches, with the device synchronised at both ends. Running out of
     device memory raises BatchOutOfMemoryError naming the batch and the settings (`cfg`, model
     `name`) to lower.
     """
-    model.eval()
+    return predict_sharded([model], [device], sequences, batch_size, pad_token_id, warmup_batches, pad_to,
+                           pad_multiple, cfg, name)
+
+
+def predict_sharded(models: list, devices: list[torch.device], sequences: list[np.ndarray], batch_size: int,
+                    pad_token_id: int, warmup_batches: int = 1, pad_to: int | None = None, pad_multiple: int = 1,
+                    cfg: ModelParams | None = None, name: str = "<model>") -> dict:
+    """predict() over one model copy per device: rows dealt round-robin by length
+    (`deal_round_robin`), each worker a thread running its copy on its device (CUDA kernels release
+    the GIL, so GPUs run side by side). Every worker runs `warmup_batches` untimed batches first;
+    `seconds` is the wall time of the whole sharded loop, so seconds per sample stays comparable
+    with one device."""
     lengths = np.array([len(s) for s in sequences])
-    batches = length_sorted_batches(lengths, batch_size)
-    for idx in batches[:warmup_batches]:
-        with oom_guard("evaluate", len(idx), int(lengths[idx].max()), cfg, name):
-            model(**to_device(collate([sequences[i] for i in idx], pad_token_id, pad_to, pad_multiple), device))
-    synchronize(device)
-    logits = np.zeros((len(sequences), model.config.num_labels), dtype=np.float32)
-    padded_tokens = 0
+    shards = deal_round_robin(lengths, len(models)) if len(models) > 1 else [np.arange(len(sequences))]
+    plans = [[shard[b] for b in length_sorted_batches(lengths[shard], batch_size)] for shard in shards]
+    logits = np.zeros((len(sequences), models[0].config.num_labels), dtype=np.float32)
+
+    def work(k: int, batches: list[np.ndarray], bar=None) -> int:
+        """Run worker k's batches; returns the padded tokens it computed."""
+        model, device, padded = models[k], devices[k], 0
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # this thread's current device (streams, allocator)
+        model.eval()
+        with torch.inference_mode():  # thread-local: set inside the worker
+            for idx in batches:
+                batch = collate([sequences[i] for i in idx], pad_token_id, pad_to, pad_multiple)
+                padded += batch["input_ids"].numel()
+                with oom_guard("evaluate", len(idx), int(lengths[idx].max()), cfg, name):
+                    out = model(**to_device(batch, device))
+                    logits[idx] = out.logits.float().cpu().numpy()
+                if bar is not None:
+                    bar.update(1)
+        return padded
+
+    def run_all(bar=None, warmup: bool = False) -> int:
+        jobs = [plan[:warmup_batches] if warmup else plan for plan in plans]
+        if len(models) == 1:
+            return work(0, jobs[0], bar)
+        with ThreadPoolExecutor(len(models)) as pool:
+            return sum(pool.map(lambda k: work(k, jobs[k], bar), range(len(models))))
+
+    run_all(warmup=True)
+    for device in set(devices):
+        synchronize(device)
     start = time.perf_counter()
-    for idx in tqdm(batches, desc="predict", unit="batch"):
-        batch = collate([sequences[i] for i in idx], pad_token_id, pad_to, pad_multiple)
-        padded_tokens += batch["input_ids"].numel()
-        with oom_guard("evaluate", len(idx), int(lengths[idx].max()), cfg, name):
-            out = model(**to_device(batch, device))
-            logits[idx] = out.logits.float().cpu().numpy()
-    synchronize(device)
+    with tqdm(total=sum(len(p) for p in plans), desc="predict", unit="batch") as bar:
+        padded_tokens = run_all(bar)
+        for device in set(devices):
+            synchronize(device)
     seconds = time.perf_counter() - start
-    return {"logits": logits, "seconds": seconds, "tokens": int(lengths.sum()), "padded_tokens": padded_tokens}
+    return {"logits": logits, "seconds": seconds, "tokens": int(lengths.sum()), "padded_tokens": padded_tokens,
+            "devices": len(models)}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

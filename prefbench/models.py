@@ -23,6 +23,18 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def pick_devices(n: int, key: str, visible: int | None = None) -> list[torch.device]:
+    """The devices of a multi-GPU stage: GPUs 0..n-1 (n = 0: all `visible` GPUs, default: those
+    torch sees). Asking for more GPUs than are visible fails naming the params `key`. Without a
+    GPU, n > 1 gives n CPU workers (how tests exercise the sharded and DDP paths on a laptop)."""
+    visible = torch.cuda.device_count() if visible is None else visible
+    if visible == 0:
+        return [torch.device("cpu")] * max(n, 1)
+    if n > visible:
+        raise ParamsError(f"{key}: {n} GPUs asked for, {visible} visible (set {key}: 0 for all of them)")
+    return [torch.device("cuda", i) for i in range(n or visible)]
+
+
 def resolve_dtype(name: str, device_type: str, capability: tuple[int, int] | None = None) -> torch.dtype:
     """`auto`: fp32 on CPU; bf16 on GPUs with native bf16 (compute capability >= 8.0, Ampere
     and later), else fp16 (T4 is 7.5: bf16 there is emulated and slow)."""
@@ -107,6 +119,9 @@ def load_model(cfg: ModelParams, pad_token_id: int, device: torch.device, seed: 
     config.pad_token_id = pad_token_id
     attn = resolve_attention(cfg.attn_implementation, config.model_type)
     common = {"dtype": dtype, "attn_implementation": attn}
+    # Seeded for both branches: a checkpoint without the 3-class score head gets it initialised
+    # afresh, and every copy of a sharded run must hold the same one.
+    torch.manual_seed(seed)
     if has_weights(cfg.pretrained):
         model = AutoModelForSequenceClassification.from_pretrained(
             cfg.pretrained, config=config, quantization_config=quant, trust_remote_code=False,
@@ -114,7 +129,6 @@ def load_model(cfg: ModelParams, pad_token_id: int, device: torch.device, seed: 
         )
         weights = "pretrained"
     else:
-        torch.manual_seed(seed)
         # Initialise directly on the target device: 9B fp32 parameters on a CPU take minutes.
         with torch.device(device):
             model = AutoModelForSequenceClassification.from_config(config, **common)
@@ -187,3 +201,11 @@ def load_with_adapter(cfg: ModelParams, adapter: str, pad_token_id: int, device:
     model = PeftModel.from_pretrained(base, adapter).to(device)
     info["params_trainable"] = count_parameters(model)["params_total"] - counts["params_total"]
     return model, info
+
+
+def load_copies(cfg: ModelParams, adapter: str, pad_token_id: int, devices: list[torch.device], seed: int = 0):
+    """One base + adapter copy per device, for sharded inference (prefbench.infer.predict_sharded).
+    Returns (models, info) with info of the first copy; every copy starts from the same seed, so
+    random-init bases are identical too."""
+    loaded = [load_with_adapter(cfg, adapter, pad_token_id, device, seed=seed) for device in devices]
+    return [model for model, _ in loaded], loaded[0][1]

@@ -18,12 +18,13 @@ import random
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
@@ -81,12 +82,23 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
           fingerprint: str = "", name: str = "<model>") -> dict:
     """Train in place. `log(step, metrics)` is called every `tp.log_every` optimizer steps.
 
+    Under torchrun (torch.distributed initialised, see `init_distributed`) every process holds a
+    model copy, runs the same shuffled batches and takes every world-th row of each (`shard`);
+    losses are weighted so DDP's gradient average equals the gradient of the whole batch's mean
+    loss: the same optimizer steps as one device, up to float summation order. Only rank 0 writes
+    checkpoints; pass `log` on rank 0 only.
+
     With `checkpoint_dir`, training resumes from the latest checkpoint there whose `fingerprint`
     (params and data, see `fingerprint`) matches, and writes one every `tp.checkpoint_every`
     optimizer steps (0: none); on resume the points logged before it are passed to `log` again, so a
     fresh log holds the whole curve. `name` (the model's key in params.yaml) goes into error messages.
     """
-    rng = np.random.default_rng(tp.seed)
+    rank, world = world_info()
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    rng = np.random.default_rng(tp.seed)  # the same seed on every rank: the same batches everywhere
     lengths = np.array([len(s) for s in sequences])
     total_steps = optimizer_steps(len(sequences), cfg.train_batch_size, tp.grad_accum_steps, tp.epochs)
     micro_batches = total_steps * tp.grad_accum_steps
@@ -103,7 +115,9 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
 
     st = TrainState()
     if checkpoint_dir is not None:
-        st = load_checkpoint(checkpoint_dir, fingerprint, model, optim, sched, rng) or st
+        st = load_checkpoint(checkpoint_dir, fingerprint, model, optim, sched, rng, remove_stale=rank == 0) or st
+        if world > 1:
+            dist.barrier()  # every rank has read the checkpoint before rank 0 may replace it
     if log is not None:
         for step, values in st.history:  # resumed: the curve up to the checkpoint, again
             log(step, values)
@@ -117,18 +131,20 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
     model.train()
     synchronize(device)
     start = time.perf_counter()
-    with tqdm(total=total_steps, initial=st.step, desc="train", unit="step") as bar:
+    with tqdm(total=total_steps, initial=st.step, desc="train", unit="step", disable=rank > 0) as bar:
         for micro in range(st.micro, micro_batches):
             if not st.batches:  # next epoch: a fresh shuffle
                 st.batches = shuffled_batches(lengths, cfg.train_batch_size, rng)
             idx = st.batches.pop()
-            batch = to_device(collate([sequences[i] for i in idx], pad_token_id), device)
+            local, weight = shard(idx, rank, world)
+            batch = to_device(collate([sequences[i] for i in local], pad_token_id), device)
             step_ends = (micro + 1) % tp.grad_accum_steps == 0
-            with oom_guard("train", len(idx), int(lengths[idx].max()), cfg, name, step=st.step + 1):
+            sync = net.no_sync() if world > 1 and not step_ends else nullcontext()  # all-reduce once per step
+            with sync, oom_guard("train", len(local), int(lengths[local].max()), cfg, name, step=st.step + 1):
                 with torch.autocast(**amp):
-                    out = model(**batch, labels=labels_t[idx].to(device))
-                loss = ensure_finite("loss", out.loss.item())
-                (out.loss / tp.grad_accum_steps).backward()
+                    out = net(**batch, labels=labels_t[local].to(device))
+                loss = ensure_finite("loss", batch_mean(out.loss.detach() * weight, world))
+                (out.loss * weight / tp.grad_accum_steps).backward()
                 if step_ends:
                     ensure_finite("gradient norm", torch.nn.utils.clip_grad_norm_(params, tp.max_grad_norm).item())
                     optim.step()
@@ -149,7 +165,7 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
                     log(st.step, values)
                 bar.set_postfix(loss=f"{st.final_loss:.4f}")
                 st.loss_sum, st.loss_n = 0.0, 0
-            if checkpointing and st.step % tp.checkpoint_every == 0 and st.step < total_steps:
+            if checkpointing and rank == 0 and st.step % tp.checkpoint_every == 0 and st.step < total_steps:
                 synchronize(device)
                 st.seconds += time.perf_counter() - start  # the clock stops while the checkpoint is written
                 save_checkpoint(checkpoint_dir, fingerprint, model, optim, sched, rng, st)
@@ -159,6 +175,49 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
     return {"final_loss": st.final_loss, "train_seconds": round(seconds, 3), "steps": st.step, "samples": st.seen,
             "tokens": st.tokens, "seconds_per_sample": seconds / max(st.seen, 1),
             "tokens_per_second": st.tokens / seconds}
+
+
+def world_info() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless torch.distributed is initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard(idx: np.ndarray, rank: int, world: int) -> tuple[np.ndarray, float]:
+    """This rank's rows of a global batch (every world-th) and the weight of its mean loss, such
+    that the average over ranks of weight * local mean = the mean over the whole batch
+    (weight = local rows * world / batch rows; exactly 1.0 on one device). A rank left without a
+    row (a last batch smaller than the world) reruns the batch's first row with weight 0, so it
+    still joins the gradient all-reduce."""
+    local = idx[rank::world]
+    if len(local) == 0:
+        return idx[:1], 0.0
+    return local, len(local) * world / len(idx)
+
+
+def batch_mean(weighted_loss: torch.Tensor, world: int) -> float:
+    """The whole batch's mean loss from each rank's weighted local mean (all ranks get the same
+    value, so a non-finite loss stops every rank at the same step)."""
+    if world > 1:
+        weighted_loss = weighted_loss.clone()
+        dist.all_reduce(weighted_loss)
+        weighted_loss /= world
+    return weighted_loss.item()
+
+
+def init_distributed() -> torch.device:
+    """In a process started by torchrun: join the process group (NCCL on GPUs, gloo on CPU) and
+    return this process's device (GPU LOCAL_RANK, or the CPU)."""
+    local = int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return device
 
 
 def non_finite_message(what: str, value: float, step: int, total_steps: int, dtype: torch.dtype,
@@ -252,7 +311,7 @@ def save_checkpoint(folder: str | Path, fp: str, model, optim, sched, rng: np.ra
 
 
 def load_checkpoint(folder: str | Path, fp: str, model, optim, sched,
-                    rng: np.random.Generator) -> TrainState | None:
+                    rng: np.random.Generator, remove_stale: bool = True) -> TrainState | None:
     """Restore the latest checkpoint in `folder` into model, optim, sched, rng and the global RNGs;
     return its TrainState, or None when there is none or (then deleted, saying so) it was made
     with other params, data or versions."""
@@ -266,7 +325,8 @@ def load_checkpoint(folder: str | Path, fp: str, model, optim, sched,
     if meta.get("format") != CHECKPOINT_FORMAT or meta.get("fingerprint") != fp:
         print(f"train: ignoring checkpoint {path}: made with other params, data or versions "
               f"(fingerprint {meta.get('fingerprint')}, this run {fp}); training from step 0", flush=True)
-        remove_checkpoints(folder)
+        if remove_stale:  # under DDP only rank 0 deletes
+            remove_checkpoints(folder)
         return None
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     trainable = load_file(path / "trainable.safetensors")

@@ -24,11 +24,11 @@ import transformers
 from prefbench.cli import run
 from prefbench.config import load_params
 from prefbench.data import LABEL_NAMES
-from prefbench.infer import (BatchOutOfMemoryError, NonFiniteLogitsError, check_finite, predict, softmax,
+from prefbench.infer import (BatchOutOfMemoryError, NonFiniteLogitsError, check_finite, predict_sharded, softmax,
                              synchronize)
 from prefbench.metrics import (accuracy, calibration_rows, device_name, log_loss, peak_memory_gb, prior_log_loss,
                                round_floats, write_json)
-from prefbench.models import load_tokenizer, load_with_adapter, pick_device
+from prefbench.models import load_copies, load_tokenizer, pick_devices
 from prefbench.tokenize import read_tokens
 from prefbench.train import atomic_path
 
@@ -46,21 +46,23 @@ def main() -> None:
     cfg = params.selected
 
     transformers.set_seed(params.train.seed)
-    device = pick_device()
+    devices = pick_devices(params.evaluate.devices, "evaluate.devices")
+    device = devices[0]
     tok = load_tokenizer(cfg.pretrained)
     ids, labels, seqs = read_tokens(args.tokens, "val")
     _, train_labels, _ = read_tokens(args.tokens, "train")
 
     synchronize(device)
     start = time.perf_counter()
-    model, info = load_with_adapter(cfg, args.adapter, tok.pad_token_id, device, seed=params.train.seed)
-    synchronize(device)
+    models, info = load_copies(cfg, args.adapter, tok.pad_token_id, devices, seed=params.train.seed)
+    for d in set(devices):
+        synchronize(d)
     load_seconds = time.perf_counter() - start
 
     try:
-        result = predict(model, seqs, cfg.eval_batch_size, tok.pad_token_id, device,
-                         warmup_batches=params.evaluate.warmup_batches,
-                         pad_multiple=64 if device.type == "cuda" else 1, cfg=cfg, name=params.model)
+        result = predict_sharded(models, devices, seqs, cfg.eval_batch_size, tok.pad_token_id,
+                                 warmup_batches=params.evaluate.warmup_batches,
+                                 pad_multiple=64 if device.type == "cuda" else 1, cfg=cfg, name=params.model)
         check_finite(result["logits"], info["dtype"], params.model)
     except (BatchOutOfMemoryError, NonFiniteLogitsError) as err:
         sys.exit(f"evaluate: error: {err}")
@@ -71,18 +73,20 @@ def main() -> None:
         "log_loss": log_loss(labels, probs),
         "log_loss_prior": prior_log_loss(train_labels, labels),
         "accuracy": accuracy(labels, probs),
-        "seconds_per_sample": result["seconds"] / n,
+        "seconds_per_sample": result["seconds"] / n,  # wall time over all rows, whatever the devices
+        "device_seconds_per_sample": result["seconds"] * len(devices) / n,  # what a sample costs in GPU time
         "samples_per_second": n / result["seconds"],
         "tokens_per_second": result["tokens"] / result["seconds"],
         "padding_share": 1 - result["tokens"] / result["padded_tokens"],
         "predict_seconds": result["seconds"],
         "load_seconds": load_seconds,
-        "peak_memory_gb": peak_memory_gb(device),
+        "peak_memory_gb": max(peak_memory_gb(d) for d in set(devices)),
         **{k: info[k] for k in ("params_total", "params_embedding", "params_non_embedding", "params_trainable")},
         "n_samples": n,
         "batch_size": cfg.eval_batch_size,
         "max_length": cfg.max_length,
         "device": device_name(device),
+        "devices": len(devices),
         "dtype": info["dtype"],
         "attn_implementation": info["attn_implementation"],  # `auto` resolved
         "quantization": cfg.quantization,

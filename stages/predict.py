@@ -25,10 +25,10 @@ import transformers
 from prefbench.cli import run
 from prefbench.config import load_params
 from prefbench.data import LABEL_COLUMNS, read_test_csv
-from prefbench.infer import (BatchOutOfMemoryError, NonFiniteLogitsError, check_finite, predict, softmax,
+from prefbench.infer import (BatchOutOfMemoryError, NonFiniteLogitsError, check_finite, predict_sharded, softmax,
                              synchronize)
 from prefbench.metrics import device_name, peak_memory_gb, round_floats, write_json
-from prefbench.models import load_tokenizer, load_with_adapter, pick_device
+from prefbench.models import load_copies, load_tokenizer, pick_devices
 from prefbench.tokenize import encode_rows
 
 
@@ -45,11 +45,13 @@ def main() -> None:
 
     df, report = read_test_csv(args.test_csv)
     transformers.set_seed(params.train.seed)
-    device = pick_device()
+    devices = pick_devices(params.evaluate.devices, "evaluate.devices")
+    device = devices[0]
     tok = load_tokenizer(cfg.pretrained)
     start = time.perf_counter()
-    model, info = load_with_adapter(cfg, args.adapter, tok.pad_token_id, device, seed=params.train.seed)
-    synchronize(device)
+    models, info = load_copies(cfg, args.adapter, tok.pad_token_id, devices, seed=params.train.seed)
+    for d in set(devices):
+        synchronize(d)
     load_seconds = time.perf_counter() - start
 
     views = [("response_a", "response_b")] + ([("response_b", "response_a")] if pp.swap_tta else [])
@@ -58,9 +60,9 @@ def main() -> None:
         seqs, _ = encode_rows(tok, df["prompt"].tolist(), df[first].tolist(), df[second].tolist(),
                               cfg.max_length, params.tokenize.prompt_share)
         try:
-            result = predict(model, [np.asarray(s) for s in seqs], cfg.eval_batch_size, tok.pad_token_id, device,
-                             warmup_batches=params.evaluate.warmup_batches,
-                             pad_multiple=64 if device.type == "cuda" else 1, cfg=cfg, name=params.model)
+            result = predict_sharded(models, devices, [np.asarray(s) for s in seqs], cfg.eval_batch_size,
+                                     tok.pad_token_id, warmup_batches=params.evaluate.warmup_batches,
+                                     pad_multiple=64 if device.type == "cuda" else 1, cfg=cfg, name=params.model)
             check_finite(result["logits"], info["dtype"], params.model)
         except (BatchOutOfMemoryError, NonFiniteLogitsError) as err:
             sys.exit(f"predict: error: {err}")
@@ -79,7 +81,8 @@ def main() -> None:
         "tokens_per_second": tokens / seconds, "load_seconds": load_seconds,
         "kaggle_rows": pp.kaggle_rows, "projected_hours": hours, "kaggle_hours": pp.kaggle_hours,
         "fits_kaggle_limit": hours + load_seconds / 3600 < pp.kaggle_hours,
-        "peak_memory_gb": peak_memory_gb(device), "device": device_name(device),
+        "peak_memory_gb": max(peak_memory_gb(d) for d in set(devices)), "device": device_name(device),
+        "devices": len(devices),
         "repaired": dict(report.repaired), **{k: info[k] for k in ("dtype", "attn_implementation", "weights")},
     }
     write_json(args.metrics, round_floats(metrics))

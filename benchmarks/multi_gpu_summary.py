@@ -1,0 +1,59 @@
+"""Summarise benchmarks/multi_gpu.sh: one GPU vs N, same inputs -> OUT/multi-gpu.json and Markdown.
+
+Usage: python -m benchmarks.multi_gpu_summary OUT_DIR N
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def summarise(out: Path, n: int) -> dict:
+    load = lambda name: json.loads((out / name).read_text())  # noqa: E731
+    t1, tn = load("multi-train-adapter1.json"), load(f"multi-train-adapter{n}.json")
+    e1, en, ed = load("multi-eval-1gpu.json"), load(f"multi-eval-{n}gpu.json"), load(f"multi-eval-ddp{n}-1gpu.json")
+    cols = ["p_a", "p_b", "p_tie"]
+    p1 = pd.read_csv(out / "multi-pred-1gpu.csv").set_index("id")[cols]
+    pn = pd.read_csv(out / f"multi-pred-{n}gpu.csv").set_index("id").loc[p1.index, cols]
+    return {
+        "device": e1["device"], "gpus": n, "model": e1["model"], "weights": e1["weights"],
+        "dtype": e1["dtype"], "attn_implementation": e1["attn_implementation"],
+        "train_rows": t1["samples"], "val_rows": e1["n_samples"],
+        "train_seconds": {"1": t1["train_seconds"], str(n): tn["train_seconds"]},
+        "train_speedup": t1["train_seconds"] / tn["train_seconds"],
+        "train_final_loss": {"1": t1["final_loss"], str(n): tn["final_loss"]},
+        "eval_seconds_per_sample": {"1": e1["seconds_per_sample"], str(n): en["seconds_per_sample"]},
+        "eval_speedup": e1["seconds_per_sample"] / en["seconds_per_sample"],
+        "eval_log_loss_same_adapter": {"1": e1["log_loss"], str(n): en["log_loss"]},
+        "eval_max_abs_prob_diff_same_adapter": float(np.abs(p1.values - pn.values).max()),
+        "eval_log_loss_ddp_adapter_on_1": ed["log_loss"],
+        "note": "random-init weights: timings are real, log-loss is not a model's; it is compared between "
+                "one and several GPUs on the same rows",
+    }
+
+
+def main() -> None:
+    out, n = Path(sys.argv[1]), int(sys.argv[2])
+    s = summarise(out, n)
+    (out / "multi-gpu.json").write_text(json.dumps(s, indent=1) + "\n")
+    print(f"| {s['model']} ({s['weights']}, {s['dtype']}) on {s['device']} | 1 GPU | {n} GPUs | ratio |")
+    print("|---|---|---|---|")
+    print(f"| train, {s['train_rows']} rows: seconds | {s['train_seconds']['1']:.1f} | {s['train_seconds'][str(n)]:.1f} "
+          f"| {s['train_speedup']:.2f}x |")
+    print(f"| train: final loss | {s['train_final_loss']['1']:.4f} | {s['train_final_loss'][str(n)]:.4f} | |")
+    e = s["eval_seconds_per_sample"]
+    print(f"| evaluate, {s['val_rows']} rows: s/sample | {e['1']:.5f} | {e[str(n)]:.5f} | {s['eval_speedup']:.2f}x |")
+    ll = s["eval_log_loss_same_adapter"]
+    print(f"| evaluate: log-loss, same adapter | {ll['1']:.6f} | {ll[str(n)]:.6f} | max prob diff "
+          f"{s['eval_max_abs_prob_diff_same_adapter']:.2g} |")
+    print(f"| log-loss of the {n}-GPU (DDP) adapter, evaluated on 1 GPU | {ll['1']:.6f} (1-GPU adapter) "
+          f"| {s['eval_log_loss_ddp_adapter_on_1']:.6f} | |")
+
+
+if __name__ == "__main__":
+    main()

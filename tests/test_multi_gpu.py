@@ -1,0 +1,126 @@
+"""Several devices: sharded inference (one model copy per device, rows dealt round-robin) and DDP
+training through torchrun. On a CPU, `devices: 2` runs two CPU workers (threads for inference,
+two gloo processes for training): the same code paths as two GPUs, checked against one device."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from prefbench.config import ParamsError
+from prefbench.infer import deal_round_robin, predict, predict_sharded
+from prefbench.models import load_model, pick_devices
+from prefbench.train import shard
+from tests.conftest import ROOT
+from tests.test_stages import run_stage
+
+
+def test_pick_devices_counts_gpus_and_names_the_key():
+    assert pick_devices(0, "evaluate.devices", visible=4) == [torch.device("cuda", i) for i in range(4)]
+    assert pick_devices(2, "evaluate.devices", visible=4) == [torch.device("cuda", 0), torch.device("cuda", 1)]
+    assert pick_devices(1, "train.devices", visible=0) == [torch.device("cpu")]
+    assert pick_devices(0, "train.devices", visible=0) == [torch.device("cpu")]
+    assert pick_devices(2, "train.devices", visible=0) == [torch.device("cpu")] * 2
+    with pytest.raises(ParamsError, match=r"train\.devices: 3 GPUs asked for, 2 visible"):
+        pick_devices(3, "train.devices", visible=2)
+
+
+def test_round_robin_deals_every_row_once_and_balances_lengths():
+    lengths = np.random.default_rng(0).integers(10, 1000, 101)
+    shards = deal_round_robin(lengths, 2)
+    assert sorted(np.concatenate(shards).tolist()) == list(range(101))
+    assert abs(len(shards[0]) - len(shards[1])) <= 1
+    # dealt in turn from the longest down: each worker's token count within one long row of the other
+    assert abs(lengths[shards[0]].sum() - lengths[shards[1]].sum()) <= lengths.max()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_shard_weights_make_the_rank_average_the_batch_mean(world):
+    """DDP averages gradients over ranks; with these weights the average of the weighted local mean
+    losses is the whole batch's mean loss, for any batch size, including ranks left empty."""
+    rng = np.random.default_rng(world)
+    for size in range(1, 10):
+        idx = rng.permutation(50)[:size]
+        losses = rng.random(50)
+        parts = [shard(idx, r, world) for r in range(world)]
+        covered = sorted(np.concatenate([p for p, w in parts if w > 0]).tolist())
+        assert covered == sorted(idx.tolist())
+        average = sum(w * losses[p].mean() for p, w in parts) / world
+        assert average == pytest.approx(losses[idx].mean(), rel=1e-12)
+    assert shard(np.arange(8), 0, 1)[1] == 1.0  # one device: weight exactly 1, numerics unchanged
+
+
+def test_sharded_predict_equals_one_device(tiny_llama_tok):
+    from prefbench.config import load_params
+    cfg = load_params(ROOT / "params.yaml").models["llama3"]
+    cfg.pretrained = str(ROOT / "models" / "tiny-llama3")
+    cpu = torch.device("cpu")
+    models = [load_model(cfg, tiny_llama_tok.pad_token_id, cpu)[0] for _ in range(2)]
+    rng = np.random.default_rng(1)
+    seqs = [rng.integers(5, 200, n) for n in rng.integers(5, 60, 23)]
+    one = predict(models[0], seqs, 4, tiny_llama_tok.pad_token_id, cpu)
+    two = predict_sharded(models, [cpu, cpu], seqs, 4, tiny_llama_tok.pad_token_id)
+    assert two["devices"] == 2 and two["tokens"] == one["tokens"]
+    np.testing.assert_allclose(two["logits"], one["logits"], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("multi")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["sample"].update(rows=150, test_rows=20)
+    raw["train"]["epochs"] = 1
+    for cfg in raw["models"].values():
+        cfg["pretrained"] = str(ROOT / cfg["pretrained"])
+        cfg["max_length"] = 96
+    for k in (1, 2):
+        raw["train"]["devices"] = raw["evaluate"]["devices"] = k
+        (tmp / f"p{k}.yaml").write_text(yaml.safe_dump(raw))
+    p = ["--params", str(tmp / "p1.yaml")]
+    run_stage("sample", *p, "--out", str(tmp / "train.csv"), "--test-out", str(tmp / "test.csv"))
+    run_stage("prepare", *p, "--csv", str(tmp / "train.csv"), "--out", str(tmp / "prepared"),
+              "--metrics", str(tmp / "data.json"))
+    run_stage("tokenize", *p, "--prepared", str(tmp / "prepared"), "--out", str(tmp / "tokens"),
+              "--metrics", str(tmp / "tokens.json"))
+    return tmp
+
+
+def train(tmp, k):
+    out = run_stage("train", "--params", str(tmp / f"p{k}.yaml"), "--tokens", str(tmp / "tokens"),
+                    "--out", str(tmp / f"adapter{k}"), "--metrics", str(tmp / f"train{k}.json"),
+                    "--live", str(tmp / f"live{k}"))
+    return out, json.loads((tmp / f"train{k}.json").read_text())
+
+
+def test_ddp_training_takes_the_steps_of_one_device(tokens):
+    _, one = train(tokens, 1)
+    out, two = train(tokens, 2)
+    assert "DDP through torchrun" in out and "on 2 x cpu" in out
+    assert two["devices"] == 2 and one["devices"] == 1
+    assert (two["steps"], two["samples"], two["tokens"]) == (one["steps"], one["samples"], one["tokens"])
+    assert two["final_loss"] == pytest.approx(one["final_loss"], abs=1e-5)
+    a = load_file(tokens / "adapter1" / "adapter_model.safetensors")
+    b = load_file(tokens / "adapter2" / "adapter_model.safetensors")
+    assert set(a) == set(b)
+    for name in a:  # the same weights up to float32 summation order
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4)
+    loss = (tokens / "live2" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+    assert len(loss) > 1  # rank 0 logged the curve
+
+
+def test_sharded_evaluate_gives_the_same_predictions(tokens):
+    if not (tokens / "adapter1").exists():
+        train(tokens, 1)
+    metrics = {}
+    for k in (1, 2):
+        run_stage("evaluate", "--params", str(tokens / f"p{k}.yaml"), "--tokens", str(tokens / "tokens"),
+                  "--adapter", str(tokens / "adapter1"), "--metrics", str(tokens / f"eval{k}.json"),
+                  "--predictions", str(tokens / f"pred{k}.csv"), "--calibration", str(tokens / f"cal{k}.csv"))
+        metrics[k] = json.loads((tokens / f"eval{k}.json").read_text())
+    assert metrics[2]["devices"] == 2 and metrics[1]["devices"] == 1
+    assert metrics[2]["log_loss"] == metrics[1]["log_loss"]
+    assert metrics[2]["n_samples"] == metrics[1]["n_samples"]
+    assert (tokens / "pred2.csv").read_text() == (tokens / "pred1.csv").read_text()
