@@ -4,7 +4,8 @@
 # Usage (from benchmarks/run_gpu.sh multi): bash benchmarks/multi_gpu.sh OUT_DIR [GPUS] [MODEL]
 #   1. train on 1 GPU -> adapter1;  evaluate adapter1 on 1 GPU and on GPUS GPUs (same inputs)
 #   2. train on GPUS GPUs (DDP)     -> adapter2; evaluate adapter2 on 1 GPU
-# then benchmarks/multi_gpu_summary.py compares log-loss and time -> OUT/multi-gpu.json
+# then benchmarks/multi_gpu_summary.py compares log-loss and time -> OUT/multi-gpu.json (with every
+# stage's metrics inside) and OUT/multi-gpu.md. ROWS, TRAIN_BATCH, MAX_LENGTH, PRETRAINED override.
 # CPU smoke run (2 CPU workers): PRETRAINED=models/tiny-llama3 ROWS=150 MAX_LENGTH=96 bash benchmarks/multi_gpu.sh /tmp/o
 set -euo pipefail
 OUT=$1; N=${2:-2}; MODEL=${3:-llama3}; W=$(mktemp -d)
@@ -17,25 +18,25 @@ raw["sample"].update(rows=int(os.environ.get("ROWS", 1000)), test_rows=100)
 raw["train"].update(epochs=1, learning_rate=1e-4, log_every=5, checkpoint_every=0)
 full = {"llama3": "models/llama3-8b", "gemma2": "models/gemma2-9b"}[model]
 raw["models"][model].update(pretrained=os.environ.get("PRETRAINED", full), max_length=int(os.environ.get("MAX_LENGTH", 1024)),
-                            train_batch_size=8, eval_batch_size=32)
+                            train_batch_size=int(os.environ.get("TRAIN_BATCH", 8)), eval_batch_size=32)
 for k in (1, n):
     raw["train"]["devices"] = raw["evaluate"]["devices"] = k
     yaml.safe_dump(raw, open(f"{w}/p{k}.yaml", "w"))
 PY
 p1=(--params "$W/p1.yaml"); pn=(--params "$W/p$N.yaml")
 python3 -m stages.sample "${p1[@]}" --out "$W/train.csv" --test-out "$W/test.csv"
-python3 -m stages.prepare "${p1[@]}" --csv "$W/train.csv" --out "$W/prepared" --metrics "$OUT/multi-data.json"
-python3 -m stages.tokenize "${p1[@]}" --prepared "$W/prepared" --out "$W/tokens" --metrics "$OUT/multi-tokens.json"
+python3 -m stages.prepare "${p1[@]}" --csv "$W/train.csv" --out "$W/prepared" --metrics "$W/multi-data.json"
+python3 -m stages.tokenize "${p1[@]}" --prepared "$W/prepared" --out "$W/tokens" --metrics "$W/multi-tokens.json"
 train() {  # params, adapter name
-  python3 -m stages.train --params "$1" --tokens "$W/tokens" --out "$W/$2" --metrics "$OUT/multi-train-$2.json" --live "$W/live-$2"
+  python3 -m stages.train --params "$1" --tokens "$W/tokens" --out "$W/$2" --metrics "$W/multi-train-$2.json" --live "$W/live-$2"
 }
 evaluate() {  # params, adapter name, tag
-  python3 -m stages.evaluate --params "$1" --tokens "$W/tokens" --adapter "$W/$2" --metrics "$OUT/multi-eval-$3.json" \
-    --predictions "$OUT/multi-pred-$3.csv" --calibration "$W/cal-$3.csv"
+  python3 -m stages.evaluate --params "$1" --tokens "$W/tokens" --adapter "$W/$2" --metrics "$W/multi-eval-$3.json" \
+    --predictions "$W/multi-pred-$3.csv" --calibration "$W/cal-$3.csv"
 }
 train "$W/p1.yaml" adapter1
 evaluate "$W/p1.yaml" adapter1 1gpu
 evaluate "$W/p$N.yaml" adapter1 ${N}gpu
 train "$W/p$N.yaml" adapter$N
 evaluate "$W/p1.yaml" adapter$N ddp${N}-1gpu
-python3 -m benchmarks.multi_gpu_summary "$OUT" "$N" | tee "$OUT/multi-gpu.md"
+python3 -m benchmarks.multi_gpu_summary "$W" "$N" "$OUT/multi-gpu.json" | tee "$OUT/multi-gpu.md"

@@ -1,6 +1,6 @@
 """Summarise benchmarks/multi_gpu.sh: one GPU vs N, same inputs -> OUT/multi-gpu.json and Markdown.
 
-Usage: python -m benchmarks.multi_gpu_summary OUT_DIR N
+Usage: python -m benchmarks.multi_gpu_summary WORK_DIR N OUT_JSON
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 
 def summarise(out: Path, n: int) -> dict:
@@ -32,18 +33,22 @@ def summarise(out: Path, n: int) -> dict:
         "eval_log_loss_same_adapter": {"1": e1["log_loss"], str(n): en["log_loss"]},
         "eval_max_abs_prob_diff_same_adapter": float(np.abs(p1.values - pn.values).max()),
         "eval_log_loss_ddp_adapter_on_1": ed["log_loss"],
+        "train_batch_size": yaml.safe_load((out / "p1.yaml").read_text())["models"][e1["model"]]["train_batch_size"],
+        "stages": {name: load(name) for name in ("multi-data.json", "multi-tokens.json", "multi-train-adapter1.json",
+                                                 f"multi-train-adapter{n}.json", "multi-eval-1gpu.json",
+                                                 f"multi-eval-{n}gpu.json", f"multi-eval-ddp{n}-1gpu.json")},
         "note": "random-init weights: timings are real, log-loss is not a model's; it is compared between "
                 "one and several GPUs on the same rows",
     }
 
 
 def main() -> None:
-    out, n = Path(sys.argv[1]), int(sys.argv[2])
-    s = summarise(out, n)
-    (out / "multi-gpu.json").write_text(json.dumps(s, indent=1) + "\n")
+    work, n, out = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+    s = summarise(work, n)
+    out.write_text(json.dumps(s, indent=1) + "\n")
     print(f"| {s['model']} ({s['weights']}, {s['dtype']}) on {s['device']} | 1 GPU | {n} GPUs | ratio |")
     print("|---|---|---|---|")
-    print(f"| train, {s['train_rows']} rows: seconds | {s['train_seconds']['1']:.1f} | {s['train_seconds'][str(n)]:.1f} "
+    print(f"| train, {s['train_rows']} rows, batch {s['train_batch_size']}: seconds | {s['train_seconds']['1']:.1f} | {s['train_seconds'][str(n)]:.1f} "
           f"| {s['train_speedup']:.2f}x |")
     print(f"| train: final loss | {s['train_final_loss']['1']:.4f} | {s['train_final_loss'][str(n)]:.4f} | |")
     e = s["eval_seconds_per_sample"]

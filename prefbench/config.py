@@ -59,8 +59,10 @@ class ModelParams:
     train_batch_size: int
     eval_batch_size: int
     gradient_checkpointing: bool
+    compile: str  # auto | true | false: torch.compile for evaluate/predict (auto = on GPUs)
 
     def validate(self, key: str) -> None:
+        _choice(self.compile, ("auto", "true", "false"), f"{key}.compile")
         _choice(self.dtype, ("auto", "float32", "bfloat16", "float16"), f"{key}.dtype")
         _choice(
             self.attn_implementation,

@@ -134,7 +134,8 @@ def predict_sharded(models: list, devices: list[torch.device], sequences: list[n
                     cfg: ModelParams | None = None, name: str = "<model>") -> dict:
     """predict() over one model copy per device: rows dealt round-robin by length
     (`deal_round_robin`), each worker a thread running its copy on its device (CUDA kernels release
-    the GIL, so GPUs run side by side). Every worker runs `warmup_batches` untimed batches first;
+    the GIL, so GPUs run side by side). Every worker runs `warmup_batches` untimed batches first
+    (one worker after the other; their time is `warmup_seconds`);
     `seconds` is the wall time of the whole sharded loop, so seconds per sample stays comparable
     with one device."""
     lengths = np.array([len(s) for s in sequences])
@@ -159,16 +160,18 @@ def predict_sharded(models: list, devices: list[torch.device], sequences: list[n
                     bar.update(1)
         return padded
 
-    def run_all(bar=None, warmup: bool = False) -> int:
-        jobs = [plan[:warmup_batches] if warmup else plan for plan in plans]
+    def run_all(bar) -> int:
         if len(models) == 1:
-            return work(0, jobs[0], bar)
+            return work(0, plans[0], bar)
         with ThreadPoolExecutor(len(models)) as pool:
-            return sum(pool.map(lambda k: work(k, jobs[k], bar), range(len(models))))
+            return sum(pool.map(lambda k: work(k, plans[k], bar), range(len(models))))
 
-    run_all(warmup=True)
+    start = time.perf_counter()
+    for k in range(len(models)):  # one copy at a time: the first batches compile (torch.compile, flex)
+        work(k, plans[k][:warmup_batches])
     for device in set(devices):
         synchronize(device)
+    warmup_seconds = time.perf_counter() - start
     start = time.perf_counter()
     with tqdm(total=sum(len(p) for p in plans), desc="predict", unit="batch") as bar:
         padded_tokens = run_all(bar)
@@ -176,7 +179,7 @@ def predict_sharded(models: list, devices: list[torch.device], sequences: list[n
             synchronize(device)
     seconds = time.perf_counter() - start
     return {"logits": logits, "seconds": seconds, "tokens": int(lengths.sum()), "padded_tokens": padded_tokens,
-            "devices": len(models)}
+            "devices": len(models), "warmup_seconds": warmup_seconds}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

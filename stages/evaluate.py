@@ -80,6 +80,7 @@ def main() -> None:
         "padding_share": 1 - result["tokens"] / result["padded_tokens"],
         "predict_seconds": result["seconds"],
         "load_seconds": load_seconds,
+        "warmup_seconds": result["warmup_seconds"],  # torch.compile's compile happens here
         "peak_memory_gb": max(peak_memory_gb(d) for d in set(devices)),
         **{k: info[k] for k in ("params_total", "params_embedding", "params_non_embedding", "params_trainable")},
         "n_samples": n,
@@ -89,6 +90,7 @@ def main() -> None:
         "devices": len(devices),
         "dtype": info["dtype"],
         "attn_implementation": info["attn_implementation"],  # `auto` resolved
+        "compiled": info["compiled"],
         "quantization": cfg.quantization,
         "weights": info["weights"],
     }

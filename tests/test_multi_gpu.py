@@ -124,3 +124,35 @@ def test_sharded_evaluate_gives_the_same_predictions(tokens):
     assert metrics[2]["log_loss"] == metrics[1]["log_loss"]
     assert metrics[2]["n_samples"] == metrics[1]["n_samples"]
     assert (tokens / "pred2.csv").read_text() == (tokens / "pred1.csv").read_text()
+
+
+def test_compile_auto_is_gpu_only():
+    from prefbench.models import resolve_compile
+    assert resolve_compile("auto", "cuda") and not resolve_compile("auto", "cpu")
+    assert resolve_compile("true", "cpu") and not resolve_compile("false", "cuda")
+
+
+def test_compiled_merged_copies_predict_like_the_plain_model(tiny_gemma_tok):
+    """compile: true merges LoRA into the base and compiles; two compiled copies in two threads give
+    the logits of the plain, uncompiled adapter model."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from prefbench.config import load_params
+    from prefbench.models import compile_for_inference
+    cfg = load_params(ROOT / "params.yaml").models["gemma2"]
+    cfg.pretrained = str(ROOT / "models" / "tiny-gemma2")
+    cpu = torch.device("cpu")
+
+    def adapted():
+        model = load_model(cfg, tiny_gemma_tok.pad_token_id, cpu)[0]
+        torch.manual_seed(1)  # non-zero LoRA B, so merging changes the weights
+        return get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["q_proj", "v_proj"],
+                                                init_lora_weights=False))
+
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(5, 200, n) for n in rng.integers(5, 60, 40)]
+    plain = predict(adapted(), seqs, 8, tiny_gemma_tok.pad_token_id, cpu)
+    compiled = predict_sharded([compile_for_inference(adapted(), cfg) for _ in range(2)], [cpu, cpu], seqs, 8,
+                               tiny_gemma_tok.pad_token_id)
+    assert compiled["warmup_seconds"] > 0
+    np.testing.assert_allclose(compiled["logits"], plain["logits"], atol=1e-5)
