@@ -146,7 +146,7 @@ def predict_sharded(models: list, devices: list[torch.device], sequences: list[n
     def work(k: int, batches: list[np.ndarray], bar=None) -> int:
         """Run worker k's batches; returns the padded tokens it computed."""
         model, device, padded = models[k], devices[k], 0
-        if device.type == "cuda":
+        if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)  # this thread's current device (streams, allocator)
         model.eval()
         with torch.inference_mode():  # thread-local: set inside the worker
