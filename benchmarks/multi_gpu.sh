@@ -34,10 +34,12 @@ evaluate() {  # params, adapter name, tag
   python3 -m stages.evaluate --params "$1" --tokens "$W/tokens" --adapter "$W/$2" --metrics "$W/multi-eval-$3.json" \
     --predictions "$W/multi-pred-$3.csv" --calibration "$W/cal-$3.csv"
 }
-# A failing step is reported and the others still run; the summary marks what is missing.
-train "$W/p1.yaml" adapter1 || echo "FAILED: train on 1 GPU"
-evaluate "$W/p1.yaml" adapter1 1gpu || echo "FAILED: evaluate on 1 GPU"
-evaluate "$W/p$N.yaml" adapter1 ${N}gpu || echo "FAILED: evaluate on $N GPUs"
-train "$W/p$N.yaml" adapter$N || echo "FAILED: train on $N GPUs"
-evaluate "$W/p1.yaml" adapter$N ddp${N}-1gpu || echo "FAILED: evaluate the DDP adapter"
-python3 -m benchmarks.multi_gpu_summary "$W" "$N" "$OUT/multi-gpu.json" | tee "$OUT/multi-gpu.md"
+summary() { python3 -m benchmarks.multi_gpu_summary "$W" "$N" "$OUT/multi-gpu.json" > "$OUT/multi-gpu.md" || true; }
+# A failing step is reported and the others still run; the summary (rewritten after every step, so a
+# run cut short keeps what it measured) marks what is missing.
+train "$W/p1.yaml" adapter1 || echo "FAILED: train on 1 GPU"; summary
+evaluate "$W/p1.yaml" adapter1 1gpu || echo "FAILED: evaluate on 1 GPU"; summary
+evaluate "$W/p$N.yaml" adapter1 ${N}gpu || echo "FAILED: evaluate on $N GPUs"; summary
+train "$W/p$N.yaml" adapter$N || echo "FAILED: train on $N GPUs"; summary
+evaluate "$W/p1.yaml" adapter$N ddp${N}-1gpu || echo "FAILED: evaluate the DDP adapter"; summary
+cat "$OUT/multi-gpu.md"
