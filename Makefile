@@ -1,5 +1,7 @@
 # Two commands: `make repro` (install into .venv, run the default pipeline) and `make test`.
-# TORCH selects the torch wheel: the CPU build by default. On a GPU machine:
+# TORCH selects the torch wheel. torch==2.13.0 takes the CPU wheel on this project's CPU machines (and
+# in CI), where it lies on disk; elsewhere on Linux, PyPI's torch is a CUDA build of several GB: on a
+# CPU-only laptop use TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu". On a GPU machine:
 #   make repro TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" EXTRAS=dev,gpu
 PYTHON ?= python3
 VENV ?= .venv

@@ -32,7 +32,7 @@ train() {  # params, adapter name
 }
 evaluate() {  # params, adapter name, tag
   python3 -m stages.evaluate --params "$1" --tokens "$W/tokens" --adapter "$W/$2" --metrics "$W/multi-eval-$3.json" \
-    --predictions "$W/multi-pred-$3.csv" --calibration "$W/cal-$3.csv"
+    --predictions "$W/multi-pred-$3.csv" --calibration "$W/cal-$3.csv" --speed-accuracy "$W/sa-$3.json"
 }
 summary() { python3 -m benchmarks.multi_gpu_summary "$W" "$N" "$OUT/multi-gpu.json" > "$OUT/multi-gpu.md" || true; }
 # A failing step is reported and the others still run; the summary (rewritten after every step, so a

@@ -1,7 +1,13 @@
-"""Turn committed GPU benchmark results into the Markdown tables of README's "Why is Gemma2 slower?".
+"""Turn committed GPU results into the Markdown of README's "Why is Gemma2 slower?".
 
-Usage: python -m benchmarks.report benchmarks/results/bench-llama3-8b-run1-bufcast.json \
-           benchmarks/results/bench-gemma2-9b.json > benchmarks/results/report.md
+Usage:
+    python -m benchmarks.report --main benchmarks/results/bench-side-by-side-3.json \
+        --runs benchmarks/results/bench-side-by-side-1.json benchmarks/results/bench-side-by-side-2.json \
+               benchmarks/results/bench-llama3-8b-run1-bufcast.json benchmarks/results/bench-gemma2-9b.json \
+        --profile benchmarks/results/profile-1.json \
+        --multi benchmarks/results/multi-gpu-b8/multi-gpu.json > benchmarks/results/report.md
+`--main` is the side-by-side run (both models, one process, one card) the headline table and the
+goals are read from; `--runs` adds the other runs' cells (flex attention, 2048 tokens, NF4, LoRA).
 Every number in that README section comes out of this script and the JSON files it reads.
 """
 
@@ -9,84 +15,160 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from transformers import AutoConfig
 
-from prefbench.flops import forward_flops
 from benchmarks.gpu_bench import ROOT
+from prefbench.flops import forward_flops
+from prefbench.models import resolve_attention
 
 KAGGLE_ROWS = 25_000
 T4_FP16_PEAK = 65e12  # NVIDIA T4 datasheet, fp16 tensor cores (dense); T4 has no bf16
+FAMILY = {"llama3-8b": "llama", "gemma2-9b": "gemma2"}
 
 
-def load(paths):
-    runs = [json.loads(open(p).read()) for p in paths]
-    cells = [dict(c, card=r["device"], peak=r["peak_bf16_flops"]) for r in runs for c in r["cells"]]
-    train = [dict(c, card=r["device"]) for r in runs for c in r["train"]]
-    models = {k: v for r in runs for k, v in r["models"].items()}
-    return runs, cells, train, models
+def load(path: str) -> dict:
+    run = json.loads(Path(path).read_text())
+    run["name"] = Path(path).stem
+    return run
 
 
-def find(cells, **kw):
-    hits = [c for c in cells if all(c.get(k) == v for k, v in kw.items()) and not c.get("compiled")]
+def find(run: dict, **kw) -> dict | None:
+    compiled = kw.pop("compiled", False)
+    hits = [c for c in run["cells"] if all(c.get(k) == v for k, v in kw.items()) and bool(c.get("compiled")) == compiled]
     return hits[0] if hits else None
+
+
+def header(run: dict) -> str:
+    return (f"`{run['name']}`: {run['device']}, {run['date']}, torch {run['versions']['torch']}, transformers "
+            f"{run['versions']['transformers']}, bf16 matmul peak {run['peak_bf16_flops'] / 1e12:.0f} TFLOP/s, "
+            f"{run['rows']} rows")
+
+
+def headline(run: dict) -> None:
+    """Both models, one run: the pipeline's default path, compiled, and the naive loop."""
+    names = ["llama3-8b", "gemma2-9b"]
+    print(f"Side by side, one process on one card: {header(run)}; max_length 1024, bf16, real lengths; "
+          "s/sample is the median of 3 timed passes after an untimed pass over every batch.\n")
+    print("| | Llama3-8B | Gemma2-9B | Gemma2 / Llama3 |")
+    print("|---|---|---|---|")
+    m = run["models"]
+    flops = {n: forward_flops(AutoConfig.from_pretrained(ROOT / "models" / n), m[n]["params_non_embedding"], [600]) / 600
+             for n in names}
+    rows = [("parameters (3-class classifier)", lambda n: f"{m[n]['params_total']:,}", m, "params_total"),
+            ("non-embedding parameters", lambda n: f"{m[n]['params_non_embedding']:,}", m, "params_non_embedding"),
+            ("layers", lambda n: f"{m[n]['layers']}", m, "layers")]
+    for label, fmt, src, key in rows:
+        print(f"| {label} | {fmt(names[0])} | {fmt(names[1])} | {src[names[1]][key] / src[names[0]][key]:.2f} |")
+    print(f"| forward GFLOP/token (600 tokens, attention included) | {flops[names[0]] / 1e9:.1f} | "
+          f"{flops[names[1]] / 1e9:.1f} | {flops[names[1]] / flops[names[0]]:.2f} |")
+    paths = [("default path: attention auto, dynamic padding + sorted", {"batching": "dynamic"}, False),
+             ("same, torch.compile", {"batching": "dynamic"}, True),
+             ("fixed padding to 1024 (the naive loop), attention auto", {"batching": "fixed"}, False)]
+    for label, kw, compiled in paths:
+        cells = [find(run, model=n, attn=resolve_attention("auto", FAMILY[n]), dtype="bfloat16", max_length=1024,
+                      compiled=compiled, **kw) for n in names]
+        if None in cells:
+            continue
+        attn = " / ".join(c["attn"] for c in cells)
+        print(f"| s/sample, {label} ({attn}) | {cells[0]['seconds_per_sample']:.4f} (MFU {cells[0]['mfu']:.2f}) | "
+              f"{cells[1]['seconds_per_sample']:.4f} (MFU {cells[1]['mfu']:.2f}) | "
+              f"**{cells[1]['seconds_per_sample'] / cells[0]['seconds_per_sample']:.2f}** |")
+
+
+def cells_table(run: dict) -> None:
+    print(f"\n{header(run)}\n")
+    print("| model | max_length | attention | dtype | compiled | fixed padding | dynamic + sorted | speed-up | "
+          "MFU dyn | mem GB | rel. error | softcap |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for c in run["cells"]:
+        if c["batching"] != "dynamic":
+            continue
+        fixed = find(run, model=c["model"], max_length=c["max_length"], attn=c["attn"], dtype=c["dtype"],
+                     batching="fixed", compiled=bool(c.get("compiled")))
+        f = f"{fixed['seconds_per_sample']:.4f}" if fixed else "-"
+        speed = f"{fixed['seconds_per_sample'] / c['seconds_per_sample']:.2f}x" if fixed else "-"
+        err = c.get("max_rel_error")
+        print(f"| {c['model']} | {c['max_length']} | {c['attn']} | {c['dtype']} | {'yes' if c.get('compiled') else 'no'} "
+              f"| {f} | {c['seconds_per_sample']:.4f} | {speed} | {c['mfu']:.2f} | {c['peak_memory_gb']} | "
+              f"{'-' if err is None else f'{err:.3f}'} | {'yes' if c.get('softcap_applied') else 'NO'} |")
+    for c in run["train"]:
+        if c is run["train"][0]:
+            print("\n| LoRA (r=16, all linear, AdamW) | attention | batch | grad. checkpointing | s/step | tokens/s | "
+                  "MFU | peak GB |")
+            print("|---|---|---|---|---|---|---|---|")
+        print(f"| {c['model']} | {c['attn']} | {c['batch']} | {c['gradient_checkpointing']} | "
+              f"{c['seconds_per_step']:.3f} | {c['tokens_per_second']:.0f} | {c['mfu']:.2f} | {c['peak_memory_gb']} |")
+
+
+def profile_table(prof: dict) -> None:
+    print(f"\nWhere the time goes (`{Path(prof['name']).stem}`: torch.profiler, {prof['device']}, "
+          f"{prof['paths'][0].get('rows')} rows, dynamic padding, bf16; device ms per sample by category, "
+          "see benchmarks/profile_attention.py):\n")
+    cats = ["gemm", "attn_fused", "attn_eager", "compiled", "norm_act", "other"]
+    print("| model | attention | " + " | ".join(cats) + " | total |")
+    print("|---|---|" + "---|" * len(cats) + "---|")
+    for p in prof["paths"]:
+        if "error" in p:
+            print(f"| {p['model']} | {p['attn']} | {p['error']} |")
+            continue
+        ms = p["ms_per_sample"]
+        print(f"| {p['model']} | {p['attn']} | " + " | ".join(f"{ms.get(k, 0):.2f}" for k in cats)
+              + f" | {p['total_ms_per_sample']:.2f} |")
+
+
+def projection(run: dict) -> None:
+    print(f"\nProjection for the hidden test set ({KAGGLE_ROWS:,} rows) at max_length 1024, from `{run['name']}`; "
+          "the 2xT4 column scales by the ratio of this card's bf16 peak to T4's fp16 peak (65 TFLOP/s) at the same "
+          "MFU (an optimistic floor: T4 reaches lower MFU), halved for one model per GPU:\n")
+    print("| model | path | minutes here | hours on 2xT4 (floor) |")
+    print("|---|---|---|---|")
+    for c in run["cells"]:
+        if c["max_length"] != 1024 or c["dtype"] != "bfloat16":
+            continue
+        minutes = KAGGLE_ROWS * c["seconds_per_sample"] / 60
+        t4_hours = minutes * run["peak_bf16_flops"] / T4_FP16_PEAK / 2 / 60
+        path = f"{c['attn']}, {c['batching']}{', compiled' if c.get('compiled') else ''}"
+        print(f"| {c['model']} | {path} | {minutes:.1f} | {t4_hours:.2f} |")
+
+
+def multi_table(m: dict, name: str) -> None:
+    n = str(m["gpus"])
+    print(f"\nOne GPU vs {n} (`{name}`): the pipeline's stages, {m['model']} full-size ({m['weights']}, "
+          f"{m['dtype']}, {m['attn_implementation']}), {m['device']} x {n}, {m['train_rows']} training rows, "
+          f"train_batch_size {m.get('train_batch_size', 8)}, {m['val_rows']} validation rows:\n")
+    print(f"| | 1 GPU | {n} GPUs | |")
+    print("|---|---|---|---|")
+    print(f"| train: seconds | {m['train_seconds']['1']:.1f} | {m['train_seconds'][n]:.1f} | "
+          f"{m['train_speedup']:.2f}x |")
+    print(f"| train: final loss | {m['train_final_loss']['1']:.4f} | {m['train_final_loss'][n]:.4f} | |")
+    e = m["eval_seconds_per_sample"]
+    print(f"| evaluate: s/sample (wall) | {e['1']:.5f} | {e[n]:.5f} | {m['eval_speedup']:.2f}x |")
+    ll = m["eval_log_loss_same_adapter"]
+    print(f"| evaluate: log-loss, same adapter | {ll['1']:.6f} | {ll[n]:.6f} | max prob. difference "
+          f"{m['eval_max_abs_prob_diff_same_adapter']:.3f} |")
+    print(f"| log-loss of the adapter trained on 1 / {n} GPUs (evaluated on 1) | {ll['1']:.6f} | "
+          f"{m['eval_log_loss_ddp_adapter_on_1']:.6f} | |")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", nargs="+")
+    p.add_argument("--main", required=True, help="side-by-side run: both models in one process")
+    p.add_argument("--runs", nargs="*", default=[])
+    p.add_argument("--profile")
+    p.add_argument("--multi", nargs="*", default=[])
     args = p.parse_args()
-    runs, cells, train, models = load(args.results)
-    print("Runs: " + "; ".join(f"{r['device']}, {r['date']}, torch {r['versions']['torch']}, "
-                               f"transformers {r['versions']['transformers']}, "
-                               f"bf16 matmul peak {r['peak_bf16_flops'] / 1e12:.0f} TFLOP/s" for r in runs))
-    print("\n| model | params total | embedding | non-embedding | layers | forward GFLOP/token at 600 tokens |")
-    print("|---|---|---|---|---|---|")
-    flops = {}
-    for name, m in models.items():
-        config = AutoConfig.from_pretrained(ROOT / "models" / name)
-        flops[name] = forward_flops(config, m["params_non_embedding"], [600]) / 600
-        print(f"| {name} | {m['params_total']:,} | {m['params_embedding']:,} | {m['params_non_embedding']:,} | "
-              f"{m['layers']} | {flops[name] / 1e9:.1f} |")
-    if len(flops) == 2:
-        a, b = sorted(flops)
-        print(f"\nFLOP ratio {a}/{b} per token: {flops[a] / flops[b]:.2f}")
-
-    print("\nInference, bf16 unless noted, real arena length distribution (s/sample; MFU; peak GB; "
-          "max relative logit error vs fp32 eager):\n")
-    print("| model | max_length | attention | dtype | fixed padding | dynamic + sorted | speed-up | "
-          "MFU dyn | mem GB | rel. error | softcap |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for c in cells:
-        if c["batching"] != "dynamic":
-            continue
-        fixed = find(cells, model=c["model"], max_length=c["max_length"], attn=c["attn"], dtype=c["dtype"],
-                     batching="fixed")
-        f = f"{fixed['seconds_per_sample']:.4f}" if fixed else "-"
-        speed = f"{fixed['seconds_per_sample'] / c['seconds_per_sample']:.2f}x" if fixed else "-"
-        err = c.get("max_rel_error")
-        print(f"| {c['model']} | {c['max_length']} | {c['attn']} | {c['dtype']} | {f} | "
-              f"{c['seconds_per_sample']:.4f} | {speed} | {c['mfu']:.2f} | {c['peak_memory_gb']} | "
-              f"{'-' if err is None else f'{err:.3f}'} | {'yes' if c.get('softcap_applied') else 'NO'} |")
-
-    print("\nLoRA training step (r=16, all linear layers, AdamW):\n")
-    print("| model | attention | batch | grad. checkpointing | s/step | tokens/s | MFU | peak GB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for t in train:
-        print(f"| {t['model']} | {t['attn']} | {t['batch']} | {t['gradient_checkpointing']} | "
-              f"{t['seconds_per_step']:.3f} | {t['tokens_per_second']:.0f} | {t['mfu']:.2f} | {t['peak_memory_gb']} |")
-
-    print(f"\nProjection for the hidden test set ({KAGGLE_ROWS:,} rows) at max_length 1024: measured on the "
-          "card above; the T4 column scales by the ratio of bf16 peak to T4's fp16 peak at the same MFU "
-          "(an optimistic floor: T4 runs at lower MFU), halved for 2xT4 with one model per GPU.\n")
-    print("| model | path | minutes here | hours on 2xT4 (floor) |")
-    print("|---|---|---|---|")
-    for c in cells:
-        if c["max_length"] != 1024:
-            continue
-        minutes = KAGGLE_ROWS * c["seconds_per_sample"] / 60
-        t4_hours = minutes * c["peak"] / T4_FP16_PEAK / 2 / 60
-        print(f"| {c['model']} | {c['attn']}, {c['dtype']}, {c['batching']} | {minutes:.1f} | {t4_hours:.2f} |")
+    main_run = load(args.main)
+    headline(main_run)
+    print("\n## Every cell, by run")
+    for run in [main_run] + [load(r) for r in args.runs]:
+        cells_table(run)
+    if args.profile:
+        profile_table(load(args.profile))
+    projection(main_run)
+    for path in args.multi:
+        multi_table(json.loads(Path(path).read_text()), str(Path(path).parent.name))
 
 
 if __name__ == "__main__":

@@ -59,10 +59,9 @@ class ModelParams:
     train_batch_size: int
     eval_batch_size: int
     gradient_checkpointing: bool
-    compile: str  # auto | true | false: torch.compile for evaluate/predict (auto = on GPUs)
+    compile: bool  # torch.compile (LoRA merged) for evaluate/predict; for long runs only (params.yaml)
 
     def validate(self, key: str) -> None:
-        _choice(self.compile, ("auto", "true", "false"), f"{key}.compile")
         _choice(self.dtype, ("auto", "float32", "bfloat16", "float16"), f"{key}.dtype")
         _choice(
             self.attn_implementation,

@@ -203,13 +203,6 @@ def load_with_adapter(cfg: ModelParams, adapter: str, pad_token_id: int, device:
     return model, info
 
 
-def resolve_compile(name: str, device_type: str) -> bool:
-    """`auto`: compile on GPUs, where it pays (compiled eager Gemma2-9B 1.48x faster than eager on an
-    H200, README "Why is Gemma2 slower?"); not on a CPU, where compiling costs more than the tiny
-    default run takes."""
-    return name == "true" or (name == "auto" and device_type == "cuda")
-
-
 def load_copies(cfg: ModelParams, adapter: str, pad_token_id: int, devices: list[torch.device], seed: int = 0):
     """One base + adapter copy per device, for inference (prefbench.infer.predict_sharded), compiled
     if `cfg.compile` says so. Returns (models, info) with info of the first copy; every copy starts
@@ -218,10 +211,10 @@ def load_copies(cfg: ModelParams, adapter: str, pad_token_id: int, devices: list
     for device in devices:
         model, info_k = load_with_adapter(cfg, adapter, pad_token_id, device, seed=seed)
         info = info or info_k
-        if resolve_compile(cfg.compile, device.type):
+        if cfg.compile:
             model = compile_for_inference(model, cfg)
         models.append(model)
-    info["compiled"] = resolve_compile(cfg.compile, devices[0].type)
+    info["compiled"] = cfg.compile
     return models, info
 
 

@@ -2,7 +2,7 @@
 
 Usage: python -m stages.evaluate --params params.yaml --tokens data/tokens --adapter models/adapter \
            --metrics metrics/eval.json --predictions metrics/predictions.csv \
-           --calibration metrics/calibration.csv
+           --calibration metrics/calibration.csv --speed-accuracy metrics/speed_accuracy.json
 Reads params: model, models.<model>.{pretrained, dtype, attn_implementation, quantization,
 eval_batch_size}, evaluate.warmup_batches.
 Batches are length-sorted and dynamically padded; only the predict loop is timed (model load
@@ -14,8 +14,10 @@ status 1, and no metrics are written; the outputs appear complete or not at all.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,6 +43,8 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, help="evaluation metrics JSON")
     parser.add_argument("--predictions", required=True, help="per-row predictions CSV (dvc plots)")
     parser.add_argument("--calibration", required=True, help="reliability-curve CSV (dvc plots)")
+    parser.add_argument("--speed-accuracy", required=True,
+                        help="one-record JSON list (dvc plots diff: one speed-vs-log-loss point per revision)")
     args = parser.parse_args()
     params = load_params(args.params)
     cfg = params.selected
@@ -99,12 +103,22 @@ def main() -> None:
         write_predictions(path, ids, labels, probs)
     with atomic_path(args.calibration) as path:
         calibration.to_csv(path, index=False)
+    with atomic_path(args.speed_accuracy) as path:  # DVC plots need a list of records, not eval.json's object
+        write_json_list(path, [round_floats({k: metrics[k] for k in SPEED_ACCURACY})])
     with atomic_path(args.metrics) as path:  # last: its presence says the evaluation completed
         write_json(path, round_floats(metrics))
     print(f"evaluate: {params.model} ({info['weights']}) log_loss {metrics['log_loss']:.4f} "
           f"(prior {metrics['log_loss_prior']:.4f}), accuracy {metrics['accuracy']:.3f}, "
           f"{metrics['seconds_per_sample']:.5f} s/sample, {metrics['tokens_per_second']:.0f} tokens/s, "
           f"{n} rows on {metrics['device']}")
+
+
+SPEED_ACCURACY = ("model", "seconds_per_sample", "log_loss", "accuracy", "weights", "device", "devices", "dtype",
+                  "attn_implementation", "quantization", "max_length")
+
+
+def write_json_list(path, records: list[dict]) -> None:
+    Path(path).write_text(json.dumps(records, indent=2) + "\n")
 
 
 def write_predictions(path: str, ids: list[str], labels: np.ndarray, probs: np.ndarray) -> None:

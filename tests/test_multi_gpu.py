@@ -118,7 +118,8 @@ def test_sharded_evaluate_gives_the_same_predictions(tokens):
     for k in (1, 2):
         run_stage("evaluate", "--params", str(tokens / f"p{k}.yaml"), "--tokens", str(tokens / "tokens"),
                   "--adapter", str(tokens / "adapter1"), "--metrics", str(tokens / f"eval{k}.json"),
-                  "--predictions", str(tokens / f"pred{k}.csv"), "--calibration", str(tokens / f"cal{k}.csv"))
+                  "--predictions", str(tokens / f"pred{k}.csv"), "--calibration", str(tokens / f"cal{k}.csv"),
+                  "--speed-accuracy", str(tokens / f"sa{k}.json"))
         metrics[k] = json.loads((tokens / f"eval{k}.json").read_text())
     assert metrics[2]["devices"] == 2 and metrics[1]["devices"] == 1
     assert metrics[2]["log_loss"] == metrics[1]["log_loss"]
@@ -126,14 +127,8 @@ def test_sharded_evaluate_gives_the_same_predictions(tokens):
     assert (tokens / "pred2.csv").read_text() == (tokens / "pred1.csv").read_text()
 
 
-def test_compile_auto_is_gpu_only():
-    from prefbench.models import resolve_compile
-    assert resolve_compile("auto", "cuda") and not resolve_compile("auto", "cpu")
-    assert resolve_compile("true", "cpu") and not resolve_compile("false", "cuda")
-
-
 def test_compiled_merged_copies_predict_like_the_plain_model(tiny_gemma_tok):
-    """compile: true merges LoRA into the base and compiles; two compiled copies in two threads give
+    """models.*.compile: true merges LoRA into the base and compiles; two compiled copies in two threads give
     the logits of the plain, uncompiled adapter model."""
     from peft import LoraConfig, TaskType, get_peft_model
 

@@ -90,7 +90,8 @@ def test_evaluate_stage_writes_no_metrics_from_nan_logits(tokens, tmp_path):  # 
         score.fill_(float("nan"))  # an adapter whose score head is nan: every logit is nan
     model.save_pretrained(tmp_path / "adapter")
     args = ["--tokens", str(tokens), "--adapter", str(tmp_path / "adapter"), "--metrics", str(tmp_path / "eval.json"),
-            "--predictions", str(tmp_path / "pred.csv"), "--calibration", str(tmp_path / "cal.csv")]
+            "--predictions", str(tmp_path / "pred.csv"), "--calibration", str(tmp_path / "cal.csv"),
+            "--speed-accuracy", str(tmp_path / "sa.json")]
     proc = subprocess.run([sys.executable, "-m", "stages.evaluate", *params, *args], cwd=ROOT, capture_output=True,
                           text=True)
     assert proc.returncode == 1

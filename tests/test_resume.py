@@ -50,7 +50,7 @@ def train_args(params, tokens, out):
 def evaluate(params, tokens, out) -> dict:
     run_stage("evaluate", *params, "--tokens", str(tokens), "--adapter", str(out / "adapter"),
               "--metrics", str(out / "eval.json"), "--predictions", str(out / "pred.csv"),
-              "--calibration", str(out / "cal.csv"))
+              "--calibration", str(out / "cal.csv"), "--speed-accuracy", str(out / "sa.json"))
     return json.loads((out / "eval.json").read_text())
 
 

@@ -45,7 +45,8 @@ def pipeline(request, tmp_path_factory):
                              "--metrics", str(tmp / "train.json"), "--live", str(tmp / "live"))
     out["evaluate"] = run_stage("evaluate", *p, "--tokens", str(tmp / "tokens"), "--adapter", str(tmp / "adapter"),
                                 "--metrics", str(tmp / "eval.json"), "--predictions", str(tmp / "pred.csv"),
-                                "--calibration", str(tmp / "cal.csv"))
+                                "--calibration", str(tmp / "cal.csv"),
+                                "--speed-accuracy", str(tmp / "speed_accuracy.json"))
     out["predict"] = run_stage("predict", *p, "--test-csv", str(tmp / "test.csv"), "--adapter", str(tmp / "adapter"),
                                "--out", str(tmp / "submission.csv"), "--metrics", str(tmp / "predict.json"))
     return request.param, tmp, out
