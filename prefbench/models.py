@@ -51,11 +51,12 @@ def resolve_attention(name: str, model_type: str) -> str:
     """`auto`: the fastest attention that computes the model correctly (benchmarks/README.md).
 
     Gemma2 soft-caps attention logits (tanh at 50): SDPA cannot apply that (transformers 5.24
-    refuses it), eager and flex attention do. Measured on an H200 at max_length 1024 with dynamic
-    padding, eager and flex run at the same speed, and flex adds a compile per padded shape (which
-    dominates a short evaluation) and has no backward kernel for Gemma2's head_dim 256 (Inductor
-    NoValidChoicesError) nor any on a CPU: eager. Flex is faster at max_length 2048 for
-    inference (12% less time): set attn_implementation: flex_attention there. Llama3 has no softcap: SDPA.
+    refuses it), eager and flex attention do. Flex compiles a kernel per padded batch shape (a
+    short evaluation pays that inside its timed loop) and has no backward kernel for Gemma2's
+    head_dim 256 (Inductor NoValidChoicesError) nor any on a CPU, and attn_implementation is shared
+    by training and inference: eager. Once every shape is compiled, flex is faster for inference
+    (H200, max_length 1024: 0.0286 vs 0.0338 s/sample; 2048: 12% less time): set
+    attn_implementation: flex_attention for a long predict run. Llama3 has no softcap: SDPA.
     """
     if name != "auto":
         return name

@@ -32,6 +32,7 @@ from pathlib import Path
 
 EVAL = "metrics/eval.json"
 SCATTER_ID = "speed_accuracy"
+DVC_SCATTER = "metrics/speed_accuracy.json"  # the evaluate stage's one-record file, a dvc plot
 SCATTER_TEMPLATE = "speed_accuracy"
 SCATTER_TITLE = "Speed vs accuracy, one point per experiment"
 X, Y = "seconds_per_sample", "log_loss"
@@ -133,8 +134,10 @@ def points_for_experiments() -> list[dict]:
 
 
 def collect(revs: list[str]) -> dict[str, dict]:
-    """Every plot: DVC's (in DVC's order), then the speed-vs-accuracy scatter."""
-    specs = dvc_plot_specs(revs)
+    """Every plot: DVC's (in DVC's order), then the speed-vs-accuracy scatter. DVC's own scatter
+    (metrics/speed_accuracy.json: the revisions asked for) gives way to this one, which without
+    revisions holds every experiment of `dvc exp show`."""
+    specs = {k: v for k, v in dvc_plot_specs(revs).items() if not k.startswith(DVC_SCATTER)}
     points = points_for_revs(diff_revisions(revs)) if revs else points_for_experiments()
     if points:
         specs[SCATTER_ID] = scatter_spec(points)

@@ -67,7 +67,7 @@ def test_training_flops_and_mfu_arithmetic():
 
 
 @pytest.mark.parametrize("name,model_type,expected", [
-    ("auto", "gemma2", "eager"),  # softcap applied; as fast as flex at 1024, no compile, has a backward
+    ("auto", "gemma2", "eager"),  # softcap applied, no per-shape compile, has a backward
     ("auto", "llama", "sdpa"),
     ("flex_attention", "gemma2", "flex_attention"),  # an explicit choice wins
     ("eager", "llama", "eager"),
@@ -77,14 +77,17 @@ def test_default_attention_path(name, model_type, expected):
 
 
 def test_default_gpu_path_matches_committed_benchmark():
-    """The default (auto) attention must be the fastest softcap-correct one at max_length 1024 with
-    dynamic padding in the committed H200 results (within 2%: the run-to-run noise seen there)."""
+    """The default (auto) attention must be the fastest softcap-correct one without per-shape
+    compilation (flex attention and torch.compile build kernels per batch shape, which a short
+    evaluate pays inside its timed loop, and flex has no Gemma2 backward) at max_length 1024 with
+    dynamic padding, in the committed side-by-side H200 run (within 2%: the run-to-run noise)."""
     import json
+    run = json.loads((ROOT / "benchmarks" / "results" / "bench-side-by-side-3.json").read_text())
     for name, family in (("gemma2-9b", "gemma2"), ("llama3-8b", "llama")):
-        path = next((ROOT / "benchmarks" / "results").glob(f"bench-{name}*.json"))
-        cells = [c for c in json.loads(path.read_text())["cells"] if c["max_length"] == 1024
+        cells = [c for c in run["cells"] if c["model"] == name and c["max_length"] == 1024
                  and c["batching"] == "dynamic" and c["dtype"] == "bfloat16" and c["softcap_applied"]
-                 and not c.get("compiled")]
+                 and not c.get("compiled") and c["attn"] != "flex_attention"]
+        assert len(cells) >= (1 if family == "gemma2" else 2)  # Gemma2: sdpa is refused (softcap)
         best = min(c["seconds_per_sample"] for c in cells)
         chosen = next(c for c in cells if c["attn"] == resolve_attention("auto", family))
         assert chosen["seconds_per_sample"] <= best * 1.02, (name, chosen["attn"])

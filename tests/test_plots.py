@@ -44,7 +44,9 @@ def repo(tmp_path_factory):
     metrics.update(model="gemma2", log_loss=metrics["log_loss"] + 0.05,
                    seconds_per_sample=metrics["seconds_per_sample"] / 2)
     path.write_text(json.dumps(metrics, indent=2))
-    git_commit(repo, "other: another eval.json")
+    point = repo / "metrics" / "speed_accuracy.json"
+    point.write_text(json.dumps([{k: metrics[k] for k in ("model", "seconds_per_sample", "log_loss")}]))
+    git_commit(repo, "other: another eval.json and speed_accuracy.json")
     sh("git", "checkout", "-q", "main", cwd=repo)
     return repo
 
@@ -72,6 +74,17 @@ def test_dvc_plots_diff_draws_both_revisions(repo):
         (entry,) = out["data"][plot_id]
         assert sorted(entry["revisions"]) == ["main", "other"], plot_id
         assert {r["rev"] for r in rows(entry["content"])} == {"main", "other"}
+
+
+def test_dvc_plots_diff_draws_the_scatter_one_point_per_revision(repo):
+    out = json.loads(sh(DVC, "plots", "diff", "--json", "main", "other", cwd=repo))
+    (entry,) = out["data"]["metrics/speed_accuracy.json"]
+    points = {r["rev"]: (r["model"], r["seconds_per_sample"], r["log_loss"]) for r in rows(entry["content"])}
+    main = json.loads((repo / "metrics" / "speed_accuracy.json").read_text())[0]
+    assert points["main"] == (main["model"], main["seconds_per_sample"], main["log_loss"])
+    assert points["other"][0] == "gemma2" and points["other"][2] == pytest.approx(main["log_loss"] + 0.05)
+    layers = entry["content"]["layer"]  # the template labels points by revision, colours by model
+    assert layers[1]["encoding"]["text"]["field"] == "rev" and layers[0]["encoding"]["color"]["field"] == "model"
 
 
 def test_prefbench_plots_diff_adds_one_scatter_point_per_revision(repo):
@@ -157,7 +170,7 @@ def test_offline_template_works_with_dvc_plots_show(repo, stub_js, tmp_path):
     sh(DVC, "plots", "show", "-o", str(out), "--html-template", str(template), cwd=repo)
     html = (out / "index.html").read_text()
     assert "cdn.jsdelivr" not in html and "stub_vega_embed" in html
-    assert html.count("vegaEmbed(") == len(EXPECTED)
+    assert html.count("vegaEmbed(") == len(EXPECTED) + 1  # + the scatter of metrics/speed_accuracy.json
     page = tmp_path / "prefbench_page"
     sh(sys.executable, "-m", "prefbench.plots", "--offline", "--js-dir", str(stub_js), "-o", str(page), cwd=repo)
     html = (page / "index.html").read_text()
