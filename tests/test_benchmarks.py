@@ -1,0 +1,69 @@
+"""The GPU benchmark scripts run on a CPU with the tiny models (the same code paths as on a GPU), and
+the report is built from the committed results."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def run(*args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_gpu_bench_smoke_on_cpu(tmp_path):
+    out = tmp_path / "bench.json"
+    run("benchmarks.gpu_bench", "--out", str(out), "--models", "tiny-gemma2", "--rows", "8", "--max-lengths", "256",
+        "--attns", "eager,sdpa", "--tokens-per-batch", "512", "--train-length", "32", "--train-steps", "2", "--reps", "1", "--no-compile")
+    r = json.loads(out.read_text())
+    cells = {(c["attn"], c["dtype"], c["batching"]): c for c in r["cells"]}
+    assert set(cells) == {("eager", "bfloat16", "fixed"), ("eager", "bfloat16", "dynamic"),
+                          ("eager", "float16", "dynamic")}
+    assert any(s.get("attn") == "sdpa" for s in r["skipped"])  # Gemma2 + sdpa is refused (softcap)
+    for c in cells.values():
+        assert c["seconds_per_sample"] > 0 and 0 < c["mfu"] < 1 and c["max_rel_error"] < 0.1
+    assert cells[("eager", "bfloat16", "fixed")]["padding_share"] > cells[("eager", "bfloat16", "dynamic")]["padding_share"]
+    assert [t["gradient_checkpointing"] for t in r["train"]] == [False, True]  # both LoRA cells ran
+    assert r["models"]["tiny-gemma2"]["best_attn"] == "eager" and r["seconds_total"] > 0
+
+
+def test_profile_smoke_on_cpu(tmp_path):
+    out = tmp_path / "profile.json"
+    run("benchmarks.profile_attention", "--out", str(out), "--paths", "tiny-gemma2:eager,tiny-llama3:sdpa",
+        "--rows", "8", "--max-length", "64", "--batch", "4")
+    paths = {p["attn"]: p for p in json.loads(out.read_text())["paths"]}
+    eager, sdpa = paths["eager"], paths["sdpa"]
+    assert eager["ms_per_sample"]["attn_eager"] > 0 and eager["ms_per_sample"]["gemm"] > 0
+    assert sdpa["ms_per_sample"].get("attn_fused", 0) > 0  # the fused kernel is told apart from eager
+    assert sum(eager["ms_per_sample"].values()) == pytest.approx(eager["total_ms_per_sample"])
+
+
+@pytest.mark.parametrize("name,shapes,expected", [
+    ("aten::mm", [[16, 3584], [3584, 4096]], "gemm"),
+    ("aten::bmm", [[256, 96, 256], [256, 256, 96]], "attn_eager"),
+    ("aten::_softmax", [[16, 16, 96, 96]], "attn_eager"),  # on the [b, h, L, L] scores
+    ("aten::mul", [[16, 96, 3584], [16, 96, 3584]], "norm_act"),
+    ("aten::_scaled_dot_product_cudnn_attention", [[16, 32, 96, 128]], "attn_fused"),
+    ("aten::copy_", [[16, 96, 3584]], "other"),
+])
+def test_profile_categories(name, shapes, expected):
+    from benchmarks.profile_attention import category
+    assert category(name, shapes) == expected
+
+
+def test_report_headline_is_computed_from_the_side_by_side_run():
+    results = ROOT / "benchmarks" / "results"
+    md = run("benchmarks.report", "--main", str(results / "bench-side-by-side-3.json"),
+             "--profile", str(results / "profile-1.json"), "--multi", str(results / "multi-gpu-b8" / "multi-gpu.json"))
+    run3 = json.loads((results / "bench-side-by-side-3.json").read_text())
+    pick = {(c["model"], c["attn"]): c["seconds_per_sample"] for c in run3["cells"]
+            if c["batching"] == "dynamic" and c["dtype"] == "bfloat16" and not c.get("compiled")}
+    ratio = pick[("gemma2-9b", "eager")] / pick[("llama3-8b", "sdpa")]
+    line = next(row for row in md.splitlines() if row.startswith("| s/sample, default path"))
+    assert line.endswith(f"**{ratio:.2f}** |")
+    assert "| gemma2-9b | eager |" in md and "One GPU vs 2" in md
