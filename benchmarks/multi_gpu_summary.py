@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from benchmarks.report import multi_table
+
 
 def summarise(out: Path, n: int) -> dict:
     def load(name: str) -> dict:  # a step that failed left no file: its numbers read as nan
@@ -54,19 +56,7 @@ def main() -> None:
     work, n, out = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
     s = summarise(work, n)
     out.write_text(json.dumps(s, indent=1) + "\n")
-    print(f"| {s['model']} ({s['weights']}, {s['dtype']}) on {s['device']} | 1 GPU | {n} GPUs | ratio |")
-    print("|---|---|---|---|")
-    print(f"| train, {s['train_rows']} rows, batch {s['train_batch_size']}: seconds | {s['train_seconds']['1']:.1f} | {s['train_seconds'][str(n)]:.1f} "
-          f"| {s['train_speedup']:.2f}x |")
-    print(f"| train: final loss | {s['train_final_loss']['1']:.4f} | {s['train_final_loss'][str(n)]:.4f} | |")
-    e = s["eval_seconds_per_sample"]
-    print(f"| evaluate, {s['val_rows']} rows: s/sample | {e['1']:.5f} | {e[str(n)]:.5f} | {s['eval_speedup']:.2f}x |")
-    ll = s["eval_log_loss_same_adapter"]
-    print(f"| evaluate: log-loss, same adapter | {ll['1']:.6f} | {ll[str(n)]:.6f} | max prob diff "
-          f"{s['eval_max_abs_prob_diff_same_adapter']:.2g} |")
-    print(f"| log-loss of the {n}-GPU (DDP) adapter, evaluated on 1 GPU | {ll['1']:.6f} (1-GPU adapter) "
-          f"| {s['eval_log_loss_ddp_adapter_on_1']:.6f} | |")
-
+    multi_table(s, out.name)  # the table report.py puts into results/report.md
 
 if __name__ == "__main__":
     main()

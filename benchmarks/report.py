@@ -135,7 +135,7 @@ def projection(run: dict) -> None:
 
 def multi_table(m: dict, name: str) -> None:
     n = str(m["gpus"])
-    print(f"\nOne GPU vs {n} (`{name}`): the pipeline's stages, {m['model']} full-size ({m['weights']}, "
+    print(f"\nOne GPU vs {n} (`{name}`): the pipeline's stages, {m['model']} ({m['weights']}, "
           f"{m['dtype']}, {m['attn_implementation']}), {m['device']} x {n}, {m['train_rows']} training rows, "
           f"train_batch_size {m.get('train_batch_size', 8)}, {m['val_rows']} validation rows:\n")
     print(f"| | 1 GPU | {n} GPUs | |")
