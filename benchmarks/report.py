@@ -2,8 +2,8 @@
 
 Usage:
     python -m benchmarks.report --main benchmarks/results/bench-side-by-side-3.json \
-        --runs benchmarks/results/bench-side-by-side-1.json benchmarks/results/bench-side-by-side-2.json \
-               benchmarks/results/bench-llama3-8b-run1-bufcast.json benchmarks/results/bench-gemma2-9b.json \
+        --runs benchmarks/results/bench-side-by-side-2.json benchmarks/results/bench-side-by-side-1.json \
+               benchmarks/results/bench-gemma2-9b.json benchmarks/results/bench-llama3-8b-run1-bufcast.json \
         --profile benchmarks/results/profile-1.json \
         --multi benchmarks/results/multi-gpu-b8/multi-gpu.json > benchmarks/results/report.md
 `--main` is the side-by-side run (both models, one process, one card) the headline table and the
