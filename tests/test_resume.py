@@ -102,6 +102,27 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tokens, tmp_path):
     assert evaluate(params, tokens, whole)["log_loss"] == evaluate(params, tokens, resumed)["log_loss"]
 
 
+def test_checkpoint_of_one_device_resumes_under_ddp(tokens, tmp_path):
+    """devices is not part of the fingerprint: a run killed on one device continues on two (DDP,
+    same optimizer steps), writes its later checkpoints from rank 0 and ends with the adapter of an
+    uninterrupted one-device run, up to float summation order."""
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    one = write_params(tmp_path / "one.yaml", epochs=1)
+    run_stage("train", *train_args(one, tokens, whole))
+    kill_after_first_checkpoint(train_args(one, tokens, resumed), resumed / "adapter.ckpt")
+    two = write_params(tmp_path / "two.yaml", epochs=1, devices=2)
+    out = run_stage("train", *train_args(two, tokens, resumed))
+    assert "DDP through torchrun" in out and "resuming from checkpoint" in out
+    assert not (resumed / "adapter.ckpt").exists()
+    a = load_file(whole / "adapter" / "adapter_model.safetensors")
+    b = load_file(resumed / "adapter" / "adapter_model.safetensors")
+    for key in a:
+        assert (a[key] - b[key]).abs().max().item() < 1e-5, key
+    ta, tb = (json.loads((d / "train.json").read_text()) for d in (whole, resumed))
+    assert (tb["devices"], tb["steps"], tb["samples"]) == (2, ta["steps"], ta["samples"])
+    assert curve(resumed)[0] == curve(whole)[0]  # the curve from before the kill, logged again
+
+
 def test_checkpoint_with_other_params_is_ignored(tokens, tmp_path):
     out = tmp_path / "run"
     kill_after_first_checkpoint(train_args(write_params(tmp_path / "a.yaml", epochs=1), tokens, out),
