@@ -102,9 +102,11 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def synchronize(*devices: torch.device) -> None:
+    """Wait for every GPU among `devices` (each once) to finish its queued work."""
+    for device in set(devices):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
 
 def deal_round_robin(lengths: np.ndarray, n: int) -> list[np.ndarray]:
@@ -169,14 +171,12 @@ def predict_sharded(models: list, devices: list[torch.device], sequences: list[n
     start = time.perf_counter()
     for k in range(len(models)):  # one copy at a time: the first batches compile (torch.compile, flex)
         work(k, plans[k][:warmup_batches])
-    for device in set(devices):
-        synchronize(device)
+    synchronize(*devices)
     warmup_seconds = time.perf_counter() - start
     start = time.perf_counter()
     with tqdm(total=sum(len(p) for p in plans), desc="predict", unit="batch") as bar:
         padded_tokens = run_all(bar)
-        for device in set(devices):
-            synchronize(device)
+        synchronize(*devices)
     seconds = time.perf_counter() - start
     return {"logits": logits, "seconds": seconds, "tokens": int(lengths.sum()), "padded_tokens": padded_tokens,
             "devices": len(models), "warmup_seconds": warmup_seconds}

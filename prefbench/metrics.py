@@ -44,10 +44,12 @@ def calibration_rows(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> l
     return rows
 
 
-def peak_memory_gb(device: torch.device) -> float:
-    """Peak GPU memory allocated by torch, or on CPU the peak resident set of this process."""
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 1e9, 3)
+def peak_memory_gb(*devices: torch.device) -> float:
+    """Peak GPU memory allocated by torch (the largest over `devices`), or on CPU the peak resident
+    set of this process."""
+    gpus = [d for d in devices if d.type == "cuda"]
+    if gpus:
+        return round(max(torch.cuda.max_memory_allocated(d) for d in gpus) / 1e9, 3)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)  # Linux: KiB
 
 
@@ -59,7 +61,7 @@ def round_floats(d: dict, digits: int = 6) -> dict:
     return {k: round(v, digits) if isinstance(v, float) else v for k, v in d.items()}
 
 
-def write_json(path: str | Path, data: dict) -> None:
+def write_json(path: str | Path, data: dict | list) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")

@@ -4,7 +4,7 @@ Usage: python -m stages.evaluate --params params.yaml --tokens data/tokens --ada
            --metrics metrics/eval.json --predictions metrics/predictions.csv \
            --calibration metrics/calibration.csv --speed-accuracy metrics/speed_accuracy.json
 Reads params: model, models.<model>.{pretrained, dtype, attn_implementation, quantization,
-eval_batch_size}, evaluate.warmup_batches.
+eval_batch_size, compile}, train.seed, evaluate.{warmup_batches, devices}.
 Batches are length-sorted and dynamically padded; only the predict loop is timed (model load
 is timed on its own, the device is synchronised, warm-up batches are excluded).
 Non-finite logits (or running out of device memory) stop the stage with a message and exit
@@ -14,10 +14,8 @@ status 1, and no metrics are written; the outputs appear complete or not at all.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -59,8 +57,7 @@ def main() -> None:
     synchronize(device)
     start = time.perf_counter()
     models, info = load_copies(cfg, args.adapter, tok.pad_token_id, devices, seed=params.train.seed)
-    for d in set(devices):
-        synchronize(d)
+    synchronize(*devices)
     load_seconds = time.perf_counter() - start
 
     try:
@@ -85,7 +82,7 @@ def main() -> None:
         "predict_seconds": result["seconds"],
         "load_seconds": load_seconds,
         "warmup_seconds": result["warmup_seconds"],  # torch.compile's compile happens here
-        "peak_memory_gb": max(peak_memory_gb(d) for d in set(devices)),
+        "peak_memory_gb": peak_memory_gb(*devices),
         **{k: info[k] for k in ("params_total", "params_embedding", "params_non_embedding", "params_trainable")},
         "n_samples": n,
         "batch_size": cfg.eval_batch_size,
@@ -104,7 +101,7 @@ def main() -> None:
     with atomic_path(args.calibration) as path:
         calibration.to_csv(path, index=False)
     with atomic_path(args.speed_accuracy) as path:  # DVC plots need a list of records, not eval.json's object
-        write_json_list(path, [round_floats({k: metrics[k] for k in SPEED_ACCURACY})])
+        write_json(path, [round_floats({k: metrics[k] for k in SPEED_ACCURACY})])
     with atomic_path(args.metrics) as path:  # last: its presence says the evaluation completed
         write_json(path, round_floats(metrics))
     print(f"evaluate: {params.model} ({info['weights']}) log_loss {metrics['log_loss']:.4f} "
@@ -115,10 +112,6 @@ def main() -> None:
 
 SPEED_ACCURACY = ("model", "seconds_per_sample", "log_loss", "accuracy", "weights", "device", "devices", "dtype",
                   "attn_implementation", "quantization", "max_length")
-
-
-def write_json_list(path, records: list[dict]) -> None:
-    Path(path).write_text(json.dumps(records, indent=2) + "\n")
 
 
 def write_predictions(path: str, ids: list[str], labels: np.ndarray, probs: np.ndarray) -> None:

@@ -3,7 +3,7 @@
 Usage: python -m stages.predict --params params.yaml --test-csv data/sample/test.csv \
            --adapter models/adapter --out data/submission.csv --metrics metrics/predict.json
 Reads params: model, models.<model>.{pretrained, dtype, attn_implementation, quantization, max_length,
-eval_batch_size}, tokenize.prompt_share, train.seed, evaluate.warmup_batches,
+eval_batch_size, compile}, tokenize.prompt_share, train.seed, evaluate.{warmup_batches, devices},
 predict.{swap_tta, kaggle_rows, kaggle_hours} (predict.test_csv arrives as --test-csv).
 Writes `id, winner_model_a, winner_model_b, winner_tie` in the input's row order (probabilities
 sum to 1) and prints the projected hours for the hidden test set against the Kaggle limit.
@@ -50,8 +50,7 @@ def main() -> None:
     tok = load_tokenizer(cfg.pretrained)
     start = time.perf_counter()
     models, info = load_copies(cfg, args.adapter, tok.pad_token_id, devices, seed=params.train.seed)
-    for d in set(devices):
-        synchronize(d)
+    synchronize(*devices)
     load_seconds = time.perf_counter() - start
 
     views = [("response_a", "response_b")] + ([("response_b", "response_a")] if pp.swap_tta else [])
@@ -82,7 +81,7 @@ def main() -> None:
         "tokens_per_second": tokens / seconds, "load_seconds": load_seconds, "warmup_seconds": warmup_seconds,
         "kaggle_rows": pp.kaggle_rows, "projected_hours": hours, "kaggle_hours": pp.kaggle_hours,
         "fits_kaggle_limit": hours + (load_seconds + warmup_seconds) / 3600 < pp.kaggle_hours,
-        "peak_memory_gb": max(peak_memory_gb(d) for d in set(devices)), "device": device_name(device),
+        "peak_memory_gb": peak_memory_gb(*devices), "device": device_name(device),
         "devices": len(devices),
         "repaired": dict(report.repaired), **{k: info[k] for k in ("dtype", "attn_implementation", "weights", "compiled")},
     }

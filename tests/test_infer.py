@@ -3,7 +3,7 @@ import torch
 
 from prefbench.config import load_params
 from prefbench.infer import collate, length_sorted_batches, predict, shuffled_batches
-from prefbench.models import load_model, load_tokenizer
+from prefbench.models import load_model
 from tests.conftest import ROOT
 
 
