@@ -62,7 +62,7 @@ class ModelParams:
     compile: bool  # torch.compile (LoRA merged) for evaluate/predict; for long runs only (params.yaml)
 
     def validate(self, key: str) -> None:
-        _choice(self.dtype, ("auto", "float32", "bfloat16", "float16"), f"{key}.dtype")
+        _choice(self.dtype, ("auto", "float64", "float32", "bfloat16", "float16"), f"{key}.dtype")
         _choice(
             self.attn_implementation,
             ("auto", "eager", "sdpa", "flex_attention", "flash_attention_2"),
@@ -129,8 +129,13 @@ class PredictParams:
     swap_tta: bool  # also predict with responses A and B swapped and average: 2x the time
     kaggle_rows: int  # rows of the hidden test set, for the projected run time
     kaggle_hours: float  # the competition's run-time limit
+    warmup_batches: int  # batches run before the timer starts, as evaluate.warmup_batches
+    devices: int  # GPUs, one model copy each, as evaluate.devices; 0 = all visible
 
     def validate(self, key: str) -> None:
+        if self.warmup_batches < 0:
+            raise ParamsError(f"{key}.warmup_batches must be >= 0, got {self.warmup_batches}")
+        _devices(self.devices, f"{key}.devices")
         _positive(self.kaggle_rows, f"{key}.kaggle_rows")
         _positive(self.kaggle_hours, f"{key}.kaggle_hours")
 

@@ -7,6 +7,7 @@ weights: timing is real, predictions are not, and `weights: random-init` says so
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from prefbench.config import ModelParams, ParamsError
 from prefbench.data import LABEL_NAMES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pth")
 
 
@@ -202,6 +203,18 @@ def load_with_adapter(cfg: ModelParams, adapter: str, pad_token_id: int, device:
     model = PeftModel.from_pretrained(base, adapter).to(device)
     info["params_trainable"] = count_parameters(model)["params_total"] - counts["params_total"]
     return model, info
+
+
+def adapter_seed(adapter: str | Path) -> int:
+    """The seed the adapter's training run built its base with (resolved_params.json, written by
+    the train stage). A random-init base is only the base the adapter was trained on when it is
+    built from this seed, so evaluate and predict take it from the adapter, not from params."""
+    path = Path(adapter) / "resolved_params.json"
+    try:
+        return int(json.loads(path.read_text())["train"]["seed"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ParamsError(f"{path}: no train.seed in the adapter's resolved params ({err}); "
+                          "re-run the train stage") from None
 
 
 def load_copies(cfg: ModelParams, adapter: str, pad_token_id: int, devices: list[torch.device], seed: int = 0):

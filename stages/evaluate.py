@@ -4,7 +4,8 @@ Usage: python -m stages.evaluate --params params.yaml --tokens data/tokens --ada
            --metrics metrics/eval.json --predictions metrics/predictions.csv \
            --calibration metrics/calibration.csv --speed-accuracy metrics/speed_accuracy.json
 Reads params: model, models.<model>.{pretrained, dtype, attn_implementation, quantization,
-eval_batch_size, compile}, train.seed, evaluate.{warmup_batches, devices}.
+eval_batch_size, compile}, evaluate.{warmup_batches, devices}; the random-init seed comes from
+the adapter (the base it was trained on).
 Batches are length-sorted and dynamically padded; only the predict loop is timed (model load
 is timed on its own, the device is synchronised, warm-up batches are excluded).
 Non-finite logits (or running out of device memory) stop the stage with a message and exit
@@ -28,7 +29,7 @@ from prefbench.infer import (BatchOutOfMemoryError, NonFiniteLogitsError, check_
                              synchronize)
 from prefbench.metrics import (accuracy, calibration_rows, device_name, log_loss, peak_memory_gb, prior_log_loss,
                                round_floats, write_json)
-from prefbench.models import load_copies, load_tokenizer, pick_devices
+from prefbench.models import adapter_seed, load_copies, load_tokenizer, pick_devices
 from prefbench.tokenize import read_tokens
 from prefbench.train import atomic_path
 
@@ -47,7 +48,8 @@ def main() -> None:
     params = load_params(args.params)
     cfg = params.selected
 
-    transformers.set_seed(params.train.seed)
+    seed = adapter_seed(args.adapter)
+    transformers.set_seed(seed)
     devices = pick_devices(params.evaluate.devices, "evaluate.devices")
     device = devices[0]
     tok = load_tokenizer(cfg.pretrained)
@@ -56,7 +58,7 @@ def main() -> None:
 
     synchronize(device)
     start = time.perf_counter()
-    models, info = load_copies(cfg, args.adapter, tok.pad_token_id, devices, seed=params.train.seed)
+    models, info = load_copies(cfg, args.adapter, tok.pad_token_id, devices, seed=seed)
     synchronize(*devices)
     load_seconds = time.perf_counter() - start
 

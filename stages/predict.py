@@ -3,8 +3,9 @@
 Usage: python -m stages.predict --params params.yaml --test-csv data/sample/test.csv \
            --adapter models/adapter --out data/submission.csv --metrics metrics/predict.json
 Reads params: model, models.<model>.{pretrained, dtype, attn_implementation, quantization, max_length,
-eval_batch_size, compile}, tokenize.prompt_share, train.seed, evaluate.{warmup_batches, devices},
-predict.{swap_tta, kaggle_rows, kaggle_hours} (predict.test_csv arrives as --test-csv).
+eval_batch_size, compile}, tokenize.prompt_share (test rows are tokenised as the tokenize stage
+tokenised the training rows), predict.{swap_tta, kaggle_rows, kaggle_hours, warmup_batches, devices}
+(predict.test_csv arrives as --test-csv); the random-init seed comes from the adapter.
 Writes `id, winner_model_a, winner_model_b, winner_tie` in the input's row order (probabilities
 sum to 1) and prints the projected hours for the hidden test set against the Kaggle limit.
 Swap test-time augmentation predicts each row a second time with responses A and B exchanged
@@ -28,7 +29,7 @@ from prefbench.data import LABEL_COLUMNS, read_test_csv
 from prefbench.infer import (BatchOutOfMemoryError, NonFiniteLogitsError, check_finite, predict_sharded, softmax,
                              synchronize)
 from prefbench.metrics import device_name, peak_memory_gb, round_floats, write_json
-from prefbench.models import load_copies, load_tokenizer, pick_devices
+from prefbench.models import adapter_seed, load_copies, load_tokenizer, pick_devices
 from prefbench.tokenize import encode_rows
 
 
@@ -44,12 +45,13 @@ def main() -> None:
     cfg, pp = params.selected, params.predict
 
     df, report = read_test_csv(args.test_csv)
-    transformers.set_seed(params.train.seed)
-    devices = pick_devices(params.evaluate.devices, "evaluate.devices")
+    seed = adapter_seed(args.adapter)
+    transformers.set_seed(seed)
+    devices = pick_devices(pp.devices, "predict.devices")
     device = devices[0]
     tok = load_tokenizer(cfg.pretrained)
     start = time.perf_counter()
-    models, info = load_copies(cfg, args.adapter, tok.pad_token_id, devices, seed=params.train.seed)
+    models, info = load_copies(cfg, args.adapter, tok.pad_token_id, devices, seed=seed)
     synchronize(*devices)
     load_seconds = time.perf_counter() - start
 
@@ -60,7 +62,7 @@ def main() -> None:
                               cfg.max_length, params.tokenize.prompt_share)
         try:
             result = predict_sharded(models, devices, [np.asarray(s) for s in seqs], cfg.eval_batch_size,
-                                     tok.pad_token_id, warmup_batches=params.evaluate.warmup_batches,
+                                     tok.pad_token_id, warmup_batches=pp.warmup_batches,
                                      pad_multiple=64 if device.type == "cuda" else 1, cfg=cfg, name=params.model)
             check_finite(result["logits"], info["dtype"], params.model)
         except (BatchOutOfMemoryError, NonFiniteLogitsError) as err:

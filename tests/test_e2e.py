@@ -1,79 +1,175 @@
-"""End to end, as a user runs it: in a temporary git copy of the repo, `dvc repro` on the defaults,
-then `dvc exp run -S model=gemma2`, compared with `dvc exp show` and `dvc metrics diff`."""
+"""End to end, as a new user runs it, in fresh git copies of the repo with nothing activated.
+
+Two copies run side by side, one with this CPU's own kernels and one with
+ATEN_CPU_CAPABILITY=default (PyTorch's portable kernels: another rounding of every float, as a
+CPU unlike this one gives). Each runs the README's commands with a PATH that lacks the venv:
+`make repro`, then `.venv/bin/dvc exp run -S model=gemma2`. Both models' log-loss must match
+the committed reference run (metrics/reference.json) within TOLERANCE on both kernel sets.
+The native copy also switches `model` back (restored from DVC's run cache, not trained again),
+compares with `dvc exp show` / `dvc metrics diff`, and runs the pull-request workflow's steps.
+
+PREFBENCH_WRITE_REFERENCE=1 makes the native copy rewrite metrics/reference.json (after a change
+that is meant to move the default run's numbers); commit it with the new metrics/*.json.
+"""
+
+from __future__ import annotations
 
 import json
 import os
-import shutil
+import platform
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from tests.conftest import ROOT
+from tests.gitcopy import BIN, env, git_copy
 
-DVC = str(Path(sys.executable).with_name("dvc"))
+REFERENCE = ROOT / "metrics" / "reference.json"
+# Cross-CPU tolerance on log-loss and accuracy, the issue's goal. Measured differences between
+# kernel sets are far below it (README "The default run"); the seed-to-seed spread is far above.
+TOLERANCE = 0.002
 EVAL_KEYS = ("log_loss", "accuracy", "seconds_per_sample", "samples_per_second", "tokens_per_second",
              "load_seconds", "peak_memory_gb", "params_total", "params_embedding", "params_non_embedding",
              "params_trainable", "n_samples", "device", "dtype", "attn_implementation", "weights")
+# The pull-request workflow's steps that run here as on GitHub (install: the venv is linked in;
+# posting the comment needs GitHub).
+WORKFLOW_STEPS = ("Reproduce the default pipeline (CPU)", "Build the review comment", "Plots against the base")
 
 
-def sh(*cmd, cwd):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, f"{cmd}: {proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
+def user_env(capability: str | None) -> dict[str, str]:
+    """A fresh shell's environment: the venv not on PATH, no VIRTUAL_ENV; one thread per copy, so
+    the two copies share two cores without oversubscription (float64 results do not depend on it)."""
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p).resolve() != BIN.resolve())
+    e = {k: v for k, v in env().items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "ATEN_CPU_CAPABILITY")}
+    e.update(PATH=path, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    if capability:
+        e["ATEN_CPU_CAPABILITY"] = capability
+    return e
+
+
+def workflow_script() -> str:
+    steps = yaml.safe_load((ROOT / ".github" / "workflows" / "pr.yml").read_text())["jobs"]["review"]["steps"]
+    runs = {s["name"]: s["run"] for s in steps if "name" in s and "run" in s}
+    return "\n".join(runs[name] for name in WORKFLOW_STEPS)
+
+
+def script(native: bool) -> str:
+    """The user's session, one log per command in ../logs (outside the repo copy)."""
+    lines = ["set -ex",
+             # README: `make repro` (the venv exists: `-o` keeps make from reinstalling the shared one)
+             "make -o .venv/.installed repro > ../logs/1-repro.log 2>&1",
+             "cp metrics/eval.json ../logs/llama3.json",
+             ".venv/bin/dvc repro > ../logs/2-again.log 2>&1",
+             "git add -A && git commit -qm 'default run'",
+             ".venv/bin/dvc exp run -S model=gemma2 --name gemma2-exp > ../logs/3-gemma2.log 2>&1",
+             "cp metrics/eval.json ../logs/gemma2.json"]
+    if native:
+        lines += [".venv/bin/dvc exp run -S model=llama3 --name llama3-again > ../logs/4-back.log 2>&1",
+                  ".venv/bin/dvc exp show --json > ../logs/exp-show.json",
+                  ".venv/bin/dvc metrics diff HEAD gemma2-exp > ../logs/5-diff.log 2>&1",
+                  # The pull-request workflow against the committed default run.
+                  "export BASE=HEAD GITHUB_STEP_SUMMARY=../logs/summary.md",
+                  workflow_script() + " > ../logs/6-workflow.log 2>&1"]
+    return "\n".join(lines) + "\n"
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    dst = tmp_path_factory.mktemp("e2e") / "prefbench"
-    files = sh("git", "ls-files", "-z", cwd=ROOT).split("\0")
-    for f in filter(None, files):
-        if (ROOT / f).is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dst / f)
-    # A first run, as on a fresh laptop: without the committed dvc.lock every stage runs (with it,
-    # DVC would rightly skip stages whose deterministic outputs match the lock).
-    (dst / "dvc.lock").unlink()
-    sh("git", "init", "-q", cwd=dst)
-    sh("git", "add", "-A", cwd=dst)
-    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy", cwd=dst)
-    return dst
+def runs(tmp_path_factory) -> dict[str, Path]:
+    procs = {}
+    for name, capability in (("native", None), ("default", "default")):
+        top = tmp_path_factory.mktemp(f"e2e-{name}")
+        repo = git_copy(top / "prefbench")
+        (repo / ".venv").symlink_to(BIN.parent)  # what `make install` made; git ignores it
+        (top / "logs").mkdir()
+        procs[name] = (top, subprocess.Popen(["bash", "-c", script(name == "native")], cwd=repo,
+                                             env=user_env(capability), stdout=subprocess.PIPE,
+                                             stderr=subprocess.STDOUT, text=True))
+    for name, (top, proc) in procs.items():
+        out, _ = proc.communicate(timeout=3600)
+        logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((top / "logs").glob("*.log")))
+        assert proc.returncode == 0, f"{name} copy failed:\n{out[-3000:]}\n{logs}"
+    return {name: top for name, (top, _) in procs.items()}
 
 
-def test_repro_then_gemma2_experiment(repo):
-    out = sh(DVC, "repro", cwd=repo)
-    for stage in ("sample", "prepare", "tokenize", "train", "evaluate"):
-        assert f"Running stage '{stage}'" in out
-    llama = json.loads((repo / "metrics" / "eval.json").read_text())
-    assert llama["model"] == "llama3" and llama["log_loss"] < llama["log_loss_prior"]  # it learned
-    committed = json.loads((ROOT / "metrics" / "eval.json").read_text())
-    assert llama["log_loss"] == committed["log_loss"]  # the committed default run reproduces
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
 
-    # A second repro right after does nothing.
-    again = sh(DVC, "repro", cwd=repo)
+
+def test_make_repro_runs_every_stage_with_nothing_activated(runs):
+    log = (runs["native"] / "logs" / "1-repro.log").read_text()
+    for stage in ("sample", "prepare", "tokenize", "train", "evaluate", "predict"):
+        assert f"Running stage '{stage}'" in log
+    again = (runs["native"] / "logs" / "2-again.log").read_text()
     assert "Running stage" not in again and "up to date" in again
 
-    sh("git", "add", "-A", cwd=repo)
-    sh("git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "default run", cwd=repo)
-    exp_out = sh(DVC, "exp", "run", "-S", "model=gemma2", "--name", "gemma2-exp", cwd=repo)
-    # Only the model-dependent stages re-run.
-    assert "Running stage 'prepare'" not in exp_out and "Running stage 'train'" in exp_out
 
-    rows = json.loads(sh(DVC, "exp", "show", "--json", cwd=repo))
+@pytest.mark.parametrize("copy", ["native", "default"])
+@pytest.mark.parametrize("model", ["llama3", "gemma2"])
+def test_default_run_reproduces_the_reference_on_both_kernel_sets(runs, copy, model):
+    got = load(runs[copy] / "logs" / f"{model}.json")
+    assert got["model"] == model and got["log_loss"] < got["log_loss_prior"]  # it learned
+    assert all(k in got for k in EVAL_KEYS)
+    ref = load(REFERENCE)["models"][model]
+    for key in ("log_loss", "accuracy"):
+        assert abs(got[key] - ref[key]) <= TOLERANCE, (
+            f"{model} {key} on {copy} kernels: {got[key]} vs committed {ref[key]} (tolerance {TOLERANCE})")
+
+
+def test_gemma2_experiment_reruns_only_model_stages_and_switching_back_is_cached(runs):
+    exp = (runs["native"] / "logs" / "3-gemma2.log").read_text()
+    assert "Running stage 'prepare'" not in exp and "Running stage 'train'" in exp
+    back = (runs["native"] / "logs" / "4-back.log").read_text()
+    assert "Running stage 'train'" not in back and "Stage 'train' is cached" in back
+    # evaluate is restored too: the very metrics of the first llama3 run, timings included
+    assert load(runs["native"] / "prefbench" / "metrics" / "eval.json") == load(runs["native"] / "logs" / "llama3.json")
+
+
+def test_exp_show_and_metrics_diff_compare_the_models(runs):
+    rows = json.loads((runs["native"] / "logs" / "exp-show.json").read_text())
     found = {}
     for commit in rows:
         for exp in [commit] + [e for ex in commit.get("experiments") or [] for e in ex.get("revs", [])]:
-            data = (exp.get("data") or {})
+            data = exp.get("data") or {}
             metrics = (data.get("metrics") or {}).get("metrics/eval.json", {}).get("data", {})
             if metrics and data.get("rev") != "workspace":
                 found[(data.get("name") or data.get("rev"), metrics["model"])] = metrics
-    models = {m for _, m in found}
-    assert models == {"llama3", "gemma2"}, found.keys()
-    for metrics in found.values():
-        assert all(k in metrics for k in EVAL_KEYS)
-        assert metrics["log_loss"] < metrics["log_loss_prior"]
-
-    diff = sh(DVC, "metrics", "diff", "HEAD", "gemma2-exp", cwd=repo)
+    assert {m for _, m in found} == {"llama3", "gemma2"}, found.keys()
+    diff = (runs["native"] / "logs" / "5-diff.log").read_text()
     assert "metrics/eval.json" in diff and "log_loss" in diff and "seconds_per_sample" in diff
+
+
+def test_pull_request_workflow_steps_run_with_nothing_activated(runs):
+    comment = (runs["native"] / "prefbench" / "pr-comment.md").read_text()
+    assert comment.startswith("<!-- prefbench-pr-review -->")
+    assert (runs["native"] / "logs" / "summary.md").read_text().strip()
+    assert (runs["native"] / "prefbench" / "pr-plots" / "dvc" / "index.html").is_file()
+
+
+def test_committed_metrics_are_the_reference_run():
+    """metrics/eval.json (the committed llama3 run) and the reference agree, and the reference
+    says which machine made it."""
+    ref, committed = load(REFERENCE), load(ROOT / "metrics" / "eval.json")
+    assert abs(ref["models"]["llama3"]["log_loss"] - committed["log_loss"]) <= 1e-5
+    assert ref["tolerance"] == TOLERANCE and ref["cpu"] and ref["torch"]
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def test_write_reference(runs):
+    """With PREFBENCH_WRITE_REFERENCE=1: metrics/reference.json from the native copy's runs."""
+    if os.environ.get("PREFBENCH_WRITE_REFERENCE") != "1":
+        return
+    keys = ("log_loss", "log_loss_prior", "accuracy", "n_samples", "dtype", "params_trainable")
+    ref = {"command": "PREFBENCH_WRITE_REFERENCE=1 .venv/bin/python -m pytest tests/test_e2e.py",
+           "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "torch": torch.__version__, "tolerance": TOLERANCE,
+           "models": {m: {k: load(runs["native"] / "logs" / f"{m}.json")[k] for k in keys} for m in ("llama3", "gemma2")}}
+    REFERENCE.write_text(json.dumps(ref, indent=2) + "\n")
