@@ -4,6 +4,11 @@ The Kaggle `train.csv` stores prompt and responses as JSON lists of strings, one
 Entries may be null or empty, text may hold surrogate-pair escapes (emoji) and, in scraped
 copies, lone surrogates that cannot be written as UTF-8. A row is either kept (with every repair
 counted) or dropped and counted by reason: nothing is lost silently.
+
+A row whose two responses are both null or empty is not malformed: the real train.csv has them
+(1 of the 999 rows of the shared sample, labelled) and so does the hidden test set. It is kept,
+trained and evaluated on like any other (the model learns what to predict for it, as it must on
+test), and counted under `flagged`.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ class ParseReport:
     rows_kept: int = 0
     dropped: Counter = field(default_factory=Counter)  # reason -> rows
     repaired: Counter = field(default_factory=Counter)  # repair -> turns or rows
-    examples: dict = field(default_factory=dict)  # reason -> first few "row N (id X), column C"
+    flagged: Counter = field(default_factory=Counter)  # kept rows worth knowing about: reason -> rows
+    examples: dict = field(default_factory=dict)  # drop or flag reason -> first few "row N (id X), column C"
 
     def as_dict(self) -> dict:
         return {
@@ -42,7 +48,14 @@ class ParseReport:
             "rows_dropped": sum(self.dropped.values()),
             "dropped": dict(sorted(self.dropped.items())),
             "repaired": dict(sorted(self.repaired.items())),
+            "flagged": dict(sorted(self.flagged.items())),
         }
+
+    def note(self, reason: str, where: str) -> None:
+        """Keep the first 5 places of each reason, for the stage to print."""
+        places = self.examples.setdefault(reason, [])
+        if len(places) < 5:
+            places.append(where)
 
 
 def read_csv(path: str | Path, max_rows: int = 0) -> pd.DataFrame:
@@ -123,8 +136,8 @@ def parse_label(row: pd.Series) -> int:
     return values.index(1.0)
 
 
-def parse_row(row: pd.Series, repaired: Counter) -> dict:
-    """One CSV row -> {prompt, response_a, response_b: list of turns, label}; RowProblem if unusable."""
+def parse_row(row: pd.Series, repaired: Counter, flagged: Counter) -> dict:
+    """One CSV row -> {prompt, response_a, response_b: list of turns, label}; RowProblem if malformed."""
     turns = {}
     for col in TEXT_COLUMNS:
         try:
@@ -137,16 +150,17 @@ def parse_row(row: pd.Series, repaired: Counter) -> dict:
     label = parse_label(row)
     texts = {c: [clean_turn(t, repaired) for t in turns[c]] for c in TEXT_COLUMNS}
     if not any(texts["response_a"]) and not any(texts["response_b"]):
-        raise RowProblem("both_responses_empty", "response_a,response_b", "both responses are null or empty")
+        flagged["both_responses_empty"] += 1  # valid and kept: see the module docstring
     return {**texts, "label": label}
 
 
 def parse_frame(df: pd.DataFrame, source: str, strict: bool = False) -> tuple[pd.DataFrame, ParseReport]:
     """Validate every row; return the kept rows (turn lists + label) and the report.
 
-    strict=False: a bad row is dropped and counted by reason (the first ids of each reason are
-    kept in report.examples). strict=True: the first bad row raises DataError naming the file,
-    the row (1-based data row and its id) and the column.
+    strict=False: a malformed row is dropped and counted by reason (the first ids of each reason
+    are kept in report.examples). strict=True: the first malformed row raises DataError naming
+    the file, the row (1-based data row and its id) and the column. Rows that are only repaired
+    or flagged (both responses empty) are kept in either mode.
     """
     report = ParseReport(rows_read=len(df))
     seen: set[str] = set()
@@ -157,18 +171,19 @@ def parse_frame(df: pd.DataFrame, source: str, strict: bool = False) -> tuple[pd
             if rid in seen:
                 raise RowProblem("duplicate_id", "id", f"id {rid} appeared earlier in the file")
             seen.add(rid)
-            repaired = Counter()
-            parsed = parse_row(row, repaired)
+            repaired, flagged = Counter(), Counter()
+            parsed = parse_row(row, repaired, flagged)
         except RowProblem as problem:
             if strict:
                 raise DataError(f"{source}: row {number} (id {rid}), column {problem.column}: {problem} "
                                 "(data.strict is true; set it to false to drop and count such rows)") from None
             report.dropped[problem.reason] += 1
-            report.examples.setdefault(problem.reason, [])
-            if len(report.examples[problem.reason]) < 5:
-                report.examples[problem.reason].append(f"row {number} (id {rid}), column {problem.column}")
+            report.note(problem.reason, f"row {number} (id {rid}), column {problem.column}")
             continue
         report.repaired.update(repaired)
+        report.flagged.update(flagged)
+        for reason in flagged:
+            report.note(reason, f"row {number} (id {rid})")
         rows.append({"id": rid, **parsed, "prompt_key": json.dumps(parsed["prompt"])})
     report.rows_kept = len(rows)
     if not rows:

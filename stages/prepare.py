@@ -3,10 +3,11 @@
 Usage: python -m stages.prepare --params params.yaml --csv data/sample/train.csv \
            --out data/prepared --metrics metrics/data.json
 Reads params: data.val_fraction, data.seed, data.max_rows, data.strict (data.train_csv arrives as --csv).
-A bad row is dropped and counted by reason (data.strict: false) or stops the stage with the file,
-row and column named (data.strict: true).
+A malformed row is dropped and counted by reason (data.strict: false) or stops the stage with the
+file, row, id and column named (data.strict: true). A row with both responses null or empty is
+valid (the real train.csv and test.csv have them): kept in both modes and counted under `flagged`.
 Writes train.parquet and val.parquet (id, prompt/response_a/response_b as lists of turns, label)
-and metrics: rows read, kept, dropped by reason, repairs, label balance per split.
+and metrics: rows read, kept, dropped by reason, repairs, flagged rows, label balance per split.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ def main() -> None:
     metrics = data_metrics(report, train, val)
     write_json(args.metrics, metrics)
     print(f"prepare: read {report.rows_read}, kept {report.rows_kept}, dropped {metrics['rows_dropped']} "
-          f"{metrics['dropped']}, repaired {metrics['repaired']}; train {len(train)}, val {len(val)}")
+          f"{metrics['dropped']}, repaired {metrics['repaired']}, flagged {metrics['flagged']}; "
+          f"train {len(train)}, val {len(val)}")
     for reason, where in report.examples.items():
-        print(f"prepare: dropped ({reason}): {'; '.join(where)}{' ...' if report.dropped[reason] > len(where) else ''}")
+        what, count = ("dropped", report.dropped[reason]) if reason in report.dropped else ("kept", report.flagged[reason])
+        print(f"prepare: {what} ({reason}): {'; '.join(where)}{' ...' if count > len(where) else ''}")
 
 
 def prepare(raw: pd.DataFrame, dp: DataParams, source: str) -> tuple[pd.DataFrame, pd.DataFrame, ParseReport]:

@@ -47,7 +47,6 @@ BAD_ROWS = [  # (reason, column overrides)
     ("bad_json_response_a", {"response_a": '{"a": 1}'}),
     ("bad_json_response_b", {"response_b": '["unterminated'}),
     ("turn_count_mismatch", {"response_b": '["one", "two"]'}),
-    ("both_responses_empty", {"response_a": "[null]", "response_b": '[""]'}),
     ("bad_label", {"winner_model_a": "1", "winner_model_b": "1"}),  # two winners
     ("bad_label", {"winner_model_a": "0"}),  # none
     ("bad_label", {"winner_tie": "yes"}),  # non-numeric
@@ -64,6 +63,8 @@ def test_every_bad_row_is_dropped_and_counted(tmp_path):
     rows.append(dict(GOOD, id="r2", prompt='["half an emoji \\ud83c"]'))
     rows.append(dict(GOOD, id="r3", prompt='["nul \\u0000 escape"]', response_a='["raw \x00 byte"]'))
     rows.append(dict(GOOD, id="r4", prompt='["huge"]', response_a=json.dumps(["word " * 2_000_000])))
+    # kept and flagged: both responses null or empty is a real, labelled row (not malformed)
+    rows.append(dict(GOOD, id="r5", prompt='["no answers"]', response_a="[null]", response_b='[""]'))
     # a pandas index column, a UTF-8 BOM and Windows line endings, all at once
     csv = write(tmp_path / "train.csv", rows, index=True, encoding="utf-8-sig", lineterminator="\r\n")
     proc = prepare(tmp_path, csv)
@@ -75,15 +76,18 @@ def test_every_bad_row_is_dropped_and_counted(tmp_path):
     expected["duplicate_id"] = 1
     assert m["dropped"] == expected
     assert m["rows_read"] == len(rows) == m["rows_kept"] + m["rows_dropped"]
-    assert m["rows_kept"] == 30 + 4
-    assert m["repaired"] == {"null_turn_as_empty": 1, "lone_surrogate_replaced": 1, "nul_removed": 2}
+    assert m["rows_kept"] == 30 + 5
+    assert m["repaired"] == {"null_turn_as_empty": 2, "lone_surrogate_replaced": 1, "nul_removed": 2}
+    assert m["flagged"] == {"both_responses_empty": 1}
     assert "row 31 (id 0), column prompt" in proc.stdout  # where each drop came from
+    assert f"kept (both_responses_empty): row {len(rows)} (id r5)" in proc.stdout
     kept = pd.concat([pd.read_parquet(tmp_path / "prepared" / f) for f in ("train.parquet", "val.parquet")])
     by_id = kept.set_index("id")
     assert list(by_id.loc["r1", "response_a"]) == ["", "x"]
     assert list(by_id.loc["r2", "prompt"]) == ["half an emoji \ufffd"]
     assert "\x00" not in by_id.loc["r3", "prompt"][0] + by_id.loc["r3", "response_a"][0]
     assert len(by_id.loc["r4", "response_a"][0]) == 10_000_000
+    assert list(by_id.loc["r5", "response_a"]) == [""] and list(by_id.loc["r5", "response_b"]) == [""]
 
 
 def test_strict_mode_fails_on_first_bad_row_naming_file_row_and_column(tmp_path):
@@ -94,6 +98,20 @@ def test_strict_mode_fails_on_first_bad_row_naming_file_row_and_column(tmp_path)
     assert f"{csv}: row 6 (id 77), column prompt,response_a,response_b: turns per column differ" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "data.json").exists()
+
+
+def test_strict_mode_accepts_every_row_of_the_real_sample(tmp_path, real_sample):
+    """The real train.csv has rows whose responses are both null (id 57180984 in the sample):
+    valid, labelled rows that strict mode keeps, flags and counts; nothing is dropped."""
+    proc = prepare(tmp_path, real_sample, strict=True)
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((tmp_path / "data.json").read_text())
+    assert m["rows_read"] == m["rows_kept"] == m["train_rows"] + m["val_rows"] == 999
+    assert m["dropped"] == {} and m["flagged"] == {"both_responses_empty": 1}
+    assert "kept (both_responses_empty): row 781 (id 57180984)" in proc.stdout
+    kept = pd.concat([pd.read_parquet(tmp_path / "prepared" / f) for f in ("train.parquet", "val.parquet")])
+    row = kept.set_index("id").loc["57180984"]
+    assert list(row["response_a"]) == [""] == list(row["response_b"]) and row["label"] == 2  # a tie
 
 
 @pytest.mark.parametrize("content,message", [

@@ -8,10 +8,9 @@ from prefbench.data import DataError, parse_frame, parse_turns, read_csv, split_
 def test_real_sample_parses(real_sample):
     df = read_csv(real_sample)
     assert len(df) == 999
-    rows, report = parse_frame(df, str(real_sample))
-    assert report.rows_read == 999
-    assert report.rows_kept + sum(report.dropped.values()) == 999
-    assert report.rows_kept >= 990
+    rows, report = parse_frame(df, str(real_sample), strict=True)
+    assert report.rows_read == report.rows_kept == len(rows) == 999 and not report.dropped
+    assert report.flagged == {"both_responses_empty": 1}  # id 57180984: both responses [null]
     multi = rows["prompt"].map(len) > 1
     assert 0.08 < multi.mean() < 0.2  # ~13% multi-turn
     # null turns are kept as "" and counted
@@ -56,6 +55,26 @@ def test_bad_rows_are_dropped_and_counted(column, value, reason):
     rows, report = parse_frame(_frame(**{column: value}), "t.csv")
     assert len(rows) == 3
     assert report.dropped == {reason: 1}
+
+
+@pytest.mark.parametrize("column,value,named", [
+    ("prompt", "not json", "prompt"),
+    ("response_b", '["x", "y"]', "prompt,response_a,response_b"),
+    ("winner_tie", "yes", "winner_model_a,winner_model_b,winner_tie"),
+])
+def test_strict_mode_names_file_row_id_and_column(column, value, named):
+    df = _frame()
+    df.loc[2, column] = value
+    with pytest.raises(DataError, match=f"^t.csv: row 3 \\(id 2\\), column {named}: "):
+        parse_frame(df, "t.csv", strict=True)
+
+
+def test_both_responses_empty_is_kept_and_flagged_not_dropped():
+    rows, report = parse_frame(_frame(response_a="[null]", response_b='[""]'), "t.csv", strict=True)
+    assert len(rows) == 4 and not report.dropped
+    assert report.flagged == {"both_responses_empty": 1} and report.repaired == {"null_turn_as_empty": 1}
+    assert report.examples == {"both_responses_empty": ["row 1 (id 0)"]}
+    assert rows.loc[0, "response_a"] == [""] == rows.loc[0, "response_b"]
 
 
 def test_duplicate_ids_and_lone_surrogates():
