@@ -60,6 +60,7 @@ class ModelParams:
     eval_batch_size: int
     gradient_checkpointing: bool
     compile: bool  # torch.compile (LoRA merged) for evaluate/predict; for long runs only (params.yaml)
+    name: str = field(default="<model>", init=False)  # its key in `models`, set by parse_params, for messages
 
     def validate(self, key: str) -> None:
         _choice(self.dtype, ("auto", "float64", "float32", "bfloat16", "float16"), f"{key}.dtype")
@@ -182,6 +183,8 @@ def parse_params(raw: dict) -> Params:
     if not isinstance(raw["models"], dict) or not raw["models"]:
         raise ParamsError("models: expected a mapping of model name -> settings")
     models = {name: build(ModelParams, cfg, f"models.{name}") for name, cfg in raw["models"].items()}
+    for name, cfg in models.items():
+        cfg.name = name
     sections = {name: build(cls, raw[name], name) for name, cls in SECTIONS.items()}
     return Params(model=_coerce(raw["model"], str, "model"), models=models, **sections)
 

@@ -13,8 +13,8 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from prefbench.cli import progress
 from prefbench.config import ModelParams
 
 
@@ -174,7 +174,7 @@ def predict_sharded(models: list, devices: list[torch.device], sequences: list[n
     synchronize(*devices)
     warmup_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    with tqdm(total=sum(len(p) for p in plans), desc="predict", unit="batch") as bar:
+    with progress(total=sum(len(p) for p in plans), desc="predict", unit="batch") as bar:
         padded_tokens = run_all(bar)
         synchronize(*devices)
     seconds = time.perf_counter() - start

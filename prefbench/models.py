@@ -7,14 +7,24 @@ weights: timing is real, predictions are not, and `weights: random-init` says so
 
 from __future__ import annotations
 
+import functools
 import json
+import warnings
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING, AutoConfig, AutoModelForSequenceClassification,
+                          AutoTokenizer)
+from transformers.utils import logging as hf_logging
 
+from prefbench.cli import is_terminal
 from prefbench.config import ModelParams, ParamsError
 from prefbench.data import LABEL_NAMES
+
+# peft 0.21 reads the attribute transformers 5 renamed (PeftModel.__init__), once per model load;
+# nothing here can act on it. Only this message is silenced; other FutureWarnings still show.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning,
+                        module="transformers.modeling_utils")
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pth")
@@ -96,21 +106,37 @@ def label_config_kwargs() -> dict:
 def quantization_config(cfg: ModelParams, dtype: torch.dtype, device: torch.device):
     if cfg.quantization == "none":
         return None
+    key = f"models.{cfg.name}.quantization"
     if device.type != "cuda":
         raise ParamsError(
-            f"models.<model>.quantization: {cfg.quantization} needs a CUDA GPU (bitsandbytes NF4) and this "
-            "machine has none: set it to none (dvc exp run -S models.<model>.quantization=none)"
+            f"{key}: {cfg.quantization} needs a CUDA GPU (bitsandbytes NF4) and this "
+            f"machine has none: set it to none (dvc exp run -S {key}=none)"
         )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise ParamsError("models.<model>.quantization: 4bit needs bitsandbytes: pip install -e '.[gpu]'") from None
+        raise ParamsError(f"{key}: 4bit needs bitsandbytes: pip install -e '.[gpu]'") from None
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=dtype,
     )
+
+
+@functools.cache
+def classifier_class(config_class: type):
+    """transformers' *ForSequenceClassification for this config, told which keys loading a causal-LM
+    checkpoint into it always gives: no `score` head (ours, initialised here and trained) and an
+    `lm_head` a classifier does not use (Llama3; Gemma2 ties it to the embedding). Without this,
+    every load logs a LOAD REPORT about them; any other missing or unexpected key is still reported."""
+    base = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[config_class]
+    return type(base.__name__, (base,), {
+        "__module__": base.__module__,
+        "_keys_to_ignore_on_load_missing": [*(base._keys_to_ignore_on_load_missing or []), r"^score\.weight$"],
+        "_keys_to_ignore_on_load_unexpected": [*(base._keys_to_ignore_on_load_unexpected or []),
+                                               r"^lm_head\.weight$"],
+    })
 
 
 def load_model(cfg: ModelParams, pad_token_id: int, device: torch.device, seed: int = 0):
@@ -124,8 +150,10 @@ def load_model(cfg: ModelParams, pad_token_id: int, device: torch.device, seed: 
     # Seeded for both branches: a checkpoint without the 3-class score head gets it initialised
     # afresh, and every copy of a sharded run must hold the same one.
     torch.manual_seed(seed)
+    if not is_terminal():
+        hf_logging.disable_progress_bar()  # "Loading weights": a bar redrawn with '\r', noise in a log
     if has_weights(cfg.pretrained):
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model = classifier_class(type(config)).from_pretrained(
             cfg.pretrained, config=config, quantization_config=quant, trust_remote_code=False,
             device_map={"": device} if device.type == "cuda" else None, **common,
         )

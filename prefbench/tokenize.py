@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
+
+from prefbench.cli import progress
 
 MARKERS = ("<prompt>: ", "\n\n<response_a>: ", "\n\n<response_b>: ")
 TURN_SEPARATOR = "\n\n"
@@ -65,7 +66,7 @@ def encode_rows(tokenizer, prompts, responses_a, responses_b, max_length: int, p
     if budget < 3:
         raise ValueError(f"max_length {max_length} leaves no room for text after BOS and markers")
     sequences, truncated = [], np.zeros(len(prompts), dtype=bool)
-    for start in tqdm(range(0, len(prompts), batch_rows), desc="tokenize", unit="batch"):
+    for start in progress(range(0, len(prompts), batch_rows), desc="tokenize", unit="batch"):
         stop = min(start + batch_rows, len(prompts))
         parts = [
             tokenizer([join_turns(t) for t in column[start:stop]], add_special_tokens=False,

@@ -1,8 +1,13 @@
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
+import yaml
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from prefbench.config import ParamsError, load_params
+from prefbench.config import ParamsError, load_params, parse_params
 from prefbench.models import count_parameters, has_weights, label_config_kwargs, load_model, resolve_dtype
 from tests.conftest import ROOT
 
@@ -49,11 +54,49 @@ def test_llama3_tokenizer_has_no_pad_and_we_pad_with_eos(tiny_llama_tok, tiny_ge
     assert tiny_gemma_tok.pad_token_id == 0
 
 
-def test_four_bit_on_cpu_fails_clearly():
-    cfg = load_params(ROOT / "params.yaml").models["llama3"]
-    cfg.quantization = "4bit"
-    with pytest.raises(ParamsError, match=r"quantization: 4bit needs a CUDA GPU .* set it to none"):
+@pytest.mark.parametrize("name", ["gemma2", "llama3"])
+def test_four_bit_on_cpu_fails_naming_the_selected_model(name):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["model"] = name
+    raw["models"][name]["quantization"] = "4bit"
+    cfg = parse_params(raw).selected
+    with pytest.raises(ParamsError, match=rf"^models\.{name}\.quantization: 4bit needs a CUDA GPU .* set it to none "
+                                          rf"\(dvc exp run -S models\.{name}\.quantization=none\)$"):
         load_model(cfg, pad_token_id=0, device=torch.device("cpu"))
+
+
+LOAD = """
+import sys, torch
+from prefbench.config import load_params
+from prefbench.models import load_model, load_tokenizer
+from prefbench.train import add_lora
+params = load_params("params.yaml")
+for name in ("llama3", "gemma2"):
+    cfg = params.models[name]
+    tok = load_tokenizer(cfg.pretrained)
+    add_lora(load_model(cfg, tok.pad_token_id, torch.device("cpu"))[0], cfg)  # peft's FutureWarning came here
+print("--- damaged", file=sys.stderr)
+cfg.pretrained = sys.argv[1]
+load_model(cfg, tok.pad_token_id, torch.device("cpu"))
+"""
+
+
+def test_model_loads_are_quiet_unless_something_unexpected_is_missing(tmp_path):
+    """A causal-LM checkpoint into a classifier: no score head, an unused lm_head; transformers'
+    LOAD REPORT about those, peft's FutureWarning and the weight-loading bar (in a log) are expected
+    noise. A checkpoint that lacks a real weight must still be reported."""
+    from safetensors.torch import load_file, save_file
+    damaged = tmp_path / "damaged"
+    shutil.copytree(ROOT / "models" / "tiny-gemma2", damaged)
+    weights = load_file(damaged / "model.safetensors")
+    lost = next(k for k in weights if "layers.0.mlp.up_proj" in k)
+    save_file({k: v for k, v in weights.items() if k != lost}, damaged / "model.safetensors")
+    proc = subprocess.run([sys.executable, "-c", LOAD, str(damaged)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    quiet, damaged_report = proc.stderr.split("--- damaged\n")
+    assert quiet == ""  # no LOAD REPORT, no FutureWarning, no "Loading weights" bar
+    assert "LOAD REPORT" in damaged_report and lost.removeprefix("model.") in damaged_report
+    assert "score.weight" not in damaged_report
 
 
 def test_random_init_from_config_folder(tmp_path):
