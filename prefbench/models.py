@@ -47,12 +47,18 @@ def pick_devices(n: int, key: str, visible: int | None = None) -> list[torch.dev
 
 
 def resolve_dtype(name: str, device_type: str, capability: tuple[int, int] | None = None) -> torch.dtype:
-    """`auto`: fp32 on CPU; bf16 on GPUs with native bf16 (compute capability >= 8.0, Ampere
-    and later), else fp16 (T4 is 7.5: bf16 there is emulated and slow)."""
+    """`auto`: bf16 on GPUs with native bf16 (compute capability >= 8.0, Ampere and later), else
+    fp16 (T4 is 7.5: bf16 there is emulated and slow); fp64 on CPU.
+
+    Why fp64 on a CPU: the CPU path runs the tiny default models, whose numbers are committed and
+    compared in review on any machine. Kernels of another CPU (AVX2, AVX-512, AMX, another thread
+    count) round differently; training amplifies that rounding (fp32: 1e-8 became 1e-2 of
+    log-loss), fp64's rounding is 1e-16, so the run reproduces within the committed tolerance
+    (README "The default run"). Set `float32` for speed when cross-machine agreement does not matter."""
     if name != "auto":
         return DTYPES[name]
     if device_type != "cuda":
-        return torch.float32
+        return torch.float64
     if capability is None:
         capability = torch.cuda.get_device_capability()
     return torch.bfloat16 if capability >= (8, 0) else torch.float16

@@ -27,9 +27,9 @@ import torch
 import torch.distributed as dist
 from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from prefbench.cli import progress
 from prefbench.config import ModelParams, TrainParams
 from prefbench.infer import collate, oom_guard, shuffled_batches, synchronize, to_device
 from prefbench.models import resolve_dtype
@@ -131,7 +131,7 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
     model.train()
     synchronize(device)
     start = time.perf_counter()
-    with tqdm(total=total_steps, initial=st.step, desc="train", unit="step", disable=rank > 0) as bar:
+    with progress(total=total_steps, initial=st.step, desc="train", unit="step", disable=rank > 0) as bar:
         for micro in range(st.micro, micro_batches):
             if not st.batches:  # next epoch: a fresh shuffle
                 st.batches = shuffled_batches(lengths, cfg.train_batch_size, rng)
@@ -231,7 +231,7 @@ def non_finite_message(what: str, value: float, step: int, total_steps: int, dty
         why = "bfloat16 cannot overflow where float32 does not, so look first at the learning rate"
         fix = f"lower train.learning_rate (now {learning_rate:g}) or set models.{name}.dtype: float32"
     else:
-        why = "in float32 this is no half-precision overflow but most likely diverging weights"
+        why = f"in {dt} this is no half-precision overflow but most likely diverging weights"
         fix = f"lower train.learning_rate (now {learning_rate:g}) or train.max_grad_norm"
     return (f"training {what} is {value} at optimizer step {step} of {total_steps}, computing in {dt}; "
             f"training stopped. {why}: {fix}.")

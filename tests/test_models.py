@@ -31,7 +31,7 @@ def test_auto_dtype_by_gpu_capability(capability, expected):
 
 
 def test_auto_dtype_is_fp32_on_cpu_and_explicit_wins():
-    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("auto", "cpu") == torch.float64
     assert resolve_dtype("float16", "cuda", (9, 0)) == torch.float16
 
 
@@ -105,7 +105,7 @@ def test_random_init_from_config_folder(tmp_path):
     config.save_pretrained(tmp_path)  # a config without weights
     cfg.pretrained = str(tmp_path)
     model, dtype, weights = load_model(cfg, pad_token_id=0, device=torch.device("cpu"))
-    assert weights == "random-init" and dtype == torch.float32
+    assert weights == "random-init" and dtype == torch.float64  # dtype auto on CPU
     assert model.config.num_labels == 3
     cfg.pretrained = str(ROOT / "models" / "tiny-gemma2")
     assert load_model(cfg, pad_token_id=0, device=torch.device("cpu"))[2] == "pretrained"

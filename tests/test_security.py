@@ -159,7 +159,7 @@ def test_auto_map_custom_code_is_not_run_for_a_known_architecture(tmp_path):
     model, dtype, weights = load_model(model_params(folder), tok.pad_token_id, torch.device("cpu"))
     assert type(model).__name__ == "LlamaForSequenceClassification", type(model)
     assert type(model).__module__ == "transformers.models.llama.modeling_llama", type(model).__module__
-    assert weights == "pretrained" and dtype == torch.float32
+    assert weights == "pretrained" and dtype == torch.float64
     assert not any(markers.iterdir()), f"custom code ran: {sorted(p.name for p in markers.iterdir())}"
     assert not any(m.startswith("transformers_modules") for m in sys.modules)
 

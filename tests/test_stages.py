@@ -101,7 +101,7 @@ def test_evaluate_stage_metrics(pipeline):
                 "load_seconds", "peak_memory_gb", "params_total", "params_embedding", "params_non_embedding",
                 "params_trainable", "n_samples", "device", "dtype", "attn_implementation", "weights"):
         assert key in m, key
-    assert m["model"] == model and m["device"] == "cpu" and m["dtype"] == "float32"
+    assert m["model"] == model and m["device"] == "cpu" and m["dtype"] == "float64"
     assert m["params_embedding"] + m["params_non_embedding"] == m["params_total"]
     assert m["params_trainable"] == load(tmp / "train.json")["params_trainable"]
     pred = pd.read_csv(tmp / "pred.csv")
