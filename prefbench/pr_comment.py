@@ -3,8 +3,11 @@
 Usage: python -m prefbench.pr_comment --base origin/main [--out pr-comment.md]
 
 Run it after `dvc repro`: it compares the workspace (the freshly reproduced metrics) with the
-base's committed ones, through `dvc params diff --md BASE` and `dvc metrics diff --md BASE`, and
-writes one Markdown comment starting with a marker line, so that the workflow
+base's committed ones, through `dvc params diff --md BASE` and `dvc metrics diff --md BASE`, then
+judges the log_loss and accuracy changes (`dvc metrics diff --json BASE`) against the committed
+noise floor (metrics/noise.json, written by benchmarks/noise_floor.sh): a change smaller than two
+seed-to-seed standard deviations of the model in question is "within noise". It writes one
+Markdown comment starting with a marker line, so that the workflow
 (.github/workflows/pr.yml) can find its earlier comment and update it in place. The same command
 works locally: `dvc repro && python -m prefbench.pr_comment --base main`.
 """
@@ -12,12 +15,16 @@ works locally: `dvc repro && python -m prefbench.pr_comment --base main`.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 MARKER = "<!-- prefbench-pr-review -->"
+EVAL = "metrics/eval.json"
+NOISE = "metrics/noise.json"
+NOISE_METRICS = ("log_loss", "accuracy")
 TIMING_NOTE = ("Timings (`seconds_per_sample`, `samples_per_second`, `tokens_per_second`, `*_seconds`, "
                "`peak_memory_gb`) are measured on the machine that ran `dvc repro`, the base's on the "
                "machine that committed them: compare quality metrics freely, timings only on one machine.")
@@ -44,9 +51,48 @@ def run_link() -> str:
     return f" ([workflow run]({server}/{repo}/actions/runs/{run}))" if server and repo and run else ""
 
 
+def noise_section(diff: dict, noise: dict | None, model: str | None, base: str) -> list[str]:
+    """The log_loss and accuracy changes of `diff` (`dvc metrics diff --json`) against two sample
+    sd of `model`'s seed group in `noise` (metrics/noise.json): Markdown lines."""
+    if noise is None:
+        return [f"No noise floor is committed (`{NOISE}`): run `bash benchmarks/noise_floor.sh` to judge "
+                "changes against the seed-to-seed spread."]
+    floor = noise.get("models", {}).get(model)
+    if floor is None:
+        return [f"`{NOISE}` has no seed group for model `{model}`: changes are not judged against noise."]
+    changes = diff.get(EVAL) or {}
+    lines = [f"**Against the noise floor** (`{NOISE}`: {model}'s validation metrics over {floor['n']} runs that "
+             "differ only in their seeds; a change smaller than 2 sd is within noise)",
+             "",
+             f"| Metric | {base} | workspace | Change | seeds: mean ± sd (n) | 2 sd | Verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for metric in NOISE_METRICS:
+        mean, sd = floor[metric]["mean"], floor[metric]["sd"]
+        change = changes.get(metric) or {}
+        old, new, delta = change.get("old"), change.get("new"), change.get("diff")
+        if delta is None:
+            verdict = "unchanged" if not change else "-"
+        else:
+            verdict = "within noise" if abs(delta) < 2 * sd else "beyond noise"
+        cells = [metric, _num(old), _num(new), _num(delta), f"{mean:.4f} ± {sd:.4f} ({floor['n']})",
+                 f"{2 * sd:.4f}", verdict]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _num(v) -> str:
+    return "-" if v is None else str(round(v, 5))  # as `dvc metrics diff --md` rounds: 5 decimals
+
+
+def read_json(path: str) -> dict | None:
+    return json.loads(Path(path).read_text()) if Path(path).exists() else None
+
+
 def build(base: str, head: str = "this PR") -> str:
     params = table_or_none(dvc("params", "diff", "--md", base))
     metrics = table_or_none(dvc("metrics", "diff", "--md", base))
+    model = (read_json(EVAL) or {}).get("model")
+    noise = noise_section(json.loads(dvc("metrics", "diff", "--json", base) or "{}"), read_json(NOISE), model, base)
     parts = [MARKER,
              f"### prefbench: {head} against `{base}`",
              "",
@@ -60,6 +106,8 @@ def build(base: str, head: str = "this PR") -> str:
              f"**Metrics** (`dvc metrics diff --md {base}`)",
              "",
              metrics or f"No metric changed against `{base}`.",
+             "",
+             *noise,
              ""]
     if metrics:
         parts += [TIMING_NOTE, ""]

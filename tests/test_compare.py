@@ -1,7 +1,14 @@
+import copy
 import json
+import math
+import statistics
+import sys
 
-from prefbench.compare import experiments, markdown, scatter_spec
+import pytest
+
+from prefbench.compare import experiments, groups_markdown, markdown, noise_floor, scatter_spec, seed_groups
 from tests.conftest import ROOT
+from tests.gitcopy import DVC, git_commit, git_copy, run, sh, shrink_params
 
 
 def real_exp_show():
@@ -27,3 +34,84 @@ def test_markdown_sorted_by_log_loss_and_scatter_has_one_point_each():
     points = spec["data"]["values"]
     assert len(points) == 4 and {p["model"] for p in points} == {"llama3", "gemma2"}
     assert spec["layer"][0]["encoding"]["x"]["field"] == "seconds_per_sample"
+
+
+def seeded(exp_row: dict, name: str, seeds: dict, **metrics) -> dict:
+    """A copy of one experiment of the real `dvc exp show --json`, with other seeds and metrics."""
+    rev = copy.deepcopy(exp_row)
+    rev["name"] = name
+    data = rev["data"]
+    for key, value in seeds.items():
+        section, param = key.split(".")
+        data["params"]["params.yaml"]["data"][section][param] = value
+    data["metrics"]["metrics/eval.json"]["data"].update(metrics)
+    return rev
+
+
+def test_seed_groups_report_mean_and_sample_sd_per_group():
+    rows = real_exp_show()
+    commit = rows[1]  # the baseline commit; its experiments follow
+    by_name = {e["name"]: e for e in commit["experiments"]}
+    llama, gemma = by_name["gpu-llama3"]["revs"][0], by_name["gpu-gemma2"]["revs"][0]
+    revs = [seeded(llama, "l-t1", {"train.seed": 1}, log_loss=1.0, accuracy=0.5),
+            seeded(llama, "l-t2", {"train.seed": 2}, log_loss=1.2, accuracy=0.4),
+            seeded(llama, "l-d7", {"data.seed": 7}, log_loss=1.1, accuracy=0.6),
+            seeded(llama, "l-d7-again", {"data.seed": 7}, log_loss=1.1, accuracy=0.6),  # same seeds: counted once
+            seeded(llama, "l-lr", {"train.learning_rate": 0.5}, log_loss=9.0, accuracy=0.1),  # not a seed
+            seeded(gemma, "g-t1", {"train.seed": 1}, log_loss=0.8, accuracy=0.7)]
+    commit["experiments"] += [{"name": r["name"], "revs": [r]} for r in revs]
+    exps = experiments(rows)
+    groups = {g["model"]: g for g in seed_groups(exps)}
+    llama_group = groups["llama3"]
+    values = [by_name["gpu-llama3"]["revs"][0]["data"]["metrics"]["metrics/eval.json"]["data"]["log_loss"],
+              1.0, 1.2, 1.1]
+    assert sorted(llama_group["experiments"]) == sorted(["gpu-llama3", "l-t1", "l-t2", "l-d7-again"])
+    assert llama_group["n"] == 4 and sorted(llama_group["log_loss"]["values"]) == sorted(values)
+    assert math.isclose(llama_group["log_loss"]["mean"], sum(values) / 4)
+    sd = math.sqrt(sum((v - sum(values) / 4) ** 2 for v in values) / 3)  # ddof=1
+    assert math.isclose(llama_group["log_loss"]["sd"], sd)
+    assert groups["gemma2"]["n"] == 2  # gpu-gemma2 and g-t1; gpu-gemma2-4bit differs in quantization
+    md = groups_markdown(list(groups.values()))
+    assert f"{sum(values) / 4:.4f} ± {sd:.4f}" in md and "train.seed, data.seed" in md
+    floor = noise_floor(list(groups.values()), "python -m prefbench.compare --noise-out x.json")
+    assert floor["models"]["llama3"]["log_loss"]["sd"] == round(sd, 6) and floor["models"]["llama3"]["n"] == 4
+    assert {"train.seed": 2, "data.seed": 42} in floor["models"]["llama3"]["seeds"]
+
+
+def test_noise_floor_script_on_a_small_copy_feeds_the_pr_comment(tmp_path):
+    """benchmarks/noise_floor.sh for real on a shrunken git copy, kept small (llama3, train.seed 0
+    and 1: two queued experiments); then the PR comment judges seed 0 -> seed 1 against the file.
+    With n = 2 the two runs differ by sqrt(2) sd, always within the 2 sd of noise."""
+    repo = git_copy(tmp_path / "repo")
+    shrink_params(repo, rows=40, test_rows=8)
+    git_commit(repo, "small")
+    proc = run("bash", "benchmarks/noise_floor.sh", cwd=repo, timeout=1800,
+               extra_env={"MODELS": "llama3", "SEED_PARAMS": "train.seed", "SEEDS": "0,1", "POLL_S": "2"})
+    assert "| llama3 | 2 |" in proc.stdout  # the seed-group table
+
+    # the same numbers straight from `dvc exp show --json`
+    revs = {}
+    for exp in json.loads(sh(DVC, "exp", "show", "--json", cwd=repo))[1]["experiments"]:
+        data = exp["revs"][0]["data"]
+        revs[data["params"]["params.yaml"]["data"]["train"]["seed"]] = data
+    assert sorted(revs) == [0, 1]
+    evals = {seed: data["metrics"]["metrics/eval.json"]["data"] for seed, data in revs.items()}
+    noise = json.loads((repo / "metrics" / "noise.json").read_text())
+    floor = noise["models"]["llama3"]
+    assert noise["command"] == "python -m prefbench.compare --noise-out metrics/noise.json"
+    assert floor["n"] == 2 and sorted(s["train.seed"] for s in floor["seeds"]) == [0, 1]
+    for metric in ("log_loss", "accuracy"):
+        values = [evals[seed][metric] for seed in (0, 1)]
+        assert floor[metric]["mean"] == pytest.approx(statistics.mean(values), abs=1e-6)
+        assert floor[metric]["sd"] == pytest.approx(statistics.stdev(values), abs=1e-6)
+    assert evals[0]["log_loss"] != evals[1]["log_loss"]
+
+    # base: seed 0's run and the noise file, committed; workspace: seed 1's run
+    for seed in (0, 1):
+        (repo / "metrics" / "eval.json").write_text(sh("git", "show", f"{revs[seed]['rev']}:metrics/eval.json",
+                                                       cwd=repo))
+        if seed == 0:
+            git_commit(repo, "seed 0 and its noise floor")
+    body = sh(sys.executable, "-m", "prefbench.pr_comment", "--base", "main", cwd=repo)
+    (line,) = [line for line in body.splitlines() if line.startswith("| log_loss |")]
+    assert line.endswith("| within noise |") and f"({floor['n']})" in line, body

@@ -118,3 +118,37 @@ def test_comment_has_the_params_and_metrics_diffs(pr_repo, tmp_path):
     assert re.search(rf"\| metrics/eval\.json \| log_loss +\| {old_loss:.5g} +\| 0\.9123 +\|", metrics_part), metrics_part
     assert re.search(rf"\| metrics/eval\.json \| params_trainable +\| {trainable} +\| {2 * trainable} +\|", metrics_part)
     assert "No metric changed" not in body and "No params changed" not in body
+
+
+def noise_row(body: str, metric: str) -> list[str]:
+    (line,) = [line for line in body.splitlines() if line.startswith(f"| {metric} |")]
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_comment_marks_changes_within_and_beyond_two_sd_of_the_noise_floor(pr_repo, tmp_path):
+    base = json.loads(sh("git", "show", "main:metrics/eval.json", cwd=pr_repo))
+    model = base["model"]
+    eval_path, noise_path = pr_repo / "metrics" / "eval.json", pr_repo / "metrics" / "noise.json"
+    # log_loss moves by 1.5 sd (within noise), accuracy by 2.5 sd (beyond)
+    eval_path.write_text(json.dumps({**base, "log_loss": base["log_loss"] + 0.015,
+                                     "accuracy": base["accuracy"] - 0.05}, indent=2))
+    body, _ = comment(pr_repo, tmp_path)
+    assert "No noise floor is committed (`metrics/noise.json`)" in body
+
+    floor = {"n": 5, "log_loss": {"mean": 0.95, "sd": 0.01}, "accuracy": {"mean": 0.5, "sd": 0.02}}
+    noise_path.write_text(json.dumps({"models": {"other": floor}}))
+    body, _ = comment(pr_repo, tmp_path)
+    assert f"`metrics/noise.json` has no seed group for model `{model}`" in body
+
+    noise_path.write_text(json.dumps({"command": "test", "models": {model: floor}}))
+    body, _ = comment(pr_repo, tmp_path)
+    assert f"{model}'s validation metrics over 5 runs" in body
+    loss = noise_row(body, "log_loss")
+    assert loss[1:4] == [str(round(base["log_loss"], 5)), str(round(base["log_loss"] + 0.015, 5)), "0.015"]
+    assert loss[4:] == ["0.9500 ± 0.0100 (5)", "0.0200", "within noise"]
+    acc = noise_row(body, "accuracy")
+    assert acc[3] == "-0.05" and acc[4:] == ["0.5000 ± 0.0200 (5)", "0.0400", "beyond noise"]
+
+    eval_path.write_text(json.dumps({**base, "log_loss": base["log_loss"] + 0.015}, indent=2))
+    body, _ = comment(pr_repo, tmp_path)
+    assert noise_row(body, "accuracy")[-1] == "unchanged"

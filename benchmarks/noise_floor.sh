@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The noise floor of the default run: the seed-to-seed spread of log_loss and accuracy, per model.
+#
+# Usage, in the repo root with the default set-up committed:  bash benchmarks/noise_floor.sh
+# Defaults: MODELS="llama3 gemma2" SEED_PARAMS="train.seed data.seed" SEEDS=0,1,2,3,4 OUT=metrics/noise.json
+#
+# Per model it queues `dvc exp run --queue -S model=M -S train.seed=SEEDS` and the same for
+# data.seed (with the defaults 2 x 5 experiments a model, one of them the default run itself),
+# runs the queue one experiment at a time (`dvc queue start -j 1`), waits until it is empty,
+# then `python -m prefbench.compare --noise-out OUT` writes per model the mean and sample sd of
+# its seed group. Commit OUT: `python -m prefbench.pr_comment` judges changes against it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -x .venv/bin/python ]; then export PATH="$PWD/.venv/bin:$PATH"; fi  # DVC's stages run `python`
+MODELS=${MODELS:-llama3 gemma2}
+SEED_PARAMS=${SEED_PARAMS:-train.seed data.seed}
+SEEDS=${SEEDS:-0,1,2,3,4}
+OUT=${OUT:-metrics/noise.json}
+POLL_S=${POLL_S:-15}
+
+failed() { dvc queue status | grep -c Failed || true; }
+failed_before=$(failed)
+for model in $MODELS; do
+  for seed in $SEED_PARAMS; do
+    dvc exp run --queue -S "model=$model" -S "$seed=$SEEDS"
+  done
+done
+dvc queue start -j 1
+while status=$(dvc queue status) && grep -qE "Queued|Running" <<<"$status"; do
+  sleep "$POLL_S"
+done
+echo "$status"
+if [ "$(failed)" != "$failed_before" ]; then
+  echo "error: an experiment failed: see \`dvc queue logs NAME\` for the Failed ones above" >&2
+  exit 1
+fi
+python -m prefbench.compare --noise-out "$OUT"
