@@ -3,6 +3,7 @@
 # (the repo's data/tokens, from `dvc repro tokenize`) under other kernels and thread counts, in
 # float64 (dtype auto on CPU) and float32, and writes one JSON line per run.
 #   bash benchmarks/cpu_repro.sh > benchmarks/results/cpu-repro.jsonl
+#   bash benchmarks/cpu_repro.sh probe >> benchmarks/results/cpu-repro.jsonl   # the probe alone
 # Each run: NAME, the dtype, then env settings: ATEN_CPU_CAPABILITY=default swaps this CPU's
 # vector kernels (AVX2 / AVX-512) for PyTorch's portable ones, a different rounding of every
 # float, as another CPU gives; OMP_NUM_THREADS changes the summation order of reductions.
@@ -34,6 +35,23 @@ print(json.dumps({"run": name, "dtype": dtype, "env": env, "log_loss": e["log_lo
                   "torch": torch.__version__}))
 PY
 }
+probe() {  # probe NAME ENV...: do these kernel settings round float32 differently? (seconds, no training)
+  local name=$1; shift
+  env "$@" $PY - "$name" "$*" <<'PY'
+import json, sys, torch
+torch.manual_seed(0)
+a, b = torch.randn(64, 1000), torch.randn(1000, 224)  # a matmul (MKL) and a reduction (ATen)
+x = torch.randn(1, 16, 128, 64)
+out = [*(a @ b).sum(0)[:3].tolist(), torch.nn.functional.scaled_dot_product_attention(x, x, x).sum().item()]
+print(json.dumps({"probe": sys.argv[1], "env": sys.argv[2], "float32": [float.hex(v) for v in out]}))
+PY
+}
+probe native X=1
+probe aten-default ATEN_CPU_CAPABILITY=default
+probe mkl-compatible MKL_CBWR=COMPATIBLE
+probe portable ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE
+probe 1-thread OMP_NUM_THREADS=1
+[ "${1:-}" = probe ] && exit 0
 # Two runs at a time (one thread each): the pairs to compare run side by side.
 run f64-native float64 OMP_NUM_THREADS=1 & run f64-portable float64 OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default & wait
 run f32-native float32 OMP_NUM_THREADS=1 & run f32-portable float32 OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default & wait
