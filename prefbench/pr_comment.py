@@ -51,9 +51,11 @@ def run_link() -> str:
     return f" ([workflow run]({server}/{repo}/actions/runs/{run}))" if server and repo and run else ""
 
 
-def noise_section(diff: dict, noise: dict | None, model: str | None, base: str) -> list[str]:
+def noise_section(diff: dict, noise: dict | None, current: dict, base: str) -> list[str]:
     """The log_loss and accuracy changes of `diff` (`dvc metrics diff --json`) against two sample
-    sd of `model`'s seed group in `noise` (metrics/noise.json): Markdown lines."""
+    sd of the seed group in `noise` (metrics/noise.json) of the model of `current` (the workspace's
+    metrics/eval.json): Markdown lines."""
+    model = current.get("model")
     if noise is None:
         return [f"No noise floor is committed (`{NOISE}`): run `bash benchmarks/noise_floor.sh` to judge "
                 "changes against the seed-to-seed spread."]
@@ -68,10 +70,14 @@ def noise_section(diff: dict, noise: dict | None, model: str | None, base: str) 
              "|---|---|---|---|---|---|---|"]
     for metric in NOISE_METRICS:
         mean, sd = floor[metric]["mean"], floor[metric]["sd"]
-        change = changes.get(metric) or {}
+        change = changes.get(metric)
+        if change is None:  # dvc metrics diff lists changed metrics only
+            change = {"old": current.get(metric), "new": current.get(metric), "diff": 0}
         old, new, delta = change.get("old"), change.get("new"), change.get("diff")
-        if delta is None:
-            verdict = "unchanged" if not change else "-"
+        if delta is None:  # new or removed metric
+            verdict = "-"
+        elif delta == 0:
+            verdict = "unchanged"
         else:
             verdict = "within noise" if abs(delta) < 2 * sd else "beyond noise"
         cells = [metric, _num(old), _num(new), _num(delta), f"{mean:.4f} ± {sd:.4f} ({floor['n']})",
@@ -91,8 +97,8 @@ def read_json(path: str) -> dict | None:
 def build(base: str, head: str = "this PR") -> str:
     params = table_or_none(dvc("params", "diff", "--md", base))
     metrics = table_or_none(dvc("metrics", "diff", "--md", base))
-    model = (read_json(EVAL) or {}).get("model")
-    noise = noise_section(json.loads(dvc("metrics", "diff", "--json", base) or "{}"), read_json(NOISE), model, base)
+    noise = noise_section(json.loads(dvc("metrics", "diff", "--json", base) or "{}"), read_json(NOISE),
+                          read_json(EVAL) or {}, base)
     parts = [MARKER,
              f"### prefbench: {head} against `{base}`",
              "",

@@ -151,4 +151,5 @@ def test_comment_marks_changes_within_and_beyond_two_sd_of_the_noise_floor(pr_re
 
     eval_path.write_text(json.dumps({**base, "log_loss": base["log_loss"] + 0.015}, indent=2))
     body, _ = comment(pr_repo, tmp_path)
-    assert noise_row(body, "accuracy")[-1] == "unchanged"
+    acc = noise_row(body, "accuracy")
+    assert acc[1] == acc[2] == str(round(base["accuracy"], 5)) and acc[3] == "0" and acc[-1] == "unchanged"
