@@ -1,0 +1,47 @@
+"""Numbers in the README that come from committed files are checked against those files."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def load(rel: str):
+    return json.loads((ROOT / rel).read_text())
+
+
+def default_run_rows() -> list[str]:
+    """The README's table of the default run: metrics/reference.json and metrics/noise.json."""
+    ref, noise = load("metrics/reference.json")["models"], load("metrics/noise.json")["models"]
+    rows = []
+    for model in ("llama3", "gemma2"):
+        r, n = ref[model], noise[model]
+        rows.append(f"| {model} | {r['log_loss']:.4f} | {r['accuracy']:.4f} | {r['log_loss_prior']:.4f} "
+                    f"| {n['log_loss']['mean']:.4f} ± {n['log_loss']['sd']:.4f} "
+                    f"| {n['accuracy']['mean']:.4f} ± {n['accuracy']['sd']:.4f} | {n['n']} |")
+    return rows
+
+
+def cpu_repro_sentence() -> str:
+    runs = {r["run"]: r for r in map(json.loads, (ROOT / "benchmarks/results/cpu-repro.jsonl").read_text().splitlines())
+            if "run" in r}
+    f64, f32 = runs["f64-native"], runs["f32-native"]
+    return (f"log-loss {f64['log_loss']:.6f} in float64 and {f32['log_loss']:.6f} in float32 "
+            f"({abs(f64['log_loss'] - f32['log_loss']):.4f} apart)")
+
+
+def test_default_run_table_matches_the_committed_runs():
+    for row in default_run_rows():
+        assert row in README, f"README 'The default run' lacks the row\n{row}\n(from metrics/reference.json and metrics/noise.json)"
+
+
+def test_cpu_repro_numbers_match_the_committed_results():
+    assert cpu_repro_sentence() in README, cpu_repro_sentence()
+
+
+def test_the_check_can_fail():
+    rows = default_run_rows()
+    assert rows[0].replace(rows[0].split("|")[2], " 9.9999 ") not in README
