@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+from safetensors.numpy import save_file as _save_file
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
@@ -44,6 +45,11 @@ PATTERNS = {"list_items": re.compile(r"^\s*(?:[-*+]|\d+[.)])\s", re.M), "headers
             "code_blocks": re.compile(r"```"), "bold": re.compile(r"\*\*[^*]+\*\*")}
 WORDS = re.compile(r"\w+")
 FEATURISER_JSON, FEATURISER_ST, CLASSIFIER_ST = "featuriser.json", "featuriser.safetensors", "classifier.safetensors"
+
+
+def save_file(arrays: dict[str, np.ndarray], path: str, metadata: dict | None = None) -> None:
+    """safetensors writes an array's buffer as if it were C-ordered: lbfgs's coef_ is Fortran-ordered."""
+    _save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, path, metadata=metadata)
 
 
 def text_stats(turns: list[str]) -> list[float]:
