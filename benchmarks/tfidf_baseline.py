@@ -39,6 +39,24 @@ def sh(cmd: str, cwd: Path) -> str:
     return proc.stdout
 
 
+BUNDLED = "tfidf-arena-sample.json"  # its model also goes through the Kaggle bundle
+
+
+def bundle_run(repo: Path, tmp: Path) -> dict:
+    """`python -m prefbench.bundle`, then the bundle's predict.py on the run's test.csv (the generated
+    one: the hidden test set is not public); its printed summary, and whether its submission is
+    the predict stage's."""
+    sh(f"{sys.executable} -m prefbench.bundle --out {tmp / 'bundle'}", repo)
+    out = sh(f"{sys.executable} {tmp / 'bundle' / 'predict.py'} --test-csv {repo / 'data' / 'sample' / 'test.csv'} "
+             f"--out {tmp / 'submission.csv'}", tmp)
+    summary = json.loads(out.split("predict.py summary: ")[1].splitlines()[0])
+    same = (tmp / "submission.csv").read_bytes() == (repo / "data" / "submission.csv").read_bytes()
+    return {"bundle_command": f"python -m prefbench.bundle --out bundle && python bundle/predict.py "
+                              "--test-csv data/sample/test.csv --out submission.csv",
+            "bundle_predict": summary, "bundle_printed": out.strip().splitlines()[-3:],
+            "bundle_same_submission_as_predict_stage": same}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -51,10 +69,11 @@ def main() -> None:
             sh(f"rm -rf {repo}", Path(tmp))
             sh(f"git clone -q {ROOT} {repo}", Path(tmp))
             log = sh(cmd, repo)
+            extra = bundle_run(repo, Path(tmp)) if name == BUNDLED else {}
             result = {"command": cmd, "commit": commit, "machine": f"{platform.node()}: {os.cpu_count()} CPUs (shared)",
                       "run_by": "python -m benchmarks.tfidf_baseline",
                       **{f"metrics/{m}.json": json.loads((repo / "metrics" / f"{m}.json").read_text()) for m in METRICS},
-                      "log_tail": log.strip().splitlines()[-12:]}
+                      **extra, "log_tail": log.strip().splitlines()[-12:]}
             path = Path(args.out) / name
             path.write_text(json.dumps(result, indent=2) + "\n")
             ev = result["metrics/eval.json"]
