@@ -30,9 +30,9 @@ RUNS = {
 METRICS = ("data", "tokens", "train", "eval", "predict")
 
 
-def sh(cmd: str, cwd: Path) -> str:
+def sh(cmd: str, cwd: Path, **extra: str) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"}
+           "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", **extra}
     proc = subprocess.run(shlex.split(cmd), cwd=cwd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"error: {cmd} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -48,7 +48,7 @@ def bundle_run(repo: Path, tmp: Path) -> dict:
     the predict stage's."""
     sh(f"{sys.executable} -m prefbench.bundle --out {tmp / 'bundle'}", repo)
     out = sh(f"{sys.executable} {tmp / 'bundle' / 'predict.py'} --test-csv {repo / 'data' / 'sample' / 'test.csv'} "
-             f"--out {tmp / 'submission.csv'}", tmp)
+             f"--out {tmp / 'submission.csv'}", tmp, PYTHONPATH=str(repo))  # the clone's prefbench, not an editable install's
     summary = json.loads(out.split("predict.py summary: ")[1].splitlines()[0])
     same = (tmp / "submission.csv").read_bytes() == (repo / "data" / "submission.csv").read_bytes()
     return {"bundle_command": f"python -m prefbench.bundle --out bundle && python bundle/predict.py "

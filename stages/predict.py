@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 import transformers
 
-from prefbench.cli import run
 from prefbench import tfidf
+from prefbench.cli import run
 from prefbench.config import Params, by_kind, load_params
 from prefbench.data import LABEL_COLUMNS, read_test_csv
 from prefbench.infer import (BatchOutOfMemoryError, NonFiniteLogitsError, check_finite, predict_sharded, softmax,

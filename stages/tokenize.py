@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prefbench.cli import run
 from prefbench import tfidf
+from prefbench.cli import run
 from prefbench.config import Params, by_kind, load_params
 from prefbench.metrics import write_json
 from prefbench.models import load_tokenizer

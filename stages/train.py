@@ -39,8 +39,8 @@ import torch.distributed as dist
 import transformers
 from dvclive import Live
 
-from prefbench.cli import run
 from prefbench import tfidf
+from prefbench.cli import run
 from prefbench.config import Params, by_kind, load_params
 from prefbench.infer import BatchOutOfMemoryError
 from prefbench.metrics import device_name, peak_memory_gb, round_floats, write_json

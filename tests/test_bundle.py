@@ -82,6 +82,12 @@ def in_venv(python: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.fixture(scope="module")
+def bundled(trained):
+    """The bundle of `trained`, made once per model (pip wheel takes a while)."""
+    return make_bundle(trained, trained[1] / "bundle")
+
+
 def make_bundle(trained, out: Path) -> Path:
     name, tmp = trained
     extra = ["--copy-base"] if name == "llama3" else []
@@ -100,9 +106,9 @@ def install(venv: Path, bundle: Path, cwd: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def test_bundle_contents(trained, tmp_path):
+def test_bundle_contents(trained, bundled):
     name, tmp = trained
-    bundle = make_bundle(trained, tmp_path / "bundle")
+    bundle = bundled
     names = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
     assert {"params.yaml", "predict.py", "requirements.txt", "README.md"} <= names
     assert sorted(p.name for p in (bundle / "adapter").iterdir()) == sorted(p.name for p in (tmp / "adapter").iterdir())
@@ -120,9 +126,9 @@ def test_bundle_contents(trained, tmp_path):
 
 
 @pytest.mark.parametrize("devices", [1, 2])
-def test_bundle_in_a_fresh_venv_gives_the_predict_stage_submission(trained, venv, tmp_path, devices):
+def test_bundle_in_a_fresh_venv_gives_the_predict_stage_submission(trained, bundled, venv, tmp_path, devices):
     name, tmp = trained
-    bundle = make_bundle(trained, tmp_path / "bundle")
+    bundle = bundled
     outside = tmp_path / "kaggle-working"
     outside.mkdir()
     install(venv, bundle, outside)

@@ -190,3 +190,20 @@ def test_readme_bundle_hours_are_the_committed_ones():
     assert run["bundle_same_submission_as_predict_stage"] is True
     hours = run["bundle_predict"]["projected_hours"]
     assert f"its test file was the generated one): {hours:.2f} h on a CPU" in (ROOT / "README.md").read_text()
+
+
+def test_compare_and_scatter_take_the_baseline_with_the_llms():
+    """prefbench.compare (dvc exp show --json) and the speed-vs-accuracy scatter: one row and one
+    point each for the committed tfidf run and the committed LLM default run."""
+    from prefbench.compare import experiments, markdown, scatter_spec
+
+    def exp_show_entry(name, metrics):
+        return {"rev": name, "name": name, "data": {"rev": name, "metrics": {"metrics/eval.json": {"data": metrics}}}}
+
+    tfidf = results("tfidf-arena-sample.json")["metrics/eval.json"]
+    exps = experiments([exp_show_entry("main", load(ROOT / "metrics" / "eval.json")), exp_show_entry("tfidf", tfidf)])
+    assert [e["model"] for e in exps] == ["llama3", "tfidf"]
+    assert f"| tfidf | tfidf | {tfidf['log_loss']:.4g} |" in markdown(exps)
+    values = scatter_spec(exps)["data"]["values"]
+    assert {v["model"]: v["log_loss"] for v in values} == {"llama3": load(ROOT / "metrics" / "eval.json")["log_loss"],
+                                                           "tfidf": tfidf["log_loss"]}
