@@ -58,6 +58,8 @@ def build_wheel(dest: Path) -> Path:
     """prefbench as a wheel in `dest`, built from a copy of the sources (setuptools writes build/
     and *.egg-info beside what it builds; the checkout stays clean). No network: the venv's
     setuptools builds it (--no-build-isolation)."""
+    if not (ROOT / "pyproject.toml").is_file():
+        raise SystemExit(f"error: no pyproject.toml in {ROOT}: run prefbench.bundle from a prefbench checkout")
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "src"
         src.mkdir()
