@@ -81,6 +81,35 @@ class ModelParams:
 
 
 @dataclass
+class TfidfParams:
+    """A `models` entry with `kind: tfidf`: the scikit-learn baseline (prefbench.tfidf), not an LLM.
+
+    Word and character TF-IDF of the prompt, each response and their difference, plus length
+    features, into a multinomial logistic regression."""
+    kind: str  # tfidf (an entry without `kind` is an LLM: ModelParams)
+    word_ngram_max: int  # word n-grams 1..N
+    char_ngram_max: int  # character n-grams (within words) 2..N
+    max_features: int  # per vectoriser (word, char): the most frequent n-grams of the training texts
+    min_df: int  # an n-gram must occur in this many training texts
+    C: float  # inverse L2 strength of the logistic regression
+    max_iter: int  # lbfgs iterations
+    eval_batch_size: int  # rows per predict call (evaluate and predict time batches as for the LLMs)
+
+    def validate(self, key: str) -> None:
+        _choice(self.kind, ("tfidf",), f"{key}.kind")
+        for name in ("word_ngram_max", "max_features", "min_df", "C", "max_iter", "eval_batch_size"):
+            _positive(getattr(self, name), f"{key}.{name}")
+        if self.char_ngram_max < 2:
+            raise ParamsError(f"{key}.char_ngram_max must be >= 2, got {self.char_ngram_max}")
+
+
+def by_kind(cfg, llm, tfidf):
+    """The one of `llm` and `tfidf` for the selected model's kind: how a stage runs either kind
+    through the same code path (the stage's outputs, metrics keys and files are the same)."""
+    return tfidf if isinstance(cfg, TfidfParams) else llm
+
+
+@dataclass
 class TokenizeParams:
     prompt_share: float  # at most this share of the token budget goes to the prompt...
     # ...unless the responses are shorter than their share: unused budget is handed on.
@@ -144,14 +173,14 @@ class PredictParams:
 @dataclass
 class Params:
     model: str  # key into `models`
-    models: dict[str, ModelParams]
+    models: dict[str, ModelParams | TfidfParams]
     sample: SampleParams
     data: DataParams
     tokenize: TokenizeParams
     train: TrainParams
     evaluate: EvaluateParams
     predict: PredictParams
-    selected: ModelParams = field(init=False)
+    selected: ModelParams | TfidfParams = field(init=False)
 
     def __post_init__(self) -> None:
         if self.model not in self.models:
@@ -182,11 +211,18 @@ def parse_params(raw: dict) -> Params:
     _check_keys(raw, expected, "")
     if not isinstance(raw["models"], dict) or not raw["models"]:
         raise ParamsError("models: expected a mapping of model name -> settings")
-    models = {name: build(ModelParams, cfg, f"models.{name}") for name, cfg in raw["models"].items()}
+    models = {name: build_model(cfg, f"models.{name}") for name, cfg in raw["models"].items()}
     for name, cfg in models.items():
-        cfg.name = name
+        cfg.name = name  # for messages that name the model
     sections = {name: build(cls, raw[name], name) for name, cls in SECTIONS.items()}
     return Params(model=_coerce(raw["model"], str, "model"), models=models, **sections)
+
+
+def build_model(raw, key: str) -> ModelParams | TfidfParams:
+    """An LLM entry (ModelParams), or the scikit-learn baseline when it says `kind: tfidf`."""
+    if isinstance(raw, dict) and "kind" in raw:
+        return build(TfidfParams, raw, key)
+    return build(ModelParams, raw, key)
 
 
 def build(cls, raw, key: str):

@@ -5,7 +5,8 @@ Usage: python -m stages.evaluate --params params.yaml --tokens data/tokens --ada
            --calibration metrics/calibration.csv --speed-accuracy metrics/speed_accuracy.json
 Reads params: model, models.<model>.{pretrained, dtype, attn_implementation, quantization,
 eval_batch_size, compile}, evaluate.{warmup_batches, devices}; the random-init seed comes from
-the adapter (the base it was trained on).
+the adapter (the base it was trained on)
+(`kind: tfidf`: models.<model>.eval_batch_size; prefbench.tfidf, same outputs and metrics keys).
 Batches are length-sorted and dynamically padded; only the predict loop is timed (model load
 is timed on its own, the device is synchronised, warm-up batches are excluded).
 Non-finite logits (or running out of device memory) stop the stage with a message and exit
@@ -22,8 +23,9 @@ import numpy as np
 import pandas as pd
 import transformers
 
+from prefbench import tfidf
 from prefbench.cli import run
-from prefbench.config import load_params
+from prefbench.config import Params, by_kind, load_params
 from prefbench.data import LABEL_NAMES
 from prefbench.infer import (BatchOutOfMemoryError, NonFiniteLogitsError, check_finite, predict_sharded, softmax,
                              synchronize)
@@ -46,19 +48,38 @@ def main() -> None:
                         help="one-record JSON list (dvc plots diff: one speed-vs-log-loss point per revision)")
     args = parser.parse_args()
     params = load_params(args.params)
+    ids, labels, probs, metrics = by_kind(params.selected, llm=evaluate_llm, tfidf=tfidf.evaluate)(
+        params, args.tokens, args.adapter)
+    calibration = pd.DataFrame(calibration_rows(labels, probs))
+    with atomic_path(args.predictions) as path:
+        write_predictions(path, ids, labels, probs)
+    with atomic_path(args.calibration) as path:
+        calibration.to_csv(path, index=False)
+    with atomic_path(args.speed_accuracy) as path:  # DVC plots need a list of records, not eval.json's object
+        write_json(path, [round_floats({k: metrics[k] for k in SPEED_ACCURACY})])
+    with atomic_path(args.metrics) as path:  # last: its presence says the evaluation completed
+        write_json(path, round_floats(metrics))
+    print(f"evaluate: {params.model} ({metrics['weights']}) log_loss {metrics['log_loss']:.4f} "
+          f"(prior {metrics['log_loss_prior']:.4f}), accuracy {metrics['accuracy']:.3f}, "
+          f"{metrics['seconds_per_sample']:.5f} s/sample, {metrics['tokens_per_second']:.0f} tokens/s, "
+          f"{metrics['n_samples']} rows on {metrics['device']}")
+
+
+def evaluate_llm(params: Params, tokens: str, adapter: str) -> tuple[list[str], np.ndarray, np.ndarray, dict]:
+    """Base + adapter on the cached validation tokens: (ids, labels, probabilities, metrics)."""
     cfg = params.selected
 
-    seed = adapter_seed(args.adapter)
+    seed = adapter_seed(adapter)
     transformers.set_seed(seed)
     devices = pick_devices(params.evaluate.devices, "evaluate.devices")
     device = devices[0]
     tok = load_tokenizer(cfg.pretrained)
-    ids, labels, seqs = read_tokens(args.tokens, "val")
-    _, train_labels, _ = read_tokens(args.tokens, "train")
+    ids, labels, seqs = read_tokens(tokens, "val")
+    _, train_labels, _ = read_tokens(tokens, "train")
 
     synchronize(device)
     start = time.perf_counter()
-    models, info = load_copies(cfg, args.adapter, tok.pad_token_id, devices, seed=seed)
+    models, info = load_copies(cfg, adapter, tok.pad_token_id, devices, seed=seed)
     synchronize(*devices)
     load_seconds = time.perf_counter() - start
 
@@ -97,19 +118,7 @@ def main() -> None:
         "quantization": cfg.quantization,
         "weights": info["weights"],
     }
-    calibration = pd.DataFrame(calibration_rows(labels, probs))
-    with atomic_path(args.predictions) as path:
-        write_predictions(path, ids, labels, probs)
-    with atomic_path(args.calibration) as path:
-        calibration.to_csv(path, index=False)
-    with atomic_path(args.speed_accuracy) as path:  # DVC plots need a list of records, not eval.json's object
-        write_json(path, [round_floats({k: metrics[k] for k in SPEED_ACCURACY})])
-    with atomic_path(args.metrics) as path:  # last: its presence says the evaluation completed
-        write_json(path, round_floats(metrics))
-    print(f"evaluate: {params.model} ({info['weights']}) log_loss {metrics['log_loss']:.4f} "
-          f"(prior {metrics['log_loss_prior']:.4f}), accuracy {metrics['accuracy']:.3f}, "
-          f"{metrics['seconds_per_sample']:.5f} s/sample, {metrics['tokens_per_second']:.0f} tokens/s, "
-          f"{n} rows on {metrics['device']}")
+    return ids, labels, probs, metrics
 
 
 SPEED_ACCURACY = ("model", "seconds_per_sample", "log_loss", "accuracy", "weights", "device", "devices", "dtype",

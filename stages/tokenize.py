@@ -2,10 +2,12 @@
 
 Usage: python -m stages.tokenize --params params.yaml --prepared data/prepared \
            --out data/tokens --metrics metrics/tokens.json
-Reads params: model, models.<model>.pretrained, models.<model>.max_length, tokenize.prompt_share.
+Reads params: model, models.<model>.pretrained, models.<model>.max_length, tokenize.prompt_share
+(`kind: tfidf`: models.<model>.{word_ngram_max, char_ngram_max, max_features, min_df}).
 Writes train.arrow and val.arrow (id, label, input_ids; Arrow IPC, no pickle) and meta.json
 (tokenizer, pad id, max_length). DVC caches the folder per model, so switching models back
-and forth restores it from the run cache instead of recomputing.
+and forth restores it from the run cache instead of recomputing. For `kind: tfidf` the cache is
+the fitted featuriser and the feature matrices of both splits (prefbench.tfidf).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from prefbench import tfidf
 from prefbench.cli import run
-from prefbench.config import load_params
+from prefbench.config import Params, by_kind, load_params
 from prefbench.metrics import write_json
 from prefbench.models import load_tokenizer
 from prefbench.tokenize import encode_rows, length_stats, to_table, write_table
@@ -32,13 +35,19 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, help="token-length statistics JSON")
     args = parser.parse_args()
     params = load_params(args.params)
-    cfg = params.selected
-    tok = load_tokenizer(cfg.pretrained)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    metrics = by_kind(params.selected, llm=tokenize_llm, tfidf=tfidf.tokenize)(params, args.prepared, out)
+    write_json(args.metrics, metrics)
+
+
+def tokenize_llm(params: Params, prepared: str, out: Path) -> dict:
+    """The LLM's own tokenizer: train.arrow, val.arrow and meta.json in `out`; returns the metrics."""
+    cfg = params.selected
+    tok = load_tokenizer(cfg.pretrained)
     metrics = {"model": params.model, "tokenizer": cfg.pretrained, "max_length": cfg.max_length}
     for split in ("train", "val"):
-        df = pd.read_parquet(Path(args.prepared) / f"{split}.parquet")
+        df = pd.read_parquet(Path(prepared) / f"{split}.parquet")
         seqs, truncated = encode_rows(tok, df["prompt"].tolist(), df["response_a"].tolist(),
                                       df["response_b"].tolist(), cfg.max_length, params.tokenize.prompt_share)
         write_table(to_table(df["id"].tolist(), df["label"].tolist(), seqs), out / f"{split}.arrow")
@@ -47,7 +56,7 @@ def main() -> None:
     meta = {"model": params.model, "pretrained": cfg.pretrained, "pad_token_id": tok.pad_token_id,
             "max_length": cfg.max_length}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    write_json(args.metrics, metrics)
+    return metrics
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Usage: python -m stages.train --params params.yaml --tokens data/tokens --out models/adapter \
            --metrics metrics/train.json --live dvclive [--checkpoints models/adapter.ckpt]
 Reads params: model, models.<model>.{pretrained, dtype, attn_implementation, quantization,
-lora_*, train_batch_size, gradient_checkpointing}, train.*.
+lora_*, train_batch_size, gradient_checkpointing}, train.*
+(`kind: tfidf`: models.<model>.{C, max_iter}: a logistic regression, prefbench.tfidf).
 Writes the adapter and score head (safetensors) and resolved_params.json to --out, per-step
 loss and learning rate to --live (dvclive, for `dvc plots show`), and metrics/train.json; the
 adapter folder and the metrics file appear complete or not at all (written aside, then renamed).
@@ -38,8 +39,9 @@ import torch.distributed as dist
 import transformers
 from dvclive import Live
 
+from prefbench import tfidf
 from prefbench.cli import run
-from prefbench.config import load_params
+from prefbench.config import Params, by_kind, load_params
 from prefbench.infer import BatchOutOfMemoryError
 from prefbench.metrics import device_name, peak_memory_gb, round_floats, write_json
 from prefbench.models import count_parameters, load_model, load_tokenizer, pick_devices
@@ -58,6 +60,27 @@ def main() -> None:
     parser.add_argument("--checkpoints", help="folder for resumable checkpoints (default: OUT.ckpt)")
     args = parser.parse_args()
     params = load_params(args.params)
+    by_kind(params.selected, llm=train_llm, tfidf=train_tfidf)(args, params)
+
+
+def train_tfidf(args: argparse.Namespace, params: Params) -> None:
+    """`kind: tfidf`: fit the logistic regression (prefbench.tfidf) on the cached features; the
+    folder holds the fitted featuriser and coefficients, dvclive the final training loss."""
+    with atomic_path(args.out) as out:
+        out.mkdir(parents=True)
+        metrics = tfidf.train(params, args.tokens, out)
+        resolved = {"model": params.model, "weights": "fitted", "models": dataclasses.asdict(params.selected)}
+        (out / "resolved_params.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    with Live(dir=args.live, save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        live.log_metric("train/loss", metrics["final_loss"])  # one point: lbfgs has no steps to log
+    with atomic_path(args.metrics) as path:
+        write_json(path, round_floats(metrics))
+    print(f"train: {params.model} logistic regression on {metrics['samples']} rows in "
+          f"{metrics['train_seconds']:.1f} s, {metrics['params_total']:,} coefficients, "
+          f"training log-loss {metrics['final_loss']:.4f}")
+
+
+def train_llm(args: argparse.Namespace, params: Params) -> None:
     cfg, tp = params.selected, params.train
     checkpoints = Path(args.checkpoints or f"{args.out.rstrip('/')}.ckpt")
 

@@ -16,7 +16,7 @@ def test_shipped_params_load():
     params = load_params(ROOT / "params.yaml")
     assert params.model in params.models
     assert params.selected is params.models[params.model]
-    assert set(params.models) == {"gemma2", "llama3"}
+    assert set(params.models) == {"gemma2", "llama3", "tfidf"}
 
 
 @pytest.mark.parametrize("path,value,message", [

@@ -101,5 +101,5 @@ def test_stage_reads_its_own_params_section_and_its_models(name):
     for key in STAGES[name].get("params", []):
         key = key if isinstance(key, str) else next(iter(key))
         own = key == OWN_SECTION[name] or key.startswith(OWN_SECTION[name] + ".")
-        model = key == "model" or key.startswith("models.${model}.")
+        model = key in ("model", "models.${model}") or key.startswith("models.${model}.")
         assert own or model or (name, key) in CROSS_SECTION, f"stage {name!r} reads params key {key!r}"

@@ -23,7 +23,7 @@ def write_params(path, **train):
     raw["model"] = "llama3"
     raw["sample"]["rows"] = 150
     raw["train"].update({"epochs": 2, "checkpoint_every": 3, "log_every": 2, **train})
-    for cfg in raw["models"].values():
+    for cfg in (c for c in raw["models"].values() if "kind" not in c):  # the LLM entries (tfidf: `kind`)
         cfg["pretrained"] = str(ROOT / cfg["pretrained"])
         cfg["max_length"] = 96
     path.write_text(yaml.safe_dump(raw))

@@ -1,0 +1,209 @@
+"""The tfidf baseline: one smoke test per stage as DVC runs them, its params, its no-pickle model,
+and the README's baseline numbers against the committed results."""
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.linear_model import LogisticRegression
+
+from prefbench.config import ParamsError, TfidfParams, parse_params
+from prefbench.data import read_test_csv
+from prefbench.infer import softmax
+from prefbench.tfidf import Classifier, Featuriser, fit_classifier, predict, read_features
+from tests.conftest import ROOT
+from tests.test_stages import run_stage
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def small_params(tmp, rows=500, test_rows=30):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["model"] = "tfidf"
+    raw["sample"].update(rows=rows, test_rows=test_rows)
+    # Fewer n-grams and a weaker penalty than the defaults: quick, and enough to learn 400 rows.
+    raw["models"]["tfidf"].update(max_features=500, char_ngram_max=3, C=0.03)
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tfidf")
+    p = ["--params", str(small_params(tmp))]
+    out = {"sample": run_stage("sample", *p, "--out", str(tmp / "train.csv"), "--test-out", str(tmp / "test.csv"))}
+    out["prepare"] = run_stage("prepare", *p, "--csv", str(tmp / "train.csv"), "--out", str(tmp / "prepared"),
+                               "--metrics", str(tmp / "data.json"))
+    out["tokenize"] = run_stage("tokenize", *p, "--prepared", str(tmp / "prepared"), "--out", str(tmp / "tokens"),
+                                "--metrics", str(tmp / "tokens.json"))
+    out["train"] = run_stage("train", *p, "--tokens", str(tmp / "tokens"), "--out", str(tmp / "adapter"),
+                             "--metrics", str(tmp / "train.json"), "--live", str(tmp / "live"))
+    out["evaluate"] = run_stage("evaluate", *p, "--tokens", str(tmp / "tokens"), "--adapter", str(tmp / "adapter"),
+                                "--metrics", str(tmp / "eval.json"), "--predictions", str(tmp / "pred.csv"),
+                                "--calibration", str(tmp / "cal.csv"),
+                                "--speed-accuracy", str(tmp / "speed_accuracy.json"))
+    out["predict"] = run_stage("predict", *p, "--test-csv", str(tmp / "test.csv"), "--adapter", str(tmp / "adapter"),
+                               "--out", str(tmp / "submission.csv"), "--metrics", str(tmp / "predict.json"))
+    return tmp, out
+
+
+def load(path):
+    return json.loads(path.read_text())
+
+
+def test_tokenize_stage_caches_the_fitted_features(pipeline):
+    tmp, _ = pipeline
+    m, data = load(tmp / "tokens.json"), load(tmp / "data.json")
+    assert m["model"] == "tfidf" and 0 < m["features"]["word"] <= 500 and 0 < m["features"]["char"] <= 500
+    assert m["train"]["rows"] == data["train_rows"] and m["val"]["rows"] == data["val_rows"]
+    assert m["train"]["columns"] == m["val"]["columns"]
+    # The cache is the featuriser's output: reloaded from its files, it gives the cached val matrix.
+    ids, labels, x, _ = read_features(tmp / "tokens" / "val.safetensors")
+    val = pd.read_parquet(tmp / "prepared" / "val.parquet")
+    again, _ = Featuriser.load(tmp / "tokens").transform(val)
+    assert ids == val["id"].tolist() and labels.tolist() == val["label"].tolist()
+    assert abs(again - x).max() == 0
+
+
+def test_train_stage_writes_coefficients_as_safetensors_and_json(pipeline):
+    tmp, _ = pipeline
+    files = sorted(p.name for p in (tmp / "adapter").iterdir())
+    assert files == ["classifier.safetensors", "featuriser.json", "featuriser.safetensors", "resolved_params.json"]
+    m = load(tmp / "train.json")
+    columns = load(tmp / "tokens.json")["train"]["columns"]
+    assert m["params_total"] == 3 * columns + 3  # a weight per class and column, an intercept per class
+    assert m["final_loss"] < 1.0986  # it fitted something (uniform: ln 3)
+    assert (tmp / "live" / "metrics.json").is_file()  # dvc.yaml's dvclive output exists for this kind too
+
+
+def test_reloaded_classifier_is_sklearns(pipeline):
+    """Coefficients from safetensors, no pickle: the same probabilities as the fitted estimator."""
+    tmp, _ = pipeline
+    cfg = TfidfParams(**{k: v for k, v in load(tmp / "adapter" / "resolved_params.json")["models"].items()})
+    _, labels, x, _ = read_features(tmp / "tokens" / "train.safetensors")
+    _, _, xv, _ = read_features(tmp / "tokens" / "val.safetensors")
+    fitted = LogisticRegression(C=cfg.C, max_iter=cfg.max_iter).fit(x, labels)
+    clf = Classifier.load(tmp / "adapter")
+    np.testing.assert_allclose(softmax(clf.logits(xv)), fitted.predict_proba(xv), atol=1e-6)
+    coef, _ = fit_classifier(x, labels, cfg)
+    np.testing.assert_array_equal(coef, clf.coef)  # lbfgs is deterministic: train is reproducible
+
+
+def test_evaluate_stage_writes_the_llm_metrics_and_beats_the_prior(pipeline):
+    tmp, out = pipeline
+    m = load(tmp / "eval.json")
+    llm = load(ROOT / "metrics" / "eval.json")  # the committed default (LLM) run
+    assert set(llm) <= set(m), sorted(set(llm) - set(m))
+    assert m["model"] == "tfidf" and m["weights"] == "fitted"
+    assert m["log_loss"] < m["log_loss_prior"], (m["log_loss"], m["log_loss_prior"])
+    assert m["params_total"] == load(tmp / "train.json")["params_total"] and m["seconds_per_sample"] > 0
+    assert len(pd.read_csv(tmp / "pred.csv")) == m["n_samples"]
+    (point,) = load(tmp / "speed_accuracy.json")
+    assert point["model"] == "tfidf" and point["log_loss"] == m["log_loss"]
+    assert "evaluate: tfidf (fitted) log_loss" in out["evaluate"]
+
+
+def test_predict_stage_submission_with_swap_tta(pipeline):
+    tmp, _ = pipeline
+    sub = pd.read_csv(tmp / "submission.csv")
+    test = pd.read_csv(tmp / "test.csv")
+    assert list(sub.columns) == ["id", "winner_model_a", "winner_model_b", "winner_tie"]
+    assert sub["id"].tolist() == test["id"].tolist()
+    np.testing.assert_allclose(sub.iloc[:, 1:].sum(axis=1), 1.0, atol=3e-6)
+    m = load(tmp / "predict.json")
+    assert set(load(ROOT / "metrics" / "predict.json")) <= set(m) and m["swap_tta"] is True
+    assert m["featurise_seconds"] > 0
+
+
+def test_swap_tta_is_symmetric(pipeline):
+    """With swap TTA, exchanging responses A and B in the input exchanges the a and b columns."""
+    tmp, _ = pipeline
+    params = parse_params(yaml.safe_load((tmp / "params.yaml").read_text()))
+    df, _ = read_test_csv(tmp / "test.csv")
+    swapped = df.rename(columns={"response_a": "response_b", "response_b": "response_a"})
+    p, _ = predict(params, df, tmp / "adapter")
+    q, _ = predict(params, swapped, tmp / "adapter")
+    np.testing.assert_allclose(p, q[:, [1, 0, 2]], atol=1e-12)
+    assert np.abs(p[:, 0] - p[:, 1]).max() > 1e-4  # and it does tell A from B
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda e: e.pop("C"), "missing params key: models.tfidf.C"),
+    (lambda e: e.update(pretrained="models/tiny-llama3"), "unknown params key: models.tfidf.pretrained"),
+    (lambda e: e.update(kind="lightgbm"), "models.tfidf.kind: 'lightgbm' is not one of tfidf"),
+    (lambda e: e.update(max_features="many"), "models.tfidf.max_features: expected int"),
+    (lambda e: e.update(char_ngram_max=1), "models.tfidf.char_ngram_max must be >= 2"),
+])
+def test_tfidf_params_are_typed(change, message):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    change(raw["models"]["tfidf"])
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        parse_params(raw)
+
+
+def test_tfidf_is_selected_like_the_llms():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["model"] = "tfidf"
+    params = parse_params(raw)
+    assert isinstance(params.selected, TfidfParams) and params.selected.kind == "tfidf"
+
+
+# ---------------------------------------------------------------- committed results and the README
+
+def results(name):
+    data = load(RESULTS / name)
+    assert data["command"].startswith("dvc exp run -S model=tfidf"), data["command"]
+    return data
+
+
+def test_committed_baseline_beats_the_prior_on_real_and_generated_data():
+    real, generated = results("tfidf-arena-sample.json"), results("tfidf-generated.json")
+    assert "arena_train_sample.csv" in real["command"]
+    for run in (real, generated):
+        ev = run["metrics/eval.json"]
+        assert ev["model"] == "tfidf" and ev["log_loss"] < ev["log_loss_prior"], ev
+    assert real["metrics/data.json"]["rows_read"] == 999
+
+
+def readme_row(name: str) -> str:
+    """The README table row of one committed result, as the README must show it."""
+    ev = results(name)["metrics/eval.json"]
+    return (f"| tfidf (scikit-learn) | {ev['log_loss']:.4f} | {ev['log_loss_prior']:.4f} | {ev['accuracy']:.3f} | "
+            f"{ev['seconds_per_sample']:.2e} | {ev['params_total']:,} | {DATA[name]} (`{name}`) |")
+
+
+DATA = {"tfidf-arena-sample.json": "real sample, 999 rows", "tfidf-generated.json": "generated default, 2,000 rows"}
+
+
+def test_readme_baseline_rows_are_the_committed_results():
+    """The README's baseline rows: every number as the committed JSON has it, to the digits shown."""
+    lines = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| tfidf (scikit-learn) |")]
+    assert lines == [readme_row(name) for name in DATA], "\n".join(lines)
+
+
+def test_readme_bundle_hours_are_the_committed_ones():
+    run = results("tfidf-arena-sample.json")
+    assert run["bundle_same_submission_as_predict_stage"] is True
+    hours = run["bundle_predict"]["projected_hours"]
+    assert f"its test file was the generated one): {hours:.2f} h on a CPU" in (ROOT / "README.md").read_text()
+
+
+def test_compare_and_scatter_take_the_baseline_with_the_llms():
+    """prefbench.compare (dvc exp show --json) and the speed-vs-accuracy scatter: one row and one
+    point each for the committed tfidf run and the committed LLM default run."""
+    from prefbench.compare import experiments, markdown, scatter_spec
+
+    def exp_show_entry(name, metrics):
+        return {"rev": name, "name": name, "data": {"rev": name, "metrics": {"metrics/eval.json": {"data": metrics}}}}
+
+    tfidf = results("tfidf-arena-sample.json")["metrics/eval.json"]
+    exps = experiments([exp_show_entry("main", load(ROOT / "metrics" / "eval.json")), exp_show_entry("tfidf", tfidf)])
+    assert [e["model"] for e in exps] == ["llama3", "tfidf"]
+    assert f"| tfidf | tfidf | {tfidf['log_loss']:.4g} |" in markdown(exps)
+    values = scatter_spec(exps)["data"]["values"]
+    assert {v["model"]: v["log_loss"] for v in values} == {"llama3": load(ROOT / "metrics" / "eval.json")["log_loss"],
+                                                           "tfidf": tfidf["log_loss"]}
