@@ -26,7 +26,16 @@ for model in $MODELS; do
   done
 done
 dvc queue start -j 1
+idle=0
 while status=$(dvc queue status) && grep -qE "Queued|Running" <<<"$status"; do
+  # DVC's worker can exit with experiments still queued (seen under load: its filesystem broker read
+  # a half-written message). Two polls with work queued and no worker: start another one.
+  if grep -q "0 active, 0 idle" <<<"$status" && ! grep -q Running <<<"$status"; then
+    idle=$((idle + 1))
+    if [ "$idle" -ge 2 ]; then dvc queue start -j 1; idle=0; fi
+  else
+    idle=0
+  fi
   sleep "$POLL_S"
 done
 echo "$status"
