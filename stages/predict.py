@@ -3,7 +3,7 @@
 Usage: python -m stages.predict --params params.yaml --test-csv data/sample/test.csv \
            --adapter models/adapter --out data/submission.csv --metrics metrics/predict.json
 Reads params: model, models.<model>.{pretrained, dtype, attn_implementation, quantization, max_length,
-eval_batch_size, compile}, tokenize.prompt_share, train.seed, evaluate.{warmup_batches, devices},
+eval_batch_size, compile, kernels}, tokenize.prompt_share, train.seed, evaluate.{warmup_batches, warmup_shapes, devices},
 predict.{swap_tta, kaggle_rows, kaggle_hours} (predict.test_csv arrives as --test-csv).
 Writes `id, winner_model_a, winner_model_b, winner_tie` in the input's row order (probabilities
 sum to 1) and prints the projected hours for the hidden test set against the Kaggle limit.
@@ -61,6 +61,7 @@ def main() -> None:
         try:
             result = predict_sharded(models, devices, [np.asarray(s) for s in seqs], cfg.eval_batch_size,
                                      tok.pad_token_id, warmup_batches=params.evaluate.warmup_batches,
+                                     warmup_shapes=params.evaluate.warmup_shapes,
                                      pad_multiple=64 if device.type == "cuda" else 1, cfg=cfg, name=params.model)
             check_finite(result["logits"], info["dtype"], params.model)
         except (BatchOutOfMemoryError, NonFiniteLogitsError) as err:
@@ -83,7 +84,7 @@ def main() -> None:
         "fits_kaggle_limit": hours + (load_seconds + warmup_seconds) / 3600 < pp.kaggle_hours,
         "peak_memory_gb": peak_memory_gb(*devices), "device": device_name(device),
         "devices": len(devices),
-        "repaired": dict(report.repaired), **{k: info[k] for k in ("dtype", "attn_implementation", "weights", "compiled")},
+        "repaired": dict(report.repaired), **{k: info[k] for k in ("dtype", "attn_implementation", "kernels", "lora_merged", "weights", "compiled")},
     }
     write_json(args.metrics, round_floats(metrics))
     print(f"predict: {n} rows -> {args.out} ({'with' if pp.swap_tta else 'no'} swap TTA), "
