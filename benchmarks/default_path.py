@@ -58,6 +58,20 @@ def errors(logits: np.ndarray, ref: np.ndarray) -> dict:
             "finite": bool(np.isfinite(logits).all())}
 
 
+def bench_lengths(rows: int, max_length: int, seed: int = 0) -> np.ndarray:
+    """Token lengths of `rows` real arena rows (benchmarks/arena_lengths.json) at max_length."""
+    chars = json.loads((ROOT / "benchmarks" / "arena_lengths.json").read_text())["part_chars"]
+    picked = np.random.default_rng(seed).choice(len(chars), rows, replace=False)
+    return token_lengths([chars[i] for i in picked], max_length)
+
+
+def bench_sequences(lengths, vocab: int, seed: int) -> list[np.ndarray]:
+    """Random token ids of the given lengths, well inside the vocabulary, never 0 (the benchmark's pad
+    id) nor Llama3's EOS (its pipeline pad id): the classifier pools on the last non-pad token."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(10, min(vocab - 10, 100_000), int(n)) for n in lengths]
+
+
 def model_cfg(name: str, attn: str, kernels: str, lora_r: int, max_length: int, batch: int,
               train_batch: int = 4) -> ModelParams:
     return ModelParams(pretrained=name, dtype="bfloat16", attn_implementation=attn, quantization="none",
@@ -103,15 +117,10 @@ class Run:
         self.save()
 
     def lengths(self, max_length: int, seed: int = 0) -> np.ndarray:
-        chars = json.loads((ROOT / "benchmarks" / "arena_lengths.json").read_text())["part_chars"]
-        rows = np.random.default_rng(seed).choice(len(chars), self.args.rows, replace=False)
-        return token_lengths([chars[i] for i in rows], max_length)
+        return bench_lengths(self.args.rows, max_length, seed)
 
     def sequences(self, lengths, vocab: int, seed: int) -> list[np.ndarray]:
-        # Ids well inside the vocabulary and never 0 (the pad id here): the classifier pools on the
-        # last non-pad token.
-        rng = np.random.default_rng(seed)
-        return [rng.integers(10, min(vocab - 10, 100_000), int(n)) for n in lengths]
+        return bench_sequences(lengths, vocab, seed)
 
     def run(self):
         self.r["peak_bf16_flops"] = measure_peak(self.dev)

@@ -28,7 +28,7 @@ import torch
 import yaml
 from transformers import AutoConfig
 
-from benchmarks.default_path import Run
+from benchmarks.default_path import bench_lengths, bench_sequences
 from benchmarks.gpu_bench import ROOT
 from prefbench.config import load_params
 from prefbench.models import load_model, load_tokenizer
@@ -47,17 +47,19 @@ def setup(tmp: Path, name: str, bench: dict, device: torch.device) -> None:
                               eval_batch_size=bench["batch_size"])
     raw["evaluate"]["devices"] = 1
     (tmp / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    # The benchmark's rows: the same lengths and token ids (default_path.Run.sequences, seed 2).
-    run = Run(argparse.Namespace(rows=bench["rows"], budget_s=1e9, out=str(tmp / "unused.json")))
-    seqs = run.sequences(run.lengths(bench["max_length"]), config.vocab_size, seed=2)
+    # The benchmark's rows: the same lengths and token ids (default_path.bench_sequences, seed 2).
+    seqs = bench_sequences(bench_lengths(bench["rows"], bench["max_length"]), config.vocab_size, seed=2)
+    params = load_params(tmp / "params.yaml")
+    tok = load_tokenizer(str(ROOT / params.selected.pretrained))
+    # The benchmark pads with id 0; this tokenizer pads with its own id: no row may hold it, or the
+    # classifier would pool before the row's end. Remapped ids change no timing.
+    for s in seqs:
+        s[s == tok.pad_token_id] = tok.pad_token_id + 1
     labels = np.random.default_rng(0).integers(0, 3, len(seqs))
     (tmp / "tokens").mkdir()
     for split in ("train", "val"):
         write_table(to_table([f"r{i}" for i in range(len(seqs))], labels.tolist(), [s.tolist() for s in seqs]),
                     tmp / "tokens" / f"{split}.arrow")
-    params = load_params(tmp / "params.yaml")
-    tok = load_tokenizer(str(ROOT / params.selected.pretrained))
-    assert all(tok.pad_token_id not in s for s in seqs), "a row holds the pad id: pooling would be off"
     model = load_model(params.selected, tok.pad_token_id, device, seed=params.train.seed)[0]
     add_lora(model, params.selected).save_pretrained(tmp / "adapter")
     del model

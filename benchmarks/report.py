@@ -152,13 +152,112 @@ def multi_table(m: dict, name: str) -> None:
           f"{m['eval_log_loss_ddp_adapter_on_1']:.6f} | |")
 
 
+GOAL_MFU, GOAL_RATIO, GOAL_EVAL = 0.70, 1.25, 0.05  # issue 10's goals
+
+
+def mfu_pair(c: dict) -> str:
+    sheet = f" / {c['mfu_datasheet']:.2f}" if c.get("mfu_datasheet") else ""
+    return f"{c['seconds_per_sample']:.4f} (MFU {c['mfu']:.2f}{sheet})"
+
+
+def default_path(run: dict, evals: dict | None = None) -> None:
+    """benchmarks/default_path.py: the path dvc repro runs, before and after, side by side; with
+    benchmarks/pipeline_eval.py's eval.json numbers on the same rows and card when given."""
+    m = run["models"]
+    names = sorted(m, key=lambda n: m[n]["family"] == "gemma2")  # Llama3 first: ratios are Gemma2 / Llama3
+    sheet = run.get("peak_bf16_flops_datasheet")
+    print(f"`{run['name']}`: {run['device']}, {run['date']}, torch {run['versions']['torch']}, transformers "
+          f"{run['versions']['transformers']}, flash-attn-4 {run['versions'].get('flash-attn-4')}, liger-kernel "
+          f"{run['versions'].get('liger-kernel')}; {run['rows']} real-length rows at max_length {run['max_length']}, "
+          f"batch {run['batch_size']}, padded to {run['pad_multiple']}; MFU against the bf16 matmul peak measured in "
+          f"the run ({run['peak_bf16_flops'] / 1e12:.0f} TFLOP/s)"
+          + (f" / the datasheet's dense bf16 peak ({sheet / 1e12:.0f} TFLOP/s)" if sheet else "") + ".\n")
+    before = {n: next((c for c in run["cells"] if c["model"] == n and c["adapter"] == "unmerged"), None) for n in names}
+    after = {n: next((c for c in run["cells"] if c["model"] == n and c.get("path") == "default"), None) for n in names}
+    print("| s/sample (MFU) | " + " | ".join(names) + " | Gemma2 / Llama3 |")
+    print("|---|" + "---|" * len(names) + "---|")
+
+    def row(label, cells, key="seconds_per_sample", fmt=mfu_pair):
+        if any(c is None or c.get(key) is None for c in cells.values()):
+            return
+        ratio = f"**{cells[names[1]][key] / cells[names[0]][key]:.2f}**" if len(cells) == 2 else "-"
+        print(f"| {label} | " + " | ".join(fmt(c) for c in cells.values()) + f" | {ratio} |")
+
+    legacy = " / ".join(m[n]["legacy_attn"] for n in names)
+    row(f"before, as eval.json timed it ({legacy}, LoRA unmerged, 1 warm-up batch)", before,
+        "seconds_per_sample_old_warmup", lambda c: f"{c['seconds_per_sample_old_warmup']:.4f}")
+    row(f"before, steady state ({legacy}, LoRA unmerged)", before)
+    if all(after.values()):
+        label = " / ".join(f"{c['attn']} + {c['kernels']}" for c in after.values())
+        row(f"**after: the default path** ({label}, LoRA merged)", after)
+    if evals:
+        ev = {n: evals["models"].get(n, {}) for n in names}
+        if all("eval_over_bench" in e for e in ev.values()):
+            print("| eval.json seconds_per_sample, the evaluate stage on the same rows (`" + evals["name"] + "`) | "
+                  + " | ".join(f"{e['eval']['seconds_per_sample']:.4f} ({e['eval_over_bench']:.3f}x the benchmark)"
+                               for e in ev.values()) + " | - |")
+    print("\nEvery cell (bf16; errors against fp32 eager on the same weights and 8 real-length rows: max |diff| / "
+          "max |ref| and ||diff|| / ||ref||; `pipeline pass` is the first timed pass after the pipeline's "
+          "warm-up, what eval.json reports):\n")
+    print("| model | attention | kernels | LoRA | default | s/sample | pipeline pass | MFU | MFU datasheet | "
+          "max rel. err | rel. L2 err | peak GB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for c in run["cells"]:
+        sheet_mfu = f"{c['mfu_datasheet']:.2f}" if c.get("mfu_datasheet") else "-"
+        print(f"| {c['model']} | {c['attn']} | {c['kernels']} | {c['adapter']} | {'yes' if c.get('path') else ''} | "
+              f"{c['seconds_per_sample']:.4f} | {c['seconds_per_sample_pipeline']:.4f} | {c['mfu']:.2f} | {sheet_mfu} | "
+              f"{c['max_rel_error']:.4f} | {c['rel_l2_error']:.4f} | {c['peak_memory_gb']} |")
+    for c in run["train"]:
+        if c is run["train"][0]:
+            print("\n| LoRA training (r=16, default path) | attention | kernels | batch | s/step | tokens/s | MFU | "
+                  "MFU datasheet | final loss | peak GB |")
+            print("|---|---|---|---|---|---|---|---|---|---|")
+        sheet_mfu = f"{c['mfu_datasheet']:.2f}" if c.get("mfu_datasheet") else "-"
+        print(f"| {c['model']} | {c['attn']} | {c['kernels']} | {c['batch']} | {c['seconds_per_step']:.3f} | "
+              f"{c['tokens_per_second']:.0f} | {c['mfu']:.2f} | {sheet_mfu} | {c['final_loss']:.3f} | "
+              f"{c['peak_memory_gb']} |")
+    for s in run["skipped"]:
+        if s is run["skipped"][0]:
+            print("\nNot measured:\n")
+        tags = ", ".join(f"{k} {v}" for k, v in s.items() if k != "reason")
+        print(f"- {tags}: {s['reason'][:200]}")
+    goals(after, names, evals)
+
+
+def goals(after: dict, names: list[str], evals: dict | None) -> None:
+    """Issue 10's goals on the default path, met or missed by how much."""
+    if not all(after.values()) or len(after) != 2:
+        return
+    print("\nGoals (issue 10) on the default path:\n")
+    for n, c in after.items():
+        verdict = "met" if c["mfu"] >= GOAL_MFU else f"missed by {GOAL_MFU - c['mfu']:.2f}"
+        print(f"- {n}: MFU {c['mfu']:.2f} against the measured peak (goal >= {GOAL_MFU:.2f}: {verdict})")
+    ratio = after[names[1]]["seconds_per_sample"] / after[names[0]]["seconds_per_sample"]
+    verdict = "met" if ratio <= GOAL_RATIO else f"missed by {ratio - GOAL_RATIO:.2f}"
+    print(f"- Gemma2 / Llama3: {ratio:.2f} (goal <= {GOAL_RATIO}: {verdict}; FLOP ratio 1.19)")
+    for n, e in (evals or {}).get("models", {}).items():
+        if "eval_over_bench" in e:
+            off = abs(e["eval_over_bench"] - 1)
+            print(f"- {n}: eval.json s/sample {e['eval_over_bench']:.3f}x the benchmark's steady state "
+                  f"(goal within {GOAL_EVAL:.0%}: {'met' if off <= GOAL_EVAL else f'missed by {off - GOAL_EVAL:.1%}'})")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--main", required=True, help="side-by-side run: both models in one process")
+    p.add_argument("--main", help="side-by-side run: both models in one process")
     p.add_argument("--runs", nargs="*", default=[])
     p.add_argument("--profile")
     p.add_argument("--multi", nargs="*", default=[])
+    p.add_argument("--default-path", help="benchmarks/default_path.py's JSON: printed first")
+    p.add_argument("--pipeline-eval", help="benchmarks/pipeline_eval.py's JSON for the same card")
+    p.add_argument("--section", action="store_true", help="only the default-path section (README)")
     args = p.parse_args()
+    if args.default_path:
+        print("## The default path (what `dvc repro` runs), before and after\n")
+        default_path(load(args.default_path), load(args.pipeline_eval) if args.pipeline_eval else None)
+        if args.section:
+            return
+        print()
     main_run = load(args.main)
     headline(main_run)
     print("\n## Every cell, by run")

@@ -67,3 +67,20 @@ def test_report_headline_is_computed_from_the_side_by_side_run():
     line = next(row for row in md.splitlines() if row.startswith("| s/sample, default path"))
     assert line.endswith(f"**{ratio:.2f}** |")
     assert "| gemma2-9b | eager |" in md and "One GPU vs 2" in md
+
+
+def test_default_path_smoke_on_cpu(tmp_path):
+    """benchmarks/default_path.py with the tiny models on a CPU: the before cell (LoRA unmerged), the
+    merged default cell, flash-attn-4 and Liger recorded as not run (absent here), errors against fp32."""
+    out = tmp_path / "dp.json"
+    run("benchmarks.default_path", "--out", str(out), "--models", "tiny-llama3", "--rows", "6", "--max-length", "96",
+        "--batch", "3", "--reps", "2", "--no-train")
+    r = json.loads(out.read_text())
+    cells = {(c["attn"], c["kernels"], c["adapter"]): c for c in r["cells"]}
+    assert set(cells) == {("sdpa", "none", "unmerged"), ("sdpa", "none", "merged")}
+    assert [c["path"] for c in r["cells"]] == [None, "default"]  # the merged cell is what evaluate runs here
+    for c in cells.values():
+        assert c["finite"] and c["max_rel_error"] < 0.05 and len(c["seconds_passes"]) == 2
+        assert c["batch_shapes"] >= 1 and 0 < c["mfu"] < 1 and c["mfu_datasheet"] is None  # no datasheet for a CPU
+    assert "seconds_per_sample_old_warmup" in cells[("sdpa", "none", "unmerged")]
+    assert {s.get("attn") or s.get("kernels") for s in r["skipped"]} == {"flash_attention_4", "liger"}
