@@ -178,11 +178,12 @@ class Run:
 
         # before: the path evaluate ran before this change (adapter unmerged, 1 warm-up batch).
         lora = add_lora(model, eval_cfg)  # B = 0 at init: the same function as the base
-        self.cell(lora, name, legacy, "none", flops, seqs, check_err=errors(logits(lora), ref), adapter="unmerged",
-                  old_warmup=True)
+        if not a.only_default:
+            self.cell(lora, name, legacy, "none", flops, seqs, check_err=errors(logits(lora), ref),
+                      adapter="unmerged", old_warmup=True)
         merged = prepare_for_inference(lora, eval_cfg)  # the pipeline's merge (what evaluate runs now)
         merged.__dict__.pop("peft_config", None)  # merged: no adapter left to stack another onto
-        for kernels in ("none", "liger"):
+        for kernels in ("none", "liger") if not a.only_default else (auto_kernels,):
             if kernels == "liger":
                 try:
                     resolve_kernels("liger", dev.type, self.capability)  # raises where Liger cannot run
@@ -190,7 +191,7 @@ class Run:
                 except Exception as e:
                     self.skip(f"{type(e).__name__}: {e}", model=name, kernels="liger")
                     break
-            for attn in dict.fromkeys([legacy, "flash_attention_4"]):
+            for attn in dict.fromkeys([legacy, "flash_attention_4"] if not a.only_default else [auto_attn]):
                 if self.left() < 40:
                     self.skip("time budget", model=name, attn=attn, kernels=kernels)
                     continue
@@ -204,6 +205,9 @@ class Run:
                 default = attn == auto_attn and kernels == auto_kernels
                 self.cell(merged, name, attn, kernels, flops, seqs, check_err=err, adapter="merged",
                           path="default" if default else None)
+        if a.compile and self.left() > 60:
+            self.set_attn(merged, auto_attn, name)
+            self.compile_cell(merged, name, auto_attn, auto_kernels, flops, seqs, logits, ref)
         if a.train and self.left() > 90:
             self.set_attn(merged, auto_attn, name)
             self.train_cell(merged, config, n_non_emb, name, auto_attn,
@@ -211,10 +215,42 @@ class Run:
         del model, lora, merged
         self.save()
 
+    def compile_cell(self, model, name, attn, kernels, flops, seqs, logits, ref):
+        """compile: true on the default path (prepare_for_inference: torch.compile(dynamic=True)); every
+        padded shape warmed first (the compile cost, warmup_seconds), then the timed passes with
+        recompilation turned into an error: a recompile inside the timed loop fails the cell. The
+        break-even row count: extra warm-up seconds over the seconds saved per row."""
+        import dataclasses
+
+        import torch._dynamo
+
+        cfg = model_cfg(name, attn, kernels, 8, self.args.max_length, self.args.batch)
+        compiled = prepare_for_inference(model, dataclasses.replace(cfg, compile=True))
+        try:  # timed first, so that the first compile is counted in warmup_seconds
+            cell = self.cell(compiled, name, attn, kernels, flops, seqs, check_err={}, adapter="merged",
+                             recompile_guard=True)
+        finally:
+            torch._dynamo.config.error_on_recompile = False
+        if cell:
+            try:
+                cell.update(errors(logits(compiled), ref))
+            except Exception as e:
+                cell["error_check"] = f"{type(e).__name__}: {str(e)[:200]}"
+        plain = next((c for c in self.r["cells"] if c["model"] == name and c.get("path") == "default"), None)
+        if cell and plain:
+            cell["compiled"] = True
+            saved = plain["seconds_per_sample"] - cell["seconds_per_sample"]
+            extra = cell["warmup_seconds"] - plain["warmup_seconds"]
+            cell["break_even_rows"] = round(extra / saved) if saved > 0 else None
+            self.save()
+            print(f"{name} compiled: warm-up {cell['warmup_seconds']:.0f} s (uncompiled {plain['warmup_seconds']:.0f} s), "
+                  f"break-even {cell['break_even_rows']} rows", flush=True)
+
     def cells_with(self, name, kernels) -> bool:
         return any(c["model"] == name and c["kernels"] == kernels for c in self.r["cells"])
 
-    def cell(self, net, name, attn, kernels, flops, seqs, check_err, adapter, path=None, old_warmup=False):
+    def cell(self, net, name, attn, kernels, flops, seqs, check_err, adapter, path=None, old_warmup=False,
+             recompile_guard=False):
         a, dev = self.args, self.dev
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -224,7 +260,14 @@ class Run:
             if old_warmup:  # evaluate before this change: 1 warm-up batch, new shapes paid inside the timer
                 old = predict(net, seqs, a.batch, 0, dev, warmup_batches=1, pad_multiple=PAD_MULTIPLE)
                 extra["seconds_per_sample_old_warmup"] = old["seconds"] / len(seqs)
-            first = predict(net, seqs, a.batch, 0, dev, warmup_batches=0, warmup_shapes=True, pad_multiple=PAD_MULTIPLE)
+            warm = None
+            if recompile_guard:  # warm every shape (compiling), then any recompilation in a timed pass raises
+                warm = predict(net, seqs, a.batch, 0, dev, warmup_batches=0, warmup_shapes=True,
+                               pad_multiple=PAD_MULTIPLE)
+                torch._dynamo.config.error_on_recompile = True
+            first = predict(net, seqs, a.batch, 0, dev, warmup_batches=0, warmup_shapes=warm is None,
+                            pad_multiple=PAD_MULTIPLE)
+            first["warmup_seconds"] += warm["warmup_seconds"] if warm else 0.0
             passes = [first] + [predict(net, seqs, a.batch, 0, dev, warmup_batches=0, pad_multiple=PAD_MULTIPLE)
                                 for _ in range(a.reps - 1)]
         except Exception as e:
@@ -249,7 +292,7 @@ class Run:
         print(f"{name} {attn} kernels={kernels} {adapter}{' [default]' if path else ''}: "
               f"{cell['seconds_per_sample']:.4f} s/sample (pipeline pass {cell['seconds_per_sample_pipeline']:.4f}), "
               f"MFU {cell['mfu']:.2f} / datasheet {cell['mfu_datasheet'] or 0:.2f}, "
-              f"rel.err {check_err['max_rel_error']:.4f}, mem {cell['peak_memory_gb']} GB", flush=True)
+              f"rel.err {check_err.get('max_rel_error', float('nan')):.4f}, mem {cell['peak_memory_gb']} GB", flush=True)
         return cell
 
     def train_cell(self, model, config, n_non_emb, name, attn, kernels):
@@ -309,6 +352,10 @@ def main():
     p.add_argument("--train-batch", type=int, default=4)
     p.add_argument("--train-steps", type=int, default=6)
     p.add_argument("--budget-s", type=float, default=520)
+    p.add_argument("--only-default", action="store_true", help="only the default cell (with --compile: the compile "
+                   "break-even)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="also the default path under compile: true, with its break-even row count")
     Run(p.parse_args()).run()
 
 

@@ -6,6 +6,8 @@
 #   bash benchmarks/gpu_fused.sh install W1   # wheels -> /tmp/site, part a of the library -> /tmp
 #   bash benchmarks/gpu_fused.sh bench W2     # joins part b, unpacks; default_path.py -> $OUT
 #   bash benchmarks/gpu_fused.sh eval         # pipeline_eval.py: the evaluate stage on the bench's rows
+#   bash benchmarks/gpu_fused.sh more W2      # (instead of bench) profile of the default path, then
+#                                             # default_path.py --only-default --compile (break-even)
 # Unpack the library after the wheels: `pip install --target --upgrade` replaces whole package folders.
 set -uo pipefail  # no -e: a step cut by its timeout keeps what it wrote
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/keep
@@ -28,6 +30,14 @@ case $what in
     timeout "${BENCH_TIMEOUT:-570}" python3 -m benchmarks.default_path --out "$OUT/default-path.json" \
       --budget-s "${BUDGET_S:-500}" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/default-path.log"
     cp "$OUT/default-path.json" /tmp/keep/ ;;
+  more)
+    cat /tmp/cu13.tar.xz.part-a "$W"/cu13.tar.xz.part-b | xz -d | tar -x -C /tmp/site || exit 1
+    check || exit 1
+    timeout "${PROFILE_TIMEOUT:-200}" python3 -m benchmarks.profile_attention --out "$OUT/profile-default.json" \
+      --paths llama3-8b:flash_attention_4:liger,gemma2-9b:flash_attention_4:liger 2>&1 | grep -v "UserWarning\|exe_args" |
+      tee "$OUT/profile-default.log"
+    timeout "${BENCH_TIMEOUT:-360}" python3 -m benchmarks.default_path --out "$OUT/default-path-compile.json" \
+      --only-default --compile --no-train --budget-s "${BUDGET_S:-340}" 2>&1 | tee "$OUT/default-path-compile.log" ;;
   eval)
     [[ -f /tmp/keep/default-path.json ]] || { echo "no /tmp/keep/default-path.json: a fresh machine (run install, bench first)"; exit 1; }
     check || exit 1
