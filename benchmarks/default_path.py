@@ -85,6 +85,7 @@ class Run:
         self.args = args
         self.dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.start = time.perf_counter()
+        self.not_default = False
         cuda = self.dev.type == "cuda"
         self.capability = torch.cuda.get_device_capability() if cuda else None
         name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
@@ -162,6 +163,8 @@ class Run:
         legacy = resolve_attention("auto", family)  # the choice without flash-attn-4 (CPU, T4, A100)
         auto_attn = resolve_attention("auto", family, dev.type, self.capability)
         auto_kernels = resolve_kernels("auto", dev.type, self.capability)
+        if a.kernels:  # --kernels: another choice in the default cell's place (then not marked default)
+            auto_kernels, self.not_default = a.kernels, True
         self.r["models"][name] = {**counts, "layers": config.num_hidden_layers, "family": family,
                                   "auto": {"attn": auto_attn, "kernels": auto_kernels}, "legacy_attn": legacy}
         lengths = self.lengths(a.max_length)
@@ -202,7 +205,7 @@ class Run:
                 except Exception as e:  # e.g. a kernel that does not build for this head_dim
                     self.skip(f"{type(e).__name__}: {e}", model=name, attn=attn, kernels=kernels)
                     continue
-                default = attn == auto_attn and kernels == auto_kernels
+                default = attn == auto_attn and kernels == auto_kernels and not self.not_default
                 self.cell(merged, name, attn, kernels, flops, seqs, check_err=err, adapter="merged",
                           path="default" if default else None)
         if a.compile and self.left() > 60:
@@ -236,7 +239,8 @@ class Run:
                 cell.update(errors(logits(compiled), ref))
             except Exception as e:
                 cell["error_check"] = f"{type(e).__name__}: {str(e)[:200]}"
-        plain = next((c for c in self.r["cells"] if c["model"] == name and c.get("path") == "default"), None)
+        plain = next((c for c in self.r["cells"] if c["model"] == name and not c.get("compiled")
+                      and c["attn"] == attn and c["kernels"] == kernels and c["adapter"] == "merged"), None)
         if cell and plain:
             cell["compiled"] = True
             saved = plain["seconds_per_sample"] - cell["seconds_per_sample"]
@@ -356,6 +360,7 @@ def main():
                    "break-even)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="also the default path under compile: true, with its break-even row count")
+    p.add_argument("--kernels", choices=["none", "liger"], help="instead of kernels auto (cells not marked default)")
     Run(p.parse_args()).run()
 
 
