@@ -1,14 +1,20 @@
 """Turn committed GPU results into the Markdown of README's "Why is Gemma2 slower?".
 
-Usage:
-    python -m benchmarks.report --main benchmarks/results/bench-side-by-side-3.json \
-        --runs benchmarks/results/bench-side-by-side-2.json benchmarks/results/bench-side-by-side-1.json \
-               benchmarks/results/bench-gemma2-9b.json benchmarks/results/bench-llama3-8b-run1-bufcast.json \
-        --profile benchmarks/results/profile-1.json \
-        --multi benchmarks/results/multi-gpu-b8/multi-gpu.json > benchmarks/results/report.md
-`--main` is the side-by-side run (both models, one process, one card) the headline table and the
-goals are read from; `--runs` adds the other runs' cells (flex attention, 2048 tokens, NF4, LoRA).
-Every number in that README section comes out of this script and the JSON files it reads.
+Usage (report.md; SECTION is the README's generated block):
+    R=benchmarks/results
+    SECTION="--default-path $R/default-path-h100.json --pipeline-eval $R/pipeline-eval-h100.json \
+        --kernel-profile $R/profile-default-h100.json \
+        --compiled $R/default-path-compile-h100.json $R/default-path-compile-nokernels-h100.json"
+    python -m benchmarks.report $SECTION --section          # the README block (a test compares them)
+    python -m benchmarks.report $SECTION --main $R/bench-side-by-side-3.json \
+        --runs $R/bench-side-by-side-2.json $R/bench-side-by-side-1.json \
+               $R/bench-gemma2-9b.json $R/bench-llama3-8b-run1-bufcast.json \
+        --profile $R/profile-1.json --multi $R/multi-gpu-b8/multi-gpu.json > $R/report.md
+`--default-path` (benchmarks/default_path.py) is the side-by-side run of what `dvc repro` runs,
+before and after, the goals are read from; `--main` is the older side-by-side grid (eager / sdpa,
+fixed / dynamic padding, compiled) and `--runs` adds the other runs' cells (flex attention, 2048
+tokens, NF4, LoRA). Every number in that README section comes out of this script and the JSON
+files it reads.
 """
 
 from __future__ import annotations
@@ -224,6 +230,47 @@ def default_path(run: dict, evals: dict | None = None) -> None:
     goals(after, names, evals)
 
 
+def compile_table(runs: list[dict]) -> None:
+    """default_path.py --only-default --compile: the default cell, then the same model compiled
+    (recompiles in the timed passes raise), with the break-even row count."""
+    print("\n`compile: true` on top (timed passes with `torch._dynamo.config.error_on_recompile`; warm-up = "
+          "one batch per padded shape, compiling; break-even = extra warm-up seconds / seconds saved per row):\n")
+    print("| run | model | attention + kernels | uncompiled s/sample | compiled s/sample | warm-up s uncompiled / "
+          "compiled | break-even rows |")
+    print("|---|---|---|---|---|---|---|")
+    for run in runs:
+        for c in run["cells"]:
+            if not c.get("compiled"):
+                continue
+            plain = next(p for p in run["cells"] if p["model"] == c["model"] and not p.get("compiled"))
+            be = c.get("break_even_rows")
+            print(f"| `{run['name']}` | {c['model']} | {c['attn']} + {c['kernels']} | {plain['seconds_per_sample']:.4f} | "
+                  f"{c['seconds_per_sample']:.4f} | {plain['warmup_seconds']:.0f} / {c['warmup_seconds']:.0f} | "
+                  f"{be if be is not None else 'never (no gain)'} |")
+
+
+def kernel_profile_table(prof: dict, run: dict) -> None:
+    """profile_attention.py with GPU-kernel categories: where the default path's device time goes.
+    `run` (default_path.py, same card kind) gives parameter counts and the measured matmul peak."""
+    print(f"\nWhere the default path's time goes (`{prof['name']}`: torch.profiler, {prof['device']}, "
+          f"{prof['paths'][0].get('rows')} rows, device ms per sample by GPU kernel name; matmul efficiency = "
+          "2 x non-embedding parameters x real tokens over the matmul kernels' time, against the peak measured in "
+          f"`{run['name']}`; padding = padded tokens the matmuls also compute):\n")
+    cats = ["gemm", "attn_fused", "liger", "norm_act", "other"]
+    print("| model | path | " + " | ".join(cats) + " | total | matmul share | matmul efficiency | padding |")
+    print("|---|---|" + "---|" * len(cats) + "---|---|---|---|")
+    for p in prof["paths"]:
+        if "error" in p:
+            continue
+        ms = p["kernel_ms_per_sample"]
+        total = sum(ms.values())
+        n = run["models"][p["model"]]["params_non_embedding"]
+        eff = 2 * n * p["tokens"] / p["rows"] / (ms["gemm"] / 1e3) / run["peak_bf16_flops"]
+        print(f"| {p['model']} | {p['attn']} + {p.get('kernels', 'none')} | "
+              + " | ".join(f"{ms.get(k, 0):.2f}" for k in cats) + f" | {total:.2f} | {ms.get('gemm', 0) / total:.0%} | "
+              f"{eff:.2f} | {1 - p['tokens'] / p['padded_tokens']:.1%} |")
+
+
 def goals(after: dict, names: list[str], evals: dict | None) -> None:
     """Issue 10's goals on the default path, met or missed by how much."""
     if not all(after.values()) or len(after) != 2:
@@ -250,11 +297,18 @@ def main():
     p.add_argument("--multi", nargs="*", default=[])
     p.add_argument("--default-path", help="benchmarks/default_path.py's JSON: printed first")
     p.add_argument("--pipeline-eval", help="benchmarks/pipeline_eval.py's JSON for the same card")
+    p.add_argument("--compiled", nargs="*", default=[], help="default_path.py --compile runs")
+    p.add_argument("--kernel-profile", help="profile_attention.py run of the default path")
     p.add_argument("--section", action="store_true", help="only the default-path section (README)")
     args = p.parse_args()
     if args.default_path:
-        print("## The default path (what `dvc repro` runs), before and after\n")
+        if not args.section:
+            print("## The default path (what `dvc repro` runs), before and after\n")
         default_path(load(args.default_path), load(args.pipeline_eval) if args.pipeline_eval else None)
+        if args.kernel_profile:
+            kernel_profile_table(load(args.kernel_profile), load(args.default_path))
+        if args.compiled:
+            compile_table([load(r) for r in args.compiled])
         if args.section:
             return
         print()
