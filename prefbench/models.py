@@ -88,11 +88,13 @@ def liger_installed() -> bool:
 
 
 def resolve_kernels(name: str, device_type: str, capability: tuple[int, int] | None = None,
-                    installed: bool | None = None, key: str = "models.<model>.kernels") -> str:
+                    installed: bool | None = None, key: str = "models.<model>.kernels",
+                    quantized: bool = False) -> str:
     """`auto`: Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU / GeGLU) on CUDA GPUs with
     native bf16 (compute capability >= 8.0) when liger-kernel is installed, else none. A T4 (7.5)
-    keeps the plain modules: Liger is unmeasured there. `liger` asks for them and fails, naming
-    `key`, where they cannot run (no GPU: Triton has no CPU backend; not installed)."""
+    and a 4-bit base (`quantized`: peft's k-bit preparation keeps norms in fp32) keep the plain
+    modules: Liger is unmeasured there. `liger` asks for them and fails, naming `key`, where they
+    cannot run (no GPU: Triton has no CPU backend; not installed)."""
     if name == "none":
         return "none"
     installed = liger_installed() if installed is None else installed
@@ -103,7 +105,7 @@ def resolve_kernels(name: str, device_type: str, capability: tuple[int, int] | N
         if not installed:
             raise ParamsError(f"{key}: liger needs liger-kernel: pip install -e '.[gpu]' (or set it to auto)")
         return "liger"
-    if device_type != "cuda" or not installed:
+    if device_type != "cuda" or not installed or quantized:
         return "none"
     if capability is None:
         capability = torch.cuda.get_device_capability()
@@ -188,7 +190,7 @@ def load_model(cfg: ModelParams, pad_token_id: int, device: torch.device, seed: 
     config.pad_token_id = pad_token_id
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     attn = resolve_attention(cfg.attn_implementation, config.model_type, device.type, capability)
-    kernels = resolve_kernels(cfg.kernels, device.type, capability)
+    kernels = resolve_kernels(cfg.kernels, device.type, capability, quantized=cfg.quantization != "none")
     common = {"dtype": dtype, "attn_implementation": attn}
     # Seeded for both branches: a checkpoint without the 3-class score head gets it initialised
     # afresh, and every copy of a sharded run must hold the same one.
@@ -274,7 +276,8 @@ def load_with_adapter(cfg: ModelParams, adapter: str, pad_token_id: int, device:
     counts = count_parameters(base)
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     info = {"dtype": str(dtype).removeprefix("torch."), "attn_implementation": base.config._attn_implementation,
-            "kernels": resolve_kernels(cfg.kernels, device.type, capability), "weights": weights, **counts}
+            "kernels": resolve_kernels(cfg.kernels, device.type, capability, quantized=cfg.quantization != "none"),
+            "weights": weights, **counts}
     model = PeftModel.from_pretrained(base, adapter).to(device)
     info["params_trainable"] = count_parameters(model)["params_total"] - counts["params_total"]
     info["lora_merged"] = cfg.quantization == "none"

@@ -100,6 +100,9 @@ def test_auto_attention_without_flash_attn_4_installed_here():
 def test_kernels_auto_is_liger_on_bf16_gpus_with_liger_installed(name, device, capability, installed, expected):
     from prefbench.models import resolve_kernels
     assert resolve_kernels(name, device, capability, installed) == expected
+    # a 4-bit base keeps the plain modules under auto (unmeasured there); an explicit liger still wins
+    assert resolve_kernels(name, device, capability, installed, quantized=True) == (
+        "liger" if name == "liger" else "none")
 
 
 def test_kernels_liger_fails_naming_the_key_where_it_cannot_run():
