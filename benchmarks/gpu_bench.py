@@ -36,10 +36,17 @@ from benchmarks.lengths import token_lengths
 from prefbench.config import ModelParams, TrainParams
 from prefbench.flops import forward_flops, lora_train_flops, mfu
 from prefbench.infer import predict, softmax  # noqa: F401  (softmax kept for ad-hoc checks)
-from prefbench.models import count_parameters, label_config_kwargs, resolve_attention
+from prefbench.models import count_parameters, label_config_kwargs, resolve_attention, resolve_kernels
 from prefbench.train import add_lora, train
 
 ROOT = Path(__file__).resolve().parents[1]
+# Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, by a substring of the card's name:
+# MFU is reported against these and against the matmul peak measured in the same run.
+DATASHEET_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def datasheet_peak(device_name: str) -> float | None:
+    return next((v for k, v in DATASHEET_BF16.items() if k in device_name), None)
 PAD_MULTIPLE = 64  # as the evaluate stage pads on a GPU
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -107,7 +114,8 @@ class Bench:
             "rows": args.rows, "cells": [], "train": [], "skipped": [],
             "notes": ["random-init weights: timings are real, logits are not a model's; max_rel_error compares "
                       "each path with fp32 eager on the same weights and inputs",
-                      "MFU = model FLOPs (prefbench/flops.py, real tokens only) / seconds / peak_bf16_flops"],
+                      "MFU = model FLOPs (prefbench/flops.py, real tokens only) / seconds / peak_bf16_flops; "
+                      "mfu_datasheet: over the datasheet's dense bf16 peak (H100/H200 SXM 989 TFLOP/s)"],
         }
 
     def left(self) -> float:
@@ -194,11 +202,13 @@ class Bench:
         for ckpt in (False, True) if a.train else ():
             # Training runs the pipeline's choice (attention: auto), which also trains: flex attention
             # has no backward for Gemma2's head_dim 256 (see prefbench.models.resolve_attention).
-            train_attn = resolve_attention("auto", family)
+            train_attn = resolve_attention("auto", family)  # without flash-attn-4 (see default_path.py)
             self.set_attn(model, train_attn, name)
-            self.train_cell(model, config, n_non_emb, name, train_attn, ckpt)
-            model = model.unload() if hasattr(model, "unload") else model  # drop LoRA, keep base
+            lora = self.train_cell(model, config, n_non_emb, name, train_attn, ckpt)
+            if lora is not None:  # peft injects LoRA layers in place: remove them, or every later cell
+                model = lora.unload()  # (2048 tokens, NF4) would time the base with r=16 adapters attached
             model.__dict__.pop("peft_config", None)  # else the next add_lora stacks a second adapter
+            assert not any("lora_" in n for n, _ in model.named_modules()), "LoRA layers left in the model"
         for max_length in max_lengths[1:]:
             self.attention_grid(model, config, n_non_emb, name, family, errors, max_length)
         self.set_attn(model, best_attn, name)
@@ -282,22 +292,37 @@ class Bench:
                 "seconds_per_sample": r["seconds"] / len(seqs), "tokens_per_second": r["tokens"] / r["seconds"],
                 "padding_share": round(1 - r["tokens"] / r["padded_tokens"], 4),
                 "model_tflops": flops / 1e12, "mfu": mfu(flops, r["seconds"], self.results["peak_bf16_flops"]),
-                "peak_memory_gb": peak_gb(dev)}
+                "mfu_datasheet": self.mfu_datasheet(flops, r["seconds"]), "peak_memory_gb": peak_gb(dev),
+                "path": "default" if self.is_default(tags, batching) else None}
         self.results["cells"].append(cell)
         self.save()
         print(f"{tags} L={max_length} {batching}: {cell['seconds_per_sample']:.4f} s/sample, "
               f"MFU {cell['mfu']:.2f}, mem {cell['peak_memory_gb']} GB", flush=True)
         return cell
 
+    def mfu_datasheet(self, flops: float, seconds: float) -> float | None:
+        peak = datasheet_peak(self.results["device"])
+        return mfu(flops, seconds, peak) if peak else None
+
+    def is_default(self, tags: dict, batching: str) -> bool:
+        """What evaluate runs with default params on this machine: attention and kernels `auto`
+        (this grid has no fused kernels, so only where `auto` resolves to none), dynamic padding,
+        bf16, uncompiled (an adapter merged into the base is timed as the base)."""
+        cap = torch.cuda.get_device_capability() if self.device.type == "cuda" else None
+        family = self.results["models"][tags["model"]]["family"]
+        return (batching == "dynamic" and tags.get("dtype") == "bfloat16" and not tags.get("compiled")
+                and tags.get("attn") == resolve_attention("auto", family, self.device.type, cap)
+                and resolve_kernels("auto", self.device.type, cap) == "none")
+
     def train_cell(self, model, config, n_non_emb, name, attn, checkpointing: bool):
         a, dev = self.args, self.device
         if self.left() < 60:
             self.results["skipped"].append({"model": name, "train": True, "reason": "time budget"})
-            return
+            return None
         cfg = ModelParams(pretrained=name, dtype="bfloat16", attn_implementation=attn, quantization="none",
                           lora_r=16, lora_alpha=32, lora_dropout=0.0, lora_target_modules=LORA_TARGETS,
                           max_length=a.train_length, train_batch_size=a.train_batch, eval_batch_size=8,
-                          gradient_checkpointing=checkpointing, compile=False)
+                          gradient_checkpointing=checkpointing, compile=False, kernels="none")
         tp = TrainParams(epochs=1, learning_rate=1e-4, warmup_ratio=0.0, weight_decay=0.0, grad_accum_steps=1,
                          max_grad_norm=1.0, seed=0, log_every=1000, checkpoint_every=0, devices=1)
         lora_model = add_lora(model, cfg)
@@ -312,7 +337,7 @@ class Bench:
                                             "attn": attn, "reason": f"{type(e).__name__}: {str(e)[:300]}"})
             print(f"train {name} {attn} ckpt={checkpointing}: {type(e).__name__}", flush=True)
             torch.cuda.empty_cache() if dev.type == "cuda" else None
-            return
+            return lora_model
         finally:
             if checkpointing:
                 model.gradient_checkpointing_disable()
@@ -321,11 +346,13 @@ class Bench:
                 "batch": f"{a.train_batch}x{a.train_length}", "steps": r["steps"],
                 "seconds_per_step": r["train_seconds"] / r["steps"], "tokens_per_second": r["tokens_per_second"],
                 "mfu": mfu(flops, r["train_seconds"], self.results["peak_bf16_flops"]),
+                "mfu_datasheet": self.mfu_datasheet(flops, r["train_seconds"]),
                 "peak_memory_gb": peak_gb(dev), "params_trainable": count_parameters(lora_model)["params_trainable"]}
         self.results["train"].append(cell)
         self.save()
         print(f"train {name} {attn} ckpt={checkpointing}: {cell['seconds_per_step']:.3f} s/step, "
               f"MFU {cell['mfu']:.2f}, mem {cell['peak_memory_gb']} GB", flush=True)
+        return lora_model
 
     def nf4_cell(self, model, config, n_non_emb, check, ref, seqs, batch, max_length, name, attn):
         if self.device.type != "cuda":

@@ -60,13 +60,31 @@ def category(name: str, shapes: list) -> str:
     return "other"
 
 
+KERNEL_CATEGORIES = (  # GPU kernel name fragments -> category, first match wins (lower-case)
+    ("attn_fused", ("flash", "fmha", "attention", "flex")),
+    ("gemm", ("gemm", "nvjet", "xmma", "cutlass", "wgmma", "splitk")),
+    ("liger", ("_rms_norm", "_rope", "_swiglu", "_geglu", "liger")),
+    ("norm_act", ("elementwise", "vectorized", "reduce", "softmax", "tanh", "mul", "add", "rsqrt")),
+)
+
+
+def kernel_category(name: str) -> str:
+    """Category of one GPU kernel by its name: where Liger's Triton kernels and flash-attn-4's
+    CUTLASS kernels run, aten ops no longer tell their time apart (launched outside any aten op)."""
+    low = name.lower()
+    return next((cat for cat, keys in KERNEL_CATEGORIES if any(k in low for k in keys)), "other")
+
+
 def summarise(events, rows: int, device_type: str) -> dict:
     """Per-category and per-op self device time (ms per sample) from profiler key_averages."""
     by_cat, by_op = defaultdict(float), defaultdict(float)
     kernels = 0.0  # every GPU kernel's time, whoever launched it
+    by_kernel_cat, by_kernel = defaultdict(float), defaultdict(float)
     for e in events:
         if "CUDA" in str(getattr(e, "device_type", "")):
             kernels += e.self_device_time_total / 1e3
+            by_kernel_cat[kernel_category(e.key)] += e.self_device_time_total / 1e3
+            by_kernel[e.key[:80]] += e.self_device_time_total / 1e3
             continue
         t = (e.self_device_time_total if device_type == "cuda" else e.self_cpu_time_total) / 1e3  # ms
         if t <= 0 or not e.key.startswith("aten::"):
@@ -80,10 +98,13 @@ def summarise(events, rows: int, device_type: str) -> dict:
     return {"total_ms_per_sample": total / rows,
             "ms_per_sample": {k: v / rows for k, v in sorted(by_cat.items())},
             "share": {k: v / total for k, v in sorted(by_cat.items())} if total else {},
-            "top_ops_ms_per_sample": {k: v / rows for k, v in top}}
+            "top_ops_ms_per_sample": {k: v / rows for k, v in top},
+            "kernel_ms_per_sample": {k: v / rows for k, v in sorted(by_kernel_cat.items())},
+            "top_kernels_ms_per_sample": {k: v / rows for k, v in sorted(by_kernel.items(), key=lambda kv: -kv[1])[:12]}}
 
 
-def profile_path(name: str, attn: str, rows: int, max_length: int, batch: int, device: torch.device) -> dict:
+def profile_path(name: str, attn: str, rows: int, max_length: int, batch: int, device: torch.device,
+                 kernels: str = "none") -> dict:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from prefbench.models import label_config_kwargs
@@ -96,6 +117,9 @@ def profile_path(name: str, attn: str, rows: int, max_length: int, batch: int, d
                                                                attn_implementation="eager")
     cast_parameters_(model, torch.bfloat16)
     model.set_attn_implementation(attn)
+    if kernels != "none":
+        from prefbench.models import apply_kernels
+        apply_kernels(model, kernels)
     chars = json.loads((ROOT / "benchmarks" / "arena_lengths.json").read_text())["part_chars"]
     pick = np.random.default_rng(0).choice(len(chars), rows, replace=False)
     seqs = random_sequences(token_lengths([chars[i] for i in pick], max_length), config.vocab_size, seed=2)
@@ -104,7 +128,7 @@ def profile_path(name: str, attn: str, rows: int, max_length: int, batch: int, d
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities, record_shapes=True) as prof:
         r = predict(model, seqs, warmup_batches=0, **run)
-    out = {"model": name, "attn": attn, "rows": rows, "max_length": max_length, "batch_size": batch,
+    out = {"model": name, "attn": attn, "kernels": kernels, "rows": rows, "max_length": max_length, "batch_size": batch,
            "tokens": r["tokens"], "padded_tokens": r["padded_tokens"],
            "seconds_per_sample_profiled": r["seconds"] / rows,
            **summarise(prof.key_averages(group_by_input_shape=True), rows, device.type)}
@@ -117,7 +141,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--paths", default="llama3-8b:sdpa,gemma2-9b:eager,gemma2-9b:flex_attention",
-                   help="model:attention pairs, comma-separated")
+                   help="model:attention[:kernels] (kernels: none | liger), comma-separated")
     p.add_argument("--rows", type=int, default=48)
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--batch", type=int, default=16)
@@ -129,9 +153,9 @@ def main():
               "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
               "paths": []}
     for item in args.paths.split(","):
-        name, attn = item.split(":")
+        name, attn, kernels = (item.split(":") + ["none"])[:3]
         try:
-            r = profile_path(name, attn, args.rows, args.max_length, args.batch, device)
+            r = profile_path(name, attn, args.rows, args.max_length, args.batch, device, kernels)
         except Exception as e:  # a refused or failing path is recorded; the others still run
             r = {"model": name, "attn": attn, "error": f"{type(e).__name__}: {str(e)[:300]}"}
         result["paths"].append(r)
@@ -140,7 +164,11 @@ def main():
             print(f"{name} {attn}: {r['error']}", flush=True)
             continue
         cats = ", ".join(f"{k} {v:.2f}" for k, v in r["ms_per_sample"].items())
-        print(f"{name} {attn}: {r['total_ms_per_sample']:.2f} ms/sample of device time ({cats})", flush=True)
+        kcats = ", ".join(f"{k} {v:.2f}" for k, v in r["kernel_ms_per_sample"].items())
+        print(f"{name} {attn} kernels={kernels}: {r['total_ms_per_sample']:.2f} ms/sample of device time ({cats}); "
+              f"by GPU kernel: {kcats}", flush=True)
+        for k, ms in r["top_kernels_ms_per_sample"].items():
+            print(f"    {k:80s} {ms:8.3f} ms/sample", flush=True)
         for op, ms in r["top_ops_ms_per_sample"].items():
             print(f"    {op:40s} {ms:8.3f} ms/sample", flush=True)
 

@@ -1,14 +1,20 @@
 """Turn committed GPU results into the Markdown of README's "Why is Gemma2 slower?".
 
-Usage:
-    python -m benchmarks.report --main benchmarks/results/bench-side-by-side-3.json \
-        --runs benchmarks/results/bench-side-by-side-2.json benchmarks/results/bench-side-by-side-1.json \
-               benchmarks/results/bench-gemma2-9b.json benchmarks/results/bench-llama3-8b-run1-bufcast.json \
-        --profile benchmarks/results/profile-1.json \
-        --multi benchmarks/results/multi-gpu-b8/multi-gpu.json > benchmarks/results/report.md
-`--main` is the side-by-side run (both models, one process, one card) the headline table and the
-goals are read from; `--runs` adds the other runs' cells (flex attention, 2048 tokens, NF4, LoRA).
-Every number in that README section comes out of this script and the JSON files it reads.
+Usage (report.md; SECTION is the README's generated block):
+    R=benchmarks/results
+    SECTION="--default-path $R/default-path-h100.json --pipeline-eval $R/pipeline-eval-h100.json \
+        --kernel-profile $R/profile-default-h100.json \
+        --compiled $R/default-path-compile-h100.json $R/default-path-compile-nokernels-h100.json"
+    python -m benchmarks.report $SECTION --section          # the README block (a test compares them)
+    python -m benchmarks.report $SECTION --main $R/bench-side-by-side-3.json \
+        --runs $R/bench-side-by-side-2.json $R/bench-side-by-side-1.json \
+               $R/bench-gemma2-9b.json $R/bench-llama3-8b-run1-bufcast.json \
+        --profile $R/profile-1.json --multi $R/multi-gpu-b8/multi-gpu.json > $R/report.md
+`--default-path` (benchmarks/default_path.py) is the side-by-side run of what `dvc repro` runs,
+before and after, the goals are read from; `--main` is the older side-by-side grid (eager / sdpa,
+fixed / dynamic padding, compiled) and `--runs` adds the other runs' cells (flex attention, 2048
+tokens, NF4, LoRA). Every number in that README section comes out of this script and the JSON
+files it reads.
 """
 
 from __future__ import annotations
@@ -152,13 +158,160 @@ def multi_table(m: dict, name: str) -> None:
           f"{m['eval_log_loss_ddp_adapter_on_1']:.6f} | |")
 
 
+GOAL_MFU, GOAL_RATIO, GOAL_EVAL = 0.70, 1.25, 0.05  # issue 10's goals
+
+
+def mfu_pair(c: dict) -> str:
+    sheet = f" / {c['mfu_datasheet']:.2f}" if c.get("mfu_datasheet") else ""
+    return f"{c['seconds_per_sample']:.4f} (MFU {c['mfu']:.2f}{sheet})"
+
+
+def default_path(run: dict, evals: dict | None = None) -> None:
+    """benchmarks/default_path.py: the path dvc repro runs, before and after, side by side; with
+    benchmarks/pipeline_eval.py's eval.json numbers on the same rows and card when given."""
+    m = run["models"]
+    names = sorted(m, key=lambda n: m[n]["family"] == "gemma2")  # Llama3 first: ratios are Gemma2 / Llama3
+    sheet = run.get("peak_bf16_flops_datasheet")
+    print(f"`{run['name']}`: {run['device']}, {run['date']}, torch {run['versions']['torch']}, transformers "
+          f"{run['versions']['transformers']}, flash-attn-4 {run['versions'].get('flash-attn-4')}, liger-kernel "
+          f"{run['versions'].get('liger-kernel')}; {run['rows']} real-length rows at max_length {run['max_length']}, "
+          f"batch {run['batch_size']}, padded to {run['pad_multiple']}; MFU against the bf16 matmul peak measured in "
+          f"the run ({run['peak_bf16_flops'] / 1e12:.0f} TFLOP/s)"
+          + (f" / the datasheet's dense bf16 peak ({sheet / 1e12:.0f} TFLOP/s)" if sheet else "") + ".\n")
+    before = {n: next((c for c in run["cells"] if c["model"] == n and c["adapter"] == "unmerged"), None) for n in names}
+    after = {n: next((c for c in run["cells"] if c["model"] == n and c.get("path") == "default"), None) for n in names}
+    print("| s/sample (MFU) | " + " | ".join(names) + " | Gemma2 / Llama3 |")
+    print("|---|" + "---|" * len(names) + "---|")
+
+    def row(label, cells, key="seconds_per_sample", fmt=mfu_pair):
+        if any(c is None or c.get(key) is None for c in cells.values()):
+            return
+        ratio = f"**{cells[names[1]][key] / cells[names[0]][key]:.2f}**" if len(cells) == 2 else "-"
+        print(f"| {label} | " + " | ".join(fmt(c) for c in cells.values()) + f" | {ratio} |")
+
+    legacy = " / ".join(m[n]["legacy_attn"] for n in names)
+    row(f"before, as eval.json timed it ({legacy}, LoRA unmerged, 1 warm-up batch)", before,
+        "seconds_per_sample_old_warmup", lambda c: f"{c['seconds_per_sample_old_warmup']:.4f}")
+    row(f"before, steady state ({legacy}, LoRA unmerged)", before)
+    if all(after.values()):
+        label = " / ".join(f"{c['attn']} + {c['kernels']}" for c in after.values())
+        row(f"**after: the default path** ({label}, LoRA merged)", after)
+    if evals:
+        ev = {n: evals["models"].get(n, {}) for n in names}
+        if all("eval_over_bench" in e for e in ev.values()):
+            print("| eval.json seconds_per_sample, the evaluate stage on the same rows (`" + evals["name"] + "`) | "
+                  + " | ".join(f"{e['eval']['seconds_per_sample']:.4f} ({e['eval_over_bench']:.3f}x the benchmark)"
+                               for e in ev.values()) + " | - |")
+    print("\nEvery cell (bf16; errors against fp32 eager on the same weights and 8 real-length rows: max |diff| / "
+          "max |ref| and ||diff|| / ||ref||; `pipeline pass` is the first timed pass after the pipeline's "
+          "warm-up, what eval.json reports):\n")
+    print("| model | attention | kernels | LoRA | default | s/sample | pipeline pass | MFU | MFU datasheet | "
+          "max rel. err | rel. L2 err | peak GB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for c in run["cells"]:
+        sheet_mfu = f"{c['mfu_datasheet']:.2f}" if c.get("mfu_datasheet") else "-"
+        print(f"| {c['model']} | {c['attn']} | {c['kernels']} | {c['adapter']} | {'yes' if c.get('path') else ''} | "
+              f"{c['seconds_per_sample']:.4f} | {c['seconds_per_sample_pipeline']:.4f} | {c['mfu']:.2f} | {sheet_mfu} | "
+              f"{c['max_rel_error']:.4f} | {c['rel_l2_error']:.4f} | {c['peak_memory_gb']} |")
+    for c in run["train"]:
+        if c is run["train"][0]:
+            print("\n| LoRA training (r=16, default path) | attention | kernels | batch | s/step | tokens/s | MFU | "
+                  "MFU datasheet | final loss | peak GB |")
+            print("|---|---|---|---|---|---|---|---|---|---|")
+        sheet_mfu = f"{c['mfu_datasheet']:.2f}" if c.get("mfu_datasheet") else "-"
+        print(f"| {c['model']} | {c['attn']} | {c['kernels']} | {c['batch']} | {c['seconds_per_step']:.3f} | "
+              f"{c['tokens_per_second']:.0f} | {c['mfu']:.2f} | {sheet_mfu} | {c['final_loss']:.3f} | "
+              f"{c['peak_memory_gb']} |")
+    for s in run["skipped"]:
+        if s is run["skipped"][0]:
+            print("\nNot measured:\n")
+        tags = ", ".join(f"{k} {v}" for k, v in s.items() if k != "reason")
+        print(f"- {tags}: {s['reason'][:200]}")
+    goals(after, names, evals)
+
+
+def compile_table(runs: list[dict]) -> None:
+    """default_path.py --only-default --compile: the default cell, then the same model compiled
+    (recompiles in the timed passes raise), with the break-even row count."""
+    print("\n`compile: true` on top (timed passes with `torch._dynamo.config.error_on_recompile`; warm-up = "
+          "one batch per padded shape, compiling; break-even = extra warm-up seconds / seconds saved per row):\n")
+    print("| run | model | attention + kernels | uncompiled s/sample | compiled s/sample | warm-up s uncompiled / "
+          "compiled | break-even rows |")
+    print("|---|---|---|---|---|---|---|")
+    for run in runs:
+        for c in run["cells"]:
+            if not c.get("compiled"):
+                continue
+            plain = next(p for p in run["cells"] if p["model"] == c["model"] and not p.get("compiled"))
+            be = c.get("break_even_rows")
+            print(f"| `{run['name']}` | {c['model']} | {c['attn']} + {c['kernels']} | {plain['seconds_per_sample']:.4f} | "
+                  f"{c['seconds_per_sample']:.4f} | {plain['warmup_seconds']:.0f} / {c['warmup_seconds']:.0f} | "
+                  f"{be if be is not None else 'never (no gain)'} |")
+
+
+def kernel_profile_table(prof: dict, run: dict) -> None:
+    """profile_attention.py with GPU-kernel categories: where the default path's device time goes.
+    `run` (default_path.py, same card kind) gives parameter counts and the measured matmul peak."""
+    print(f"\nWhere the default path's time goes (`{prof['name']}`: torch.profiler, {prof['device']}, "
+          f"{prof['paths'][0].get('rows')} rows, device ms per sample by GPU kernel name; matmul efficiency = "
+          "2 x non-embedding parameters x real tokens over the matmul kernels' time, against the peak measured in "
+          f"`{run['name']}`; padding = padded tokens the matmuls also compute):\n")
+    cats = ["gemm", "attn_fused", "liger", "norm_act", "other"]
+    print("| model | path | " + " | ".join(cats) + " | total | matmul share | matmul efficiency | padding |")
+    print("|---|---|" + "---|" * len(cats) + "---|---|---|---|")
+    for p in prof["paths"]:
+        if "error" in p:
+            continue
+        ms = p["kernel_ms_per_sample"]
+        total = sum(ms.values())
+        n = run["models"][p["model"]]["params_non_embedding"]
+        eff = 2 * n * p["tokens"] / p["rows"] / (ms["gemm"] / 1e3) / run["peak_bf16_flops"]
+        print(f"| {p['model']} | {p['attn']} + {p.get('kernels', 'none')} | "
+              + " | ".join(f"{ms.get(k, 0):.2f}" for k in cats) + f" | {total:.2f} | {ms.get('gemm', 0) / total:.0%} | "
+              f"{eff:.2f} | {1 - p['tokens'] / p['padded_tokens']:.1%} |")
+
+
+def goals(after: dict, names: list[str], evals: dict | None) -> None:
+    """Issue 10's goals on the default path, met or missed by how much."""
+    if not all(after.values()) or len(after) != 2:
+        return
+    print("\nGoals (issue 10) on the default path:\n")
+    for n, c in after.items():
+        verdict = "met" if c["mfu"] >= GOAL_MFU else f"missed by {GOAL_MFU - c['mfu']:.2f}"
+        print(f"- {n}: MFU {c['mfu']:.2f} against the measured peak (goal >= {GOAL_MFU:.2f}: {verdict})")
+    ratio = after[names[1]]["seconds_per_sample"] / after[names[0]]["seconds_per_sample"]
+    verdict = "met" if ratio <= GOAL_RATIO else f"missed by {ratio - GOAL_RATIO:.2f}"
+    print(f"- Gemma2 / Llama3: {ratio:.2f} (goal <= {GOAL_RATIO}: {verdict}; FLOP ratio 1.19)")
+    for n, e in (evals or {}).get("models", {}).items():
+        if "eval_over_bench" in e:
+            off = abs(e["eval_over_bench"] - 1)
+            print(f"- {n}: eval.json s/sample {e['eval_over_bench']:.3f}x the benchmark's steady state "
+                  f"(goal within {GOAL_EVAL:.0%}: {'met' if off <= GOAL_EVAL else f'missed by {off - GOAL_EVAL:.1%}'})")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--main", required=True, help="side-by-side run: both models in one process")
+    p.add_argument("--main", help="side-by-side run: both models in one process")
     p.add_argument("--runs", nargs="*", default=[])
     p.add_argument("--profile")
     p.add_argument("--multi", nargs="*", default=[])
+    p.add_argument("--default-path", help="benchmarks/default_path.py's JSON: printed first")
+    p.add_argument("--pipeline-eval", help="benchmarks/pipeline_eval.py's JSON for the same card")
+    p.add_argument("--compiled", nargs="*", default=[], help="default_path.py --compile runs")
+    p.add_argument("--kernel-profile", help="profile_attention.py run of the default path")
+    p.add_argument("--section", action="store_true", help="only the default-path section (README)")
     args = p.parse_args()
+    if args.default_path:
+        if not args.section:
+            print("## The default path (what `dvc repro` runs), before and after\n")
+        default_path(load(args.default_path), load(args.pipeline_eval) if args.pipeline_eval else None)
+        if args.kernel_profile:
+            kernel_profile_table(load(args.kernel_profile), load(args.default_path))
+        if args.compiled:
+            compile_table([load(r) for r in args.compiled])
+        if args.section:
+            return
+        print()
     main_run = load(args.main)
     headline(main_run)
     print("\n## Every cell, by run")

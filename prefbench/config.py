@@ -49,7 +49,7 @@ class DataParams:
 class ModelParams:
     pretrained: str  # local folder (weights or config only) or a hub id
     dtype: str  # auto | float32 | bfloat16 | float16
-    attn_implementation: str  # auto | eager | sdpa | flex_attention | flash_attention_2
+    attn_implementation: str  # auto | eager | sdpa | flex_attention | flash_attention_2 | flash_attention_4
     quantization: str  # none | 4bit (NF4 base via bitsandbytes, CUDA only)
     lora_r: int
     lora_alpha: int
@@ -60,16 +60,18 @@ class ModelParams:
     eval_batch_size: int
     gradient_checkpointing: bool
     compile: bool  # torch.compile (LoRA merged) for evaluate/predict; for long runs only (params.yaml)
+    kernels: str  # auto | liger | none: Liger's fused RMSNorm, RoPE, SwiGLU/GeGLU (auto = liger on CUDA if installed)
     name: str = field(default="<model>", init=False)  # its key in `models`, set by parse_params, for messages
 
     def validate(self, key: str) -> None:
         _choice(self.dtype, ("auto", "float64", "float32", "bfloat16", "float16"), f"{key}.dtype")
         _choice(
             self.attn_implementation,
-            ("auto", "eager", "sdpa", "flex_attention", "flash_attention_2"),
+            ("auto", "eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_4"),
             f"{key}.attn_implementation",
         )
         _choice(self.quantization, ("none", "4bit"), f"{key}.quantization")
+        _choice(self.kernels, ("auto", "liger", "none"), f"{key}.kernels")
         for name in ("lora_r", "lora_alpha", "max_length", "train_batch_size", "eval_batch_size"):
             _positive(getattr(self, name), f"{key}.{name}")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -145,6 +147,9 @@ class TrainParams:
 @dataclass
 class EvaluateParams:
     warmup_batches: int  # batches run before the timer starts (kernel selection, caches)
+    # true: also one untimed batch of every distinct padded shape first (cuDNN plans, JIT kernels and
+    # torch.compile graphs are built per shape; on a GPU, pad to 64 bounds them: <= 2 x 16 at 1024)
+    warmup_shapes: bool
     devices: int  # GPUs for evaluate and predict, one model copy each; 0 = all visible
 
     def validate(self, key: str) -> None:
@@ -160,6 +165,7 @@ class PredictParams:
     kaggle_rows: int  # rows of the hidden test set, for the projected run time
     kaggle_hours: float  # the competition's run-time limit
     warmup_batches: int  # batches run before the timer starts, as evaluate.warmup_batches
+    warmup_shapes: bool  # one untimed batch of every padded shape first, as evaluate.warmup_shapes
     devices: int  # GPUs, one model copy each, as evaluate.devices; 0 = all visible
 
     def validate(self, key: str) -> None:

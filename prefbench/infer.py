@@ -117,9 +117,31 @@ def deal_round_robin(lengths: np.ndarray, n: int) -> list[np.ndarray]:
     return [order[i::n] for i in range(n)]
 
 
+def padded_shape(lengths: np.ndarray, pad_to: int | None, pad_multiple: int) -> tuple[int, int]:
+    """(rows, width) of the batch `collate` makes from rows of these lengths."""
+    return len(lengths), pad_to or -(-int(lengths.max()) // pad_multiple) * pad_multiple
+
+
+def warmup_plan(batches: list[np.ndarray], lengths: np.ndarray, warmup_batches: int, warmup_shapes: bool,
+                pad_to: int | None = None, pad_multiple: int = 1) -> list[np.ndarray]:
+    """The untimed batches: the first `warmup_batches`, plus (warmup_shapes) the first batch of
+    every padded shape not among them, so no shape is first seen inside the timed loop (cuDNN
+    attention plans, flash-attn-4 / Triton JIT kernels and torch.compile graphs are built per shape)."""
+    plan = list(batches[:warmup_batches])
+    if warmup_shapes:
+        seen = {padded_shape(lengths[b], pad_to, pad_multiple) for b in plan}
+        for b in batches:
+            shape = padded_shape(lengths[b], pad_to, pad_multiple)
+            if shape not in seen:
+                seen.add(shape)
+                plan.append(b)
+    return plan
+
+
 def predict(model, sequences: list[np.ndarray], batch_size: int, pad_token_id: int,
             device: torch.device, warmup_batches: int = 1, pad_to: int | None = None,
-            pad_multiple: int = 1, cfg: ModelParams | None = None, name: str = "<model>") -> dict:
+            pad_multiple: int = 1, cfg: ModelParams | None = None, name: str = "<model>",
+            warmup_shapes: bool = False) -> dict:
     """Logits for every sequence (input order) and the time of the predict loop, on one device.
 
     The timer covers only the loop over batches (host-to-device copies included), after
@@ -128,16 +150,17 @@ def predict(model, sequences: list[np.ndarray], batch_size: int, pad_token_id: i
     `name`) to lower.
     """
     return predict_sharded([model], [device], sequences, batch_size, pad_token_id, warmup_batches, pad_to,
-                           pad_multiple, cfg, name)
+                           pad_multiple, cfg, name, warmup_shapes)
 
 
 def predict_sharded(models: list, devices: list[torch.device], sequences: list[np.ndarray], batch_size: int,
                     pad_token_id: int, warmup_batches: int = 1, pad_to: int | None = None, pad_multiple: int = 1,
-                    cfg: ModelParams | None = None, name: str = "<model>") -> dict:
+                    cfg: ModelParams | None = None, name: str = "<model>", warmup_shapes: bool = False) -> dict:
     """predict() over one model copy per device: rows dealt round-robin by length
     (`deal_round_robin`), each worker a thread running its copy on its device (CUDA kernels release
-    the GIL, so GPUs run side by side). Every worker runs `warmup_batches` untimed batches first
-    (one worker after the other; their time is `warmup_seconds`);
+    the GIL, so GPUs run side by side). Every worker first runs its untimed batches (`warmup_plan`:
+    `warmup_batches`, and with `warmup_shapes` one batch of each padded shape; one worker after the
+    other; their time is `warmup_seconds`, their rows are predicted again in the timed loop);
     `seconds` is the wall time of the whole sharded loop, so seconds per sample stays comparable
     with one device."""
     lengths = np.array([len(s) for s in sequences])
@@ -170,7 +193,7 @@ def predict_sharded(models: list, devices: list[torch.device], sequences: list[n
 
     start = time.perf_counter()
     for k in range(len(models)):  # one copy at a time: the first batches compile (torch.compile, flex)
-        work(k, plans[k][:warmup_batches])
+        work(k, warmup_plan(plans[k], lengths, warmup_batches, warmup_shapes, pad_to, pad_multiple))
     synchronize(*devices)
     warmup_seconds = time.perf_counter() - start
     start = time.perf_counter()
@@ -179,7 +202,8 @@ def predict_sharded(models: list, devices: list[torch.device], sequences: list[n
         synchronize(*devices)
     seconds = time.perf_counter() - start
     return {"logits": logits, "seconds": seconds, "tokens": int(lengths.sum()), "padded_tokens": padded_tokens,
-            "devices": len(models), "warmup_seconds": warmup_seconds}
+            "devices": len(models), "warmup_seconds": warmup_seconds,
+            "batch_shapes": len({padded_shape(lengths[b], pad_to, pad_multiple) for p in plans for b in p})}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ weights: timing is real, predictions are not, and `weights: random-init` says so
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import warnings
@@ -64,20 +65,89 @@ def resolve_dtype(name: str, device_type: str, capability: tuple[int, int] | Non
     return torch.bfloat16 if capability >= (8, 0) else torch.float16
 
 
-def resolve_attention(name: str, model_type: str) -> str:
+def fa4_usable(device_type: str, capability: tuple[int, int] | None = None, installed: bool | None = None) -> bool:
+    """flash-attn-4 is installed and the GPU is Hopper or newer (compute capability >= 9.0): its
+    kernels are written for sm_90+ (a T4 is 7.5, an A100 8.0)."""
+    if device_type != "cuda":
+        return False
+    if installed is None:
+        from transformers.utils import is_flash_attn_4_available
+        installed = is_flash_attn_4_available()
+    if capability is None:
+        capability = torch.cuda.get_device_capability()
+    return installed and capability >= (9, 0)
+
+
+def resolve_attention(name: str, model_type: str, device_type: str = "cpu", capability: tuple[int, int] | None = None,
+                      fa4_installed: bool | None = None) -> str:
     """`auto`: the fastest attention that computes the model correctly (benchmarks/README.md).
 
-    Gemma2 soft-caps attention logits (tanh at 50): SDPA cannot apply that (transformers 5.24
-    refuses it), eager and flex attention do. Flex compiles a kernel per padded batch shape (a
-    short evaluation pays that inside its timed loop) and has no backward kernel for Gemma2's
-    head_dim 256 (Inductor NoValidChoicesError) nor any on a CPU, and attn_implementation is shared
-    by training and inference: eager. Once every shape is compiled, flex is faster for inference
-    (H200, max_length 1024: 0.0286 vs 0.0338 s/sample; 2048: 12% less time): set
-    attn_implementation: flex_attention for a long predict run. Llama3 has no softcap: SDPA.
+    On Hopper and newer with flash-attn-4 installed (the `gpu` extra): flash_attention_4, for both
+    models. It applies Gemma2's softcap (tanh at 50) inside the fused kernel and has a backward, so
+    training uses it too (benchmarks/results: checked against fp32 eager). Elsewhere (CPU, T4,
+    A100, no flash-attn-4): Gemma2 eager, Llama3 sdpa. SDPA cannot apply the softcap
+    (transformers 5.24 refuses it); flex attention compiles a kernel per padded batch shape and has
+    no backward for Gemma2's head_dim 256 (Inductor NoValidChoicesError) nor any on a CPU.
     """
     if name != "auto":
         return name
+    if fa4_usable(device_type, capability, fa4_installed):
+        return "flash_attention_4"
     return "eager" if model_type == "gemma2" else "sdpa"
+
+
+LIGER_FAMILIES = ("llama", "gemma2")
+
+
+def liger_installed() -> bool:
+    from importlib.util import find_spec
+    return find_spec("liger_kernel") is not None
+
+
+def resolve_kernels(name: str, device_type: str, capability: tuple[int, int] | None = None,
+                    installed: bool | None = None, key: str = "models.<model>.kernels",
+                    quantized: bool = False) -> str:
+    """`auto`: Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU / GeGLU) on CUDA GPUs with
+    native bf16 (compute capability >= 8.0) when liger-kernel is installed, else none. A T4 (7.5)
+    and a 4-bit base (`quantized`: peft's k-bit preparation keeps norms in fp32) keep the plain
+    modules: Liger is unmeasured there. `liger` asks for them and fails, naming `key`, where they
+    cannot run (no GPU: Triton has no CPU backend; not installed)."""
+    if name == "none":
+        return "none"
+    installed = liger_installed() if installed is None else installed
+    if name == "liger":
+        if device_type != "cuda":
+            raise ParamsError(f"{key}: liger needs a CUDA GPU (Triton kernels) and this run has none: set it to "
+                              "auto or none")
+        if not installed:
+            raise ParamsError(f"{key}: liger needs liger-kernel: pip install -e '.[gpu]' (or set it to auto)")
+        return "liger"
+    if device_type != "cuda" or not installed or quantized:
+        return "none"
+    if capability is None:
+        capability = torch.cuda.get_device_capability()
+    return "liger" if capability >= (8, 0) else "none"
+
+
+def apply_kernels(model, kernels: str):
+    """Swap in Liger's fused RMSNorm, RoPE and gated-MLP kernels on this model instance
+    (`kernels` resolved: liger | none). Never fused_linear_cross_entropy nor cross_entropy: they
+    replace a causal LM's loss and forward, and this is a classifier. Returns the model."""
+    if kernels == "none":
+        return model
+    from liger_kernel.transformers import apply_liger_kernel_to_gemma2, apply_liger_kernel_to_llama
+
+    family = model.config.model_type
+    common = {"rope": True, "rms_norm": True, "cross_entropy": False, "fused_linear_cross_entropy": False,
+              "model": model}
+    if family == "gemma2":
+        apply_liger_kernel_to_gemma2(geglu=True, **common)
+    elif family == "llama":
+        apply_liger_kernel_to_llama(swiglu=True, **common)
+    else:
+        raise ParamsError(f"models.<model>.kernels: liger has no kernels here for model type {family!r} "
+                          f"(supported: {', '.join(LIGER_FAMILIES)}); set it to none")
+    return model
 
 
 def has_weights(pretrained: str) -> bool:
@@ -151,7 +221,9 @@ def load_model(cfg: ModelParams, pad_token_id: int, device: torch.device, seed: 
     quant = quantization_config(cfg, dtype, device)
     config = AutoConfig.from_pretrained(cfg.pretrained, trust_remote_code=False, **label_config_kwargs())
     config.pad_token_id = pad_token_id
-    attn = resolve_attention(cfg.attn_implementation, config.model_type)
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    attn = resolve_attention(cfg.attn_implementation, config.model_type, device.type, capability)
+    kernels = resolve_kernels(cfg.kernels, device.type, capability, quantized=cfg.quantization != "none")
     common = {"dtype": dtype, "attn_implementation": attn}
     # Seeded for both branches: a checkpoint without the 3-class score head gets it initialised
     # afresh, and every copy of a sharded run must hold the same one.
@@ -173,6 +245,7 @@ def load_model(cfg: ModelParams, pad_token_id: int, device: torch.device, seed: 
         weights = "random-init"
     if quant is None:
         model.to(device)
+    apply_kernels(model, kernels)
     return model, dtype, weights
 
 
@@ -182,9 +255,11 @@ def quantize_nf4_(model, compute_dtype: torch.dtype):
     have no checkpoint for from_pretrained(quantization_config=...) to quantise while loading."""
     import bitsandbytes as bnb
 
-    for parent in list(model.modules()):
+    for path, parent in list(model.named_modules()):
+        if "lora_" in path:  # a LoRA adapter's own A/B matrices stay in full precision
+            continue
         for name, child in list(parent.named_children()):
-            if not isinstance(child, torch.nn.Linear) or name == "score":
+            if not isinstance(child, torch.nn.Linear) or name == "score" or name.startswith("lora_"):
                 continue
             q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
                                   compute_dtype=compute_dtype, compress_statistics=True, quant_type="nf4",
@@ -224,19 +299,24 @@ def _numel(p) -> int:
 
 
 def load_with_adapter(cfg: ModelParams, adapter: str, pad_token_id: int, device: torch.device, seed: int = 0):
-    """Base classifier + trained LoRA adapter and score head, ready for inference.
+    """Base classifier + trained LoRA adapter and score head, ready for inference
+    (`prepare_for_inference`: LoRA merged unless 4-bit, compiled if `cfg.compile`).
 
-    Returns (model, info): info holds dtype, attn_implementation, weights and parameter counts;
-    params_trainable is what the adapter adds (LoRA matrices and the score head copy)."""
+    Returns (model, info): info holds dtype, attn_implementation, kernels, weights, parameter
+    counts (params_trainable is what the adapter adds: LoRA matrices and the score head copy) and
+    lora_merged."""
     from peft import PeftModel
 
     base, dtype, weights = load_model(cfg, pad_token_id, device, seed=seed)
     counts = count_parameters(base)
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     info = {"dtype": str(dtype).removeprefix("torch."), "attn_implementation": base.config._attn_implementation,
+            "kernels": resolve_kernels(cfg.kernels, device.type, capability, quantized=cfg.quantization != "none"),
             "weights": weights, **counts}
     model = PeftModel.from_pretrained(base, adapter).to(device)
     info["params_trainable"] = count_parameters(model)["params_total"] - counts["params_total"]
-    return model, info
+    info["lora_merged"] = cfg.quantization == "none"
+    return prepare_for_inference(model, cfg), info
 
 
 def adapter_seed(adapter: str | Path) -> int:
@@ -252,24 +332,28 @@ def adapter_seed(adapter: str | Path) -> int:
 
 
 def load_copies(cfg: ModelParams, adapter: str, pad_token_id: int, devices: list[torch.device], seed: int = 0):
-    """One base + adapter copy per device, for inference (prefbench.infer.predict_sharded), compiled
-    if `cfg.compile` says so. Returns (models, info) with info of the first copy; every copy starts
-    from the same seed, so random-init bases are identical too."""
+    """One base + adapter copy per device, for inference (prefbench.infer.predict_sharded), merged
+    and compiled as `prepare_for_inference` says. Returns (models, info) with info of the first copy;
+    every copy starts from the same seed, so random-init bases are identical too."""
     models, info = [], {}
     for device in devices:
         model, info_k = load_with_adapter(cfg, adapter, pad_token_id, device, seed=seed)
         info = info or info_k
-        if cfg.compile:
-            model = compile_for_inference(model, cfg)
         models.append(model)
     info["compiled"] = cfg.compile
     return models, info
 
 
-def compile_for_inference(model, cfg: ModelParams):
-    """LoRA merged into the base weights (one matmul per layer instead of three; not for a 4-bit
-    base, whose weights cannot take it), then torch.compile with dynamic shapes: one compile for
-    every padded width and batch size, done by the first batch."""
-    if cfg.quantization == "none":
+def prepare_for_inference(model, cfg: ModelParams):
+    """The one inference path of evaluate, predict and the benchmark's `default` cells: LoRA merged
+    into the base weights (one matmul per linear layer instead of three, and no adapter dropout or
+    scaling work; a 4-bit base cannot take merged weights, so it keeps the adapter), then
+    torch.compile with dynamic shapes if `cfg.compile`."""
+    if cfg.quantization == "none" and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    return torch.compile(model, dynamic=True)
+    return torch.compile(model, dynamic=True) if cfg.compile else model
+
+
+def compile_for_inference(model, cfg: ModelParams):
+    """LoRA merged (unless 4-bit), then torch.compile(dynamic=True), whatever `cfg.compile` says."""
+    return prepare_for_inference(model, dataclasses.replace(cfg, compile=True))

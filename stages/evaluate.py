@@ -4,11 +4,12 @@ Usage: python -m stages.evaluate --params params.yaml --tokens data/tokens --ada
            --metrics metrics/eval.json --predictions metrics/predictions.csv \
            --calibration metrics/calibration.csv --speed-accuracy metrics/speed_accuracy.json
 Reads params: model, models.<model>.{pretrained, dtype, attn_implementation, quantization,
-eval_batch_size, compile}, evaluate.{warmup_batches, devices}; the random-init seed comes from
-the adapter (the base it was trained on)
+eval_batch_size, compile, kernels}, evaluate.{warmup_batches, warmup_shapes, devices}; the
+random-init seed comes from the adapter (the base it was trained on)
 (`kind: tfidf`: models.<model>.eval_batch_size; prefbench.tfidf, same outputs and metrics keys).
-Batches are length-sorted and dynamically padded; only the predict loop is timed (model load
-is timed on its own, the device is synchronised, warm-up batches are excluded).
+Batches are length-sorted and dynamically padded; LoRA is merged into the base (unless 4-bit);
+only the predict loop is timed (model load is timed on its own, the device is synchronised,
+warm-up batches, one per padded shape with evaluate.warmup_shapes, are excluded).
 Non-finite logits (or running out of device memory) stop the stage with a message and exit
 status 1, and no metrics are written; the outputs appear complete or not at all.
 """
@@ -86,6 +87,7 @@ def evaluate_llm(params: Params, tokens: str, adapter: str) -> tuple[list[str], 
     try:
         result = predict_sharded(models, devices, seqs, cfg.eval_batch_size, tok.pad_token_id,
                                  warmup_batches=params.evaluate.warmup_batches,
+                                 warmup_shapes=params.evaluate.warmup_shapes,
                                  pad_multiple=64 if device.type == "cuda" else 1, cfg=cfg, name=params.model)
         check_finite(result["logits"], info["dtype"], params.model)
     except (BatchOutOfMemoryError, NonFiniteLogitsError) as err:
@@ -105,6 +107,7 @@ def evaluate_llm(params: Params, tokens: str, adapter: str) -> tuple[list[str], 
         "predict_seconds": result["seconds"],
         "load_seconds": load_seconds,
         "warmup_seconds": result["warmup_seconds"],  # torch.compile's compile happens here
+        "batch_shapes": result["batch_shapes"],  # distinct padded (rows, width) shapes, each warmed untimed
         "peak_memory_gb": peak_memory_gb(*devices),
         **{k: info[k] for k in ("params_total", "params_embedding", "params_non_embedding", "params_trainable")},
         "n_samples": n,
@@ -114,6 +117,8 @@ def evaluate_llm(params: Params, tokens: str, adapter: str) -> tuple[list[str], 
         "devices": len(devices),
         "dtype": info["dtype"],
         "attn_implementation": info["attn_implementation"],  # `auto` resolved
+        "kernels": info["kernels"],  # `auto` resolved: liger | none
+        "lora_merged": info["lora_merged"],
         "compiled": info["compiled"],
         "quantization": cfg.quantization,
         "weights": info["weights"],

@@ -3,10 +3,11 @@
 Usage: python -m stages.predict --params params.yaml --test-csv data/sample/test.csv \
            --adapter models/adapter --out data/submission.csv --metrics metrics/predict.json
 Reads params: model, models.<model>.{pretrained, dtype, attn_implementation, quantization, max_length,
-eval_batch_size, compile}, tokenize.prompt_share (test rows are tokenised as the tokenize stage
-tokenised the training rows), predict.{swap_tta, kaggle_rows, kaggle_hours, warmup_batches, devices}
-(predict.test_csv arrives as --test-csv); the random-init seed comes from the adapter
-(`kind: tfidf`: models.<model>.eval_batch_size; prefbench.tfidf, the same submission and metrics).
+eval_batch_size, compile, kernels}, tokenize.prompt_share (test rows are tokenised as the tokenize
+stage tokenised the training rows), predict.{swap_tta, kaggle_rows, kaggle_hours, warmup_batches,
+warmup_shapes, devices} (predict.test_csv arrives as --test-csv); the random-init seed comes from
+the adapter (`kind: tfidf`: models.<model>.eval_batch_size; prefbench.tfidf, the same submission
+and metrics).
 Writes `id, winner_model_a, winner_model_b, winner_tie` in the input's row order (probabilities
 sum to 1) and prints the projected hours for the hidden test set against the Kaggle limit.
 Swap test-time augmentation predicts each row a second time with responses A and B exchanged
@@ -61,7 +62,8 @@ def main() -> None:
         "fits_kaggle_limit": hours + (load_seconds + warmup_seconds) / 3600 < pp.kaggle_hours,
         "peak_memory_gb": timing["peak_memory_gb"], "device": timing["device"], "devices": timing["devices"],
         "repaired": dict(report.repaired),
-        **{k: timing[k] for k in ("dtype", "attn_implementation", "weights", "compiled")},
+        **{k: timing[k] for k in ("dtype", "attn_implementation", "kernels", "lora_merged", "weights", "compiled")
+           if k in timing},
         **{k: timing[k] for k in ("featurise_seconds",) if k in timing},  # tfidf: featurising (untimed above)
     }
     write_json(args.metrics, round_floats(metrics))
@@ -91,6 +93,7 @@ def predict_llm(params: Params, df: pd.DataFrame, adapter: str) -> tuple[np.ndar
         try:
             result = predict_sharded(models, devices, [np.asarray(s) for s in seqs], cfg.eval_batch_size,
                                      tok.pad_token_id, warmup_batches=pp.warmup_batches,
+                                     warmup_shapes=pp.warmup_shapes,
                                      pad_multiple=64 if device.type == "cuda" else 1, cfg=cfg, name=params.model)
             check_finite(result["logits"], info["dtype"], params.model)
         except (BatchOutOfMemoryError, NonFiniteLogitsError) as err:
@@ -102,7 +105,7 @@ def predict_llm(params: Params, df: pd.DataFrame, adapter: str) -> tuple[np.ndar
         tokens += result["tokens"]
     timing = {"seconds": seconds, "tokens": tokens, "load_seconds": load_seconds, "warmup_seconds": warmup_seconds,
               "peak_memory_gb": peak_memory_gb(*devices), "device": device_name(device), "devices": len(devices),
-              **{k: info[k] for k in ("dtype", "attn_implementation", "weights", "compiled")}}
+              **{k: info[k] for k in ("dtype", "attn_implementation", "kernels", "lora_merged", "weights", "compiled")}}
     return np.mean(probs, axis=0), timing
 
 

@@ -67,3 +67,54 @@ def test_report_headline_is_computed_from_the_side_by_side_run():
     line = next(row for row in md.splitlines() if row.startswith("| s/sample, default path"))
     assert line.endswith(f"**{ratio:.2f}** |")
     assert "| gemma2-9b | eager |" in md and "One GPU vs 2" in md
+
+
+def test_default_path_smoke_on_cpu(tmp_path):
+    """benchmarks/default_path.py with the tiny models on a CPU: the before cell (LoRA unmerged), the
+    merged default cell, flash-attn-4 and Liger recorded as not run (absent here), errors against fp32."""
+    out = tmp_path / "dp.json"
+    run("benchmarks.default_path", "--out", str(out), "--models", "tiny-llama3", "--rows", "6", "--max-length", "96",
+        "--batch", "3", "--reps", "2", "--no-train")
+    r = json.loads(out.read_text())
+    cells = {(c["attn"], c["kernels"], c["adapter"]): c for c in r["cells"]}
+    assert set(cells) == {("sdpa", "none", "unmerged"), ("sdpa", "none", "merged")}
+    assert [c["path"] for c in r["cells"]] == [None, "default"]  # the merged cell is what evaluate runs here
+    for c in cells.values():
+        assert c["finite"] and c["max_rel_error"] < 0.05 and len(c["seconds_passes"]) == 2
+        assert c["batch_shapes"] >= 1 and 0 < c["mfu"] < 1 and c["mfu_datasheet"] is None  # no datasheet for a CPU
+    assert "seconds_per_sample_old_warmup" in cells[("sdpa", "none", "unmerged")]
+    assert {s.get("attn") or s.get("kernels") for s in r["skipped"]} == {"flash_attention_4", "liger"}
+
+
+def test_readme_section_is_the_report_of_the_committed_results():
+    """The README's generated block of "Why is Gemma2 slower?" is exactly what benchmarks/report.py prints
+    from the committed JSON (no number typed by hand), and the goals it states follow from the cells."""
+    r = ROOT / "benchmarks" / "results"
+    md = run("benchmarks.report", "--default-path", str(r / "default-path-h100.json"),
+             "--pipeline-eval", str(r / "pipeline-eval-h100.json"), "--kernel-profile", str(r / "profile-default-h100.json"),
+             "--compiled", str(r / "default-path-compile-h100.json"), str(r / "default-path-compile-nokernels-h100.json"),
+             "--section")
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- generated: benchmarks/report.py --section -->\n")[1].split("<!-- end of generated block -->")[0]
+    assert block == md
+    run_ = json.loads((r / "default-path-h100.json").read_text())
+    default = {c["model"]: c for c in run_["cells"] if c.get("path") == "default"}
+    ratio = default["gemma2-9b"]["seconds_per_sample"] / default["llama3-8b"]["seconds_per_sample"]
+    assert f"- Gemma2 / Llama3: {ratio:.2f} (goal <= 1.25" in md
+
+
+def test_default_path_is_the_fastest_correct_choice_on_the_committed_h100_run():
+    """On the committed H100 run, the cells marked default are what `auto` resolves to on that card with
+    flash-attn-4 and liger-kernel installed, within 2% (run-to-run noise) of the fastest merged cell,
+    and as close to fp32 eager as plain bf16 (same order: at most 2x its error)."""
+    from prefbench.models import resolve_attention, resolve_kernels
+    run_ = json.loads((ROOT / "benchmarks" / "results" / "default-path-h100.json").read_text())
+    cap = tuple(run_["capability"])
+    for name, m in run_["models"].items():
+        merged = [c for c in run_["cells"] if c["model"] == name and c["adapter"] == "merged" and c["softcap_applied"]]
+        default = next(c for c in merged if c["path"] == "default")
+        assert default["attn"] == resolve_attention("auto", m["family"], "cuda", cap, True)
+        assert default["kernels"] == resolve_kernels("auto", "cuda", cap, True)
+        assert default["seconds_per_sample"] <= 1.02 * min(c["seconds_per_sample"] for c in merged)
+        plain = next(c for c in merged if c["kernels"] == "none" and c["attn"] == m["legacy_attn"])
+        assert default["finite"] and default["rel_l2_error"] <= 2 * plain["rel_l2_error"]

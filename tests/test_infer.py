@@ -36,3 +36,34 @@ def test_dynamic_padding_and_batching_do_not_change_predictions(tiny_llama_tok, 
         batched = predict(model, seqs, 4, tok.pad_token_id, torch.device("cpu"), warmup_batches=1)["logits"]
         np.testing.assert_allclose(batched, alone, atol=1e-4, err_msg=name)
         assert len(set(np.round(alone[:, 0], 5))) > 5  # rows really differ
+
+
+def test_warmup_plan_runs_every_padded_shape_once_before_the_timer():
+    """warmup_shapes: one untimed batch per distinct (rows, padded width), none twice; without it, only
+    the first warmup_batches (a shape first seen inside the timed loop pays its compile/plan there)."""
+    from prefbench.infer import padded_shape, warmup_plan
+    lengths = np.random.default_rng(0).integers(5, 1025, 2003)
+    batches = length_sorted_batches(lengths, 16)
+    shapes = [padded_shape(lengths[b], None, 64) for b in batches]
+    plan = warmup_plan(batches, lengths, 1, True, pad_multiple=64)
+    planned = [padded_shape(lengths[b], None, 64) for b in plan]
+    assert sorted(set(planned)) == sorted(set(shapes)) and len(planned) == len(set(planned))
+    # bounded: at most 16 widths x 2 row counts (full batches and the last one), whatever the row count
+    assert len(set(shapes)) <= 2 * 1024 // 64 < len(batches) and all(s[1] % 64 == 0 and s[1] <= 1024 for s in shapes)
+    assert [padded_shape(lengths[b], None, 64) for b in warmup_plan(batches, lengths, 1, False, pad_multiple=64)] \
+        == shapes[:1]
+    assert {padded_shape(lengths[b], 1024, 64) for b in warmup_plan(batches, lengths, 0, True, 1024, 64)} \
+        == {(16, 1024), (2003 % 16, 1024)}  # fixed padding: the full and the last, short batch
+
+
+def test_warmup_shapes_leave_predictions_and_the_timed_rows_unchanged(tiny_llama_tok):
+    params = load_params(ROOT / "params.yaml")
+    model, _, _ = load_model(params.models["llama3"], tiny_llama_tok.pad_token_id, torch.device("cpu"))
+    rng = np.random.default_rng(1)
+    seqs = [rng.integers(5, 200, n) for n in rng.integers(3, 40, 13)]
+    plain = predict(model, seqs, 4, tiny_llama_tok.pad_token_id, torch.device("cpu"), warmup_batches=0)
+    warmed = predict(model, seqs, 4, tiny_llama_tok.pad_token_id, torch.device("cpu"), warmup_batches=0,
+                     pad_multiple=8, warmup_shapes=True)
+    np.testing.assert_allclose(warmed["logits"], plain["logits"], atol=1e-5)
+    assert warmed["warmup_seconds"] > 0 and warmed["tokens"] == plain["tokens"]
+    assert warmed["batch_shapes"] <= plain["batch_shapes"]  # padding to 8 can only merge shapes

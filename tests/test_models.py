@@ -109,3 +109,85 @@ def test_random_init_from_config_folder(tmp_path):
     assert model.config.num_labels == 3
     cfg.pretrained = str(ROOT / "models" / "tiny-gemma2")
     assert load_model(cfg, pad_token_id=0, device=torch.device("cpu"))[2] == "pretrained"
+
+
+@pytest.mark.parametrize("device,capability,installed,model_type,expected", [
+    ("cuda", (9, 0), True, "gemma2", "flash_attention_4"),  # H100 / H200 with the gpu extra: softcap in-kernel
+    ("cuda", (10, 0), True, "llama", "flash_attention_4"),  # Blackwell
+    ("cuda", (8, 0), True, "gemma2", "eager"),  # A100: flash-attn-4 needs sm_90+
+    ("cuda", (7, 5), True, "llama", "sdpa"),  # T4 (Kaggle)
+    ("cuda", (9, 0), False, "gemma2", "eager"),  # Hopper without flash-attn-4
+    ("cpu", None, True, "llama", "sdpa"),
+])
+def test_auto_attention_picks_flash_attention_4_only_where_it_runs(device, capability, installed, model_type, expected):
+    from prefbench.models import resolve_attention
+    assert resolve_attention("auto", model_type, device, capability, installed) == expected
+    assert resolve_attention("eager", model_type, device, capability, installed) == "eager"  # explicit wins
+
+
+def test_auto_attention_without_flash_attn_4_installed_here():
+    """This CPU venv has no flash-attn-4: the real availability check must say so."""
+    from prefbench.models import fa4_usable, resolve_attention
+    assert not fa4_usable("cuda", (9, 0)) and resolve_attention("auto", "gemma2", "cuda", (9, 0)) == "eager"
+
+
+@pytest.mark.parametrize("name,device,capability,installed,expected", [
+    ("auto", "cuda", (9, 0), True, "liger"),
+    ("auto", "cuda", (8, 0), True, "liger"),
+    ("auto", "cuda", (7, 5), True, "none"),  # T4: unmeasured there, keep the plain modules
+    ("auto", "cuda", (9, 0), False, "none"),
+    ("auto", "cpu", None, True, "none"),  # Triton has no CPU backend
+    ("none", "cuda", (9, 0), True, "none"),
+    ("liger", "cuda", (7, 5), True, "liger"),  # an explicit choice wins where it can run
+])
+def test_kernels_auto_is_liger_on_bf16_gpus_with_liger_installed(name, device, capability, installed, expected):
+    from prefbench.models import resolve_kernels
+    assert resolve_kernels(name, device, capability, installed) == expected
+    # a 4-bit base keeps the plain modules under auto (unmeasured there); an explicit liger still wins
+    assert resolve_kernels(name, device, capability, installed, quantized=True) == (
+        "liger" if name == "liger" else "none")
+
+
+def test_kernels_liger_fails_naming_the_key_where_it_cannot_run():
+    from prefbench.models import liger_installed, resolve_kernels
+    with pytest.raises(ParamsError, match="models.gemma2.kernels: liger needs a CUDA GPU"):
+        resolve_kernels("liger", "cpu", key="models.gemma2.kernels")
+    with pytest.raises(ParamsError, match="models.gemma2.kernels: liger needs liger-kernel"):
+        resolve_kernels("liger", "cuda", (9, 0), installed=False, key="models.gemma2.kernels")
+    assert not liger_installed()  # this CPU venv: kernels auto resolves to none below
+    assert resolve_kernels("auto", "cuda", (9, 0)) == "none"
+
+
+def test_kernels_param_is_validated():
+    from prefbench.config import parse_params
+    import yaml
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["models"]["gemma2"]["kernels"] = "fast"
+    with pytest.raises(ParamsError, match="models.gemma2.kernels: 'fast' is not one of auto, liger, none"):
+        parse_params(raw)
+    del raw["models"]["gemma2"]["kernels"]
+    with pytest.raises(ParamsError, match="missing params key: models.gemma2.kernels"):
+        parse_params(raw)
+
+
+def test_inference_merges_lora_into_the_base_and_predicts_like_the_adapter(tiny_gemma_tok):
+    """prepare_for_inference (what evaluate and predict run): LoRA merged, no LoRA layers left, the
+    same logits as the unmerged adapter model (non-zero B, so merging really changes the weights)."""
+    import numpy as np
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from prefbench.infer import predict
+    from prefbench.models import prepare_for_inference
+    cfg = load_params(ROOT / "params.yaml").models["gemma2"]
+    cpu = torch.device("cpu")
+    base = load_model(cfg, tiny_gemma_tok.pad_token_id, cpu)[0]
+    torch.manual_seed(1)
+    lora = get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["q_proj", "down_proj"],
+                                           init_lora_weights=False))
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(5, 200, n) for n in rng.integers(5, 40, 9)]
+    unmerged = predict(lora, seqs, 4, tiny_gemma_tok.pad_token_id, cpu, warmup_batches=0)["logits"]
+    merged = prepare_for_inference(lora, cfg)
+    assert not any("lora_" in n for n, _ in merged.named_modules())
+    np.testing.assert_allclose(predict(merged, seqs, 4, tiny_gemma_tok.pad_token_id, cpu, warmup_batches=0)["logits"],
+                               unmerged, atol=1e-5)

@@ -1,0 +1,109 @@
+"""The pipeline's own evaluate stage on the benchmark's rows: does eval.json's seconds_per_sample
+match the benchmark's steady state (benchmarks/default_path.py) for the same rows, batch and card?
+
+Usage (GPU, after default_path.py wrote BENCH; see benchmarks/README.md):
+    python -m benchmarks.pipeline_eval --bench results/default-path.json --out results/pipeline-eval.json
+On a CPU (smoke run with the tiny models):
+    python -m benchmarks.pipeline_eval --bench /tmp/r.json --out /tmp/pe.json
+
+For each model of BENCH: a params.yaml that is the repo's own with only `model`, its `pretrained`
+(the full-size random-init folder), `max_length`, `eval_batch_size` and `evaluate.devices: 1`
+changed (attention, kernels, dtype, warm-up stay at their defaults), a token cache whose val split
+holds the benchmark's rows (same lengths and ids), and a LoRA adapter saved from the pipeline's
+own `add_lora`; then `python -m stages.evaluate` as `dvc repro` runs it, in its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from transformers import AutoConfig
+
+from benchmarks.default_path import bench_lengths, bench_sequences
+from benchmarks.gpu_bench import ROOT
+from prefbench.config import load_params
+from prefbench.models import load_model, load_tokenizer
+from prefbench.tokenize import to_table, write_table
+from prefbench.train import add_lora
+
+KEYS = {"llama": "llama3", "gemma2": "gemma2"}  # model family -> key in params.yaml
+
+
+def setup(tmp: Path, name: str, bench: dict, device: torch.device) -> None:
+    config = AutoConfig.from_pretrained(ROOT / "models" / name)
+    key = KEYS[config.model_type]
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["model"] = key
+    raw["models"][key].update(pretrained=f"models/{name}", max_length=bench["max_length"],
+                              eval_batch_size=bench["batch_size"])
+    raw["evaluate"]["devices"] = 1
+    (tmp / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    # The benchmark's rows: the same lengths and token ids (default_path.bench_sequences, seed 2).
+    seqs = bench_sequences(bench_lengths(bench["rows"], bench["max_length"]), config.vocab_size, seed=2)
+    params = load_params(tmp / "params.yaml")
+    tok = load_tokenizer(str(ROOT / params.selected.pretrained))
+    # The benchmark pads with id 0; this tokenizer pads with its own id: no row may hold it, or the
+    # classifier would pool before the row's end. Remapped ids change no timing.
+    for s in seqs:
+        s[s == tok.pad_token_id] = tok.pad_token_id + 1
+    labels = np.random.default_rng(0).integers(0, 3, len(seqs))
+    (tmp / "tokens").mkdir()
+    for split in ("train", "val"):
+        write_table(to_table([f"r{i}" for i in range(len(seqs))], labels.tolist(), [s.tolist() for s in seqs]),
+                    tmp / "tokens" / f"{split}.arrow")
+    model = load_model(params.selected, tok.pad_token_id, device, seed=params.train.seed)[0]
+    add_lora(model, params.selected).save_pretrained(tmp / "adapter")
+    del model
+    gc.collect()
+    torch.cuda.empty_cache() if device.type == "cuda" else None
+
+
+def evaluate(tmp: Path) -> dict:
+    out = {k: str(tmp / f) for k, f in (("metrics", "eval.json"), ("predictions", "pred.csv"),
+                                        ("calibration", "cal.csv"), ("speed-accuracy", "sa.json"))}
+    cmd = [sys.executable, "-m", "stages.evaluate", "--params", str(tmp / "params.yaml"), "--tokens",
+           str(tmp / "tokens"), "--adapter", str(tmp / "adapter")] + [a for k, v in out.items() for a in (f"--{k}", v)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    print(proc.stdout[-2000:], proc.stderr[-3000:] if proc.returncode else "", flush=True)
+    if proc.returncode:
+        return {"error": proc.stderr[-1500:]}
+    return json.loads(Path(out["metrics"]).read_text())
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bench", required=True, help="default_path.py's JSON (same card)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--models", help="default: every model of --bench")
+    args = p.parse_args()
+    bench = json.loads(Path(args.bench).read_text())
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result = {"bench": Path(args.bench).name, "device": bench["device"], "models": {}}
+    for name in (args.models.split(",") if args.models else bench["models"]):
+        with tempfile.TemporaryDirectory() as d:
+            setup(Path(d), name, bench, device)
+            metrics = evaluate(Path(d))
+        cell = next((c for c in bench["cells"] if c["model"] == name and c.get("path") == "default"), None)
+        entry = {"eval": metrics}
+        if cell and "seconds_per_sample" in metrics:
+            entry.update(bench_seconds_per_sample=cell["seconds_per_sample"],
+                         bench_attn=cell["attn"], bench_kernels=cell["kernels"],
+                         eval_over_bench=metrics["seconds_per_sample"] / cell["seconds_per_sample"])
+            print(f"{name}: eval.json {metrics['seconds_per_sample']:.4f} s/sample ({metrics['attn_implementation']}, "
+                  f"kernels {metrics['kernels']}) vs benchmark steady state {cell['seconds_per_sample']:.4f}: "
+                  f"{entry['eval_over_bench']:.3f}x", flush=True)
+        result["models"][name] = entry
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
