@@ -1,20 +1,17 @@
-"""Every plot of the pipeline on one page, online or offline: `dvc plots show` / `dvc plots diff`
-(training loss, learning rate, confusion matrix, reliability) plus the speed-vs-accuracy scatter,
-one point per revision or experiment, labelled by name and coloured by model.
+"""Every plot of the pipeline on one page: `dvc plots show` / `dvc plots diff` (training loss,
+learning rate, confusion matrix, reliability) plus the speed-vs-accuracy scatter, one point per
+revision or experiment, labelled by name and coloured by model.
 
 Usage:
   python -m prefbench.plots                         # like `dvc plots show`; scatter: every experiment
-  python -m prefbench.plots main exp-1a2b3 gemma2   # like `dvc plots diff main ...`: one point each
-  python -m prefbench.plots --offline ...           # vega, vega-lite, vega-embed inlined (no CDN)
+  python -m prefbench.plots HEAD gemma2             # like `dvc plots diff HEAD gemma2`: one point each
   python -m prefbench.plots --json ...              # {plot id: Vega-Lite spec} on stdout
-  python -m prefbench.plots --write-html-template dvc_plots/offline.html
-                                                    # for `dvc plots show --html-template ...`
 
 The scatter is DVC's own renderer (dvc_render) with the template `.dvc/plots/speed_accuracy.json`:
 `dvc plots` itself cannot draw it from `metrics/eval.json`, a single JSON object (DVC plots need an
-array of records). The page is filled the way `dvc plots show` fills its own (dvc_render's HTML with
-the same vega, vega-lite and vega-embed versions); `--offline` inlines those from `npm pack`
-(fetched once into ~/.cache/prefbench/vega, or --js-dir).
+array of records), nor put every experiment of `dvc exp show` on it. The page is filled the way
+`dvc plots show` fills its own, in the HTML template DVC's config names: `.dvc/plots/offline.html`,
+with vega, vega-lite and vega-embed inlined (no network; `python -m scripts.offline_template`).
 """
 
 from __future__ import annotations
@@ -23,11 +20,8 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tarfile
-import tempfile
 from pathlib import Path
 
 EVAL = "metrics/eval.json"
@@ -41,7 +35,6 @@ Y_LABEL = "validation log-loss"
 # Fields a scatter point carries (shown in its tooltip); `rev` is its label.
 POINT_FIELDS = ("model", X, Y, "accuracy", "log_loss_prior", "params_total", "max_length", "dtype",
                 "quantization", "device")
-JS_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prefbench" / "vega"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -148,62 +141,33 @@ def collect(revs: list[str]) -> dict[str, dict]:
 
 # ---------------------------------------------------------------- the page
 
-def vega_versions() -> dict[str, str]:
-    """vega, vega-lite, vega-embed versions that `dvc plots show` pages load (dvc_render)."""
-    from dvc_render import VegaRenderer
+def html_template() -> str | None:
+    """The HTML template `dvc plots show` fills here: `plots.html_template` of the DVC config
+    (relative to `.dvc/`, as DVC resolves it) of the repo in the current directory, else of the
+    repo prefbench lives in; this repo's is the offline page `.dvc/plots/offline.html`. None
+    (dvc_render's own page, scripts from the CDN) if neither sets one."""
+    from dvc.config import Config
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
 
-    found = dict(re.findall(r"npm/(vega(?:-lite|-embed)?)@([0-9][0-9.]*)", VegaRenderer.SCRIPTS))
-    assert set(found) == {"vega", "vega-lite", "vega-embed"}, VegaRenderer.SCRIPTS
-    return found
-
-
-def fetch_js(js_dir: Path = JS_CACHE) -> Path:
-    """`<name>.min.js` (and its LICENSE) of each vega package in `js_dir`, from `npm pack` if missing."""
-    js_dir.mkdir(parents=True, exist_ok=True)
-    for name, version in vega_versions().items():
-        target = js_dir / f"{name}-{version}.min.js"
-        if target.is_file():
-            continue
-        if shutil.which("npm") is None:
-            raise SystemExit(f"error: {target} is missing and npm is not installed to fetch {name}@{version}")
-        with tempfile.TemporaryDirectory() as tmp:
-            proc = subprocess.run(["npm", "pack", "--silent", f"{name}@{version}"], cwd=tmp,
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise SystemExit(f"error: npm pack {name}@{version}: {proc.stderr.strip()}")
-            with tarfile.open(next(Path(tmp).glob("*.tgz"))) as tar:
-                for member, out in ((f"package/build/{name}.min.js", target),
-                                    ("package/LICENSE", js_dir / f"{name}-{version}.LICENSE")):
-                    data = tar.extractfile(member)
-                    if data is None:
-                        raise SystemExit(f"error: {member} missing from {name}@{version}")
-                    tmp_out = out.with_name(out.name + ".part")
-                    tmp_out.write_bytes(data.read())
-                    tmp_out.replace(out)
-    return js_dir
+    try:
+        dvc_dir = Repo.find_dvc_dir()
+    except NotDvcRepoError:
+        dvc_dir = PACKAGE_ROOT / ".dvc"
+        if not dvc_dir.is_dir():
+            return None
+    config = Config(dvc_dir=str(dvc_dir))
+    path = config.get("plots", {}).get("html_template")
+    return Path(config.dvc_dir, path).read_text(encoding="utf-8") if path else None
 
 
-def offline_template(js_dir: Path) -> str:
-    """A DVC HTML template (`{plot_divs}`, no `{scripts}`) with vega, vega-lite, vega-embed inlined."""
-    scripts = []
-    for name, version in vega_versions().items():
-        js = (js_dir / f"{name}-{version}.min.js").read_text(encoding="utf-8")
-        for placeholder in ("{plot_divs}", "{scripts}", "{refresh_tag}"):
-            assert placeholder not in js, f"{name} contains {placeholder}"
-        js = js.replace("</script", "<\\/script")
-        scripts.append(f"<script>/* {name}@{version}, BSD-3-Clause (LICENSE beside it in {js_dir}) */\n"
-                       f"{js}\n</script>")
-    return ("<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n{refresh_tag}\n"
-            "<title>DVC Plot</title>\n" + "\n".join(scripts) +
-            "\n<style>table { border-spacing: 15px; }</style>\n</head>\n<body>\n{plot_divs}\n</body>\n</html>\n")
-
-
-def page(specs: dict[str, dict], html_template: str | None = None) -> str:
-    """The HTML page `dvc plots show` writes (dvc_render's HTML and VegaRenderer.DIV), for `specs`."""
+def page(specs: dict[str, dict], template: str | None = None) -> str:
+    """The HTML page `dvc plots show` writes (dvc_render's HTML and VegaRenderer.DIV), for `specs`,
+    in `template` (default: the one DVC's config names, see html_template())."""
     from dvc_render import VegaRenderer
     from dvc_render.html import HTML
 
-    document = HTML(html_template).with_scripts(VegaRenderer.SCRIPTS)
+    document = HTML(template or html_template()).with_scripts(VegaRenderer.SCRIPTS)
     for i, (plot_id, spec) in enumerate(specs.items()):
         div_id = "plot" + str(i) + "_" + re.sub(r"[^A-Za-z0-9_]", "_", plot_id)
         partial = json.dumps(spec).replace("</", "<\\/")
@@ -211,44 +175,28 @@ def page(specs: dict[str, dict], html_template: str | None = None) -> str:
     return document.embed()
 
 
-def write_page(path: Path, specs: dict[str, dict], html_template: str | None = None) -> Path:
+def write_page(path: Path, specs: dict[str, dict], template: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page(specs, html_template), encoding="utf-8")
+    tmp.write_text(page(specs, template), encoding="utf-8")
     tmp.replace(path)
     return path
-
-
-def resolve_html_template(args: argparse.Namespace) -> str | None:
-    if args.html_template:
-        return Path(args.html_template).read_text(encoding="utf-8")
-    if args.offline:
-        return offline_template(fetch_js(Path(args.js_dir)))
-    return None
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("revisions", nargs="*", help="as for `dvc plots diff` (none: `dvc plots show`)")
     parser.add_argument("-o", "--out", default="dvc_plots/prefbench", help="folder for index.html")
-    parser.add_argument("--offline", action="store_true", help="inline vega, vega-lite, vega-embed")
-    parser.add_argument("--js-dir", default=str(JS_CACHE), help="where --offline keeps the vega scripts")
-    parser.add_argument("--html-template", help="a DVC HTML template to fill (as `dvc plots show --html-template`)")
+    parser.add_argument("--html-template", help="a DVC HTML template to fill, as `dvc plots show "
+                        "--html-template` (default: DVC's config plots.html_template, the offline page)")
     parser.add_argument("--json", action="store_true", help="print {plot id: Vega-Lite spec}, write no page")
-    parser.add_argument("--write-html-template", metavar="PATH",
-                        help="write the offline DVC HTML template to PATH and stop")
     args = parser.parse_args(argv)
-    if args.write_html_template:
-        out = Path(args.write_html_template)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(offline_template(fetch_js(Path(args.js_dir))), encoding="utf-8")
-        print(f"offline template: {out} (dvc plots show --html-template {out})")
-        return
     specs = collect(args.revisions)
     if args.json:
         print(json.dumps(specs))
         return
-    path = write_page(Path(args.out) / "index.html", specs, resolve_html_template(args))
+    template = Path(args.html_template).read_text(encoding="utf-8") if args.html_template else None
+    path = write_page(Path(args.out) / "index.html", specs, template)
     print(f"plots: {', '.join(specs)}")
     print(path.resolve().as_uri())
 

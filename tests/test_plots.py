@@ -2,12 +2,14 @@
 learning rate, the confusion matrix and the reliability curve from the committed default run, and
 `python -m prefbench.plots` adds the speed-vs-accuracy scatter, one point per revision. No
 pipeline run: the committed metrics/, dvclive/ files are the data; a second revision is a commit
-with another metrics/eval.json. Offline pages are checked with stand-in scripts (no network).
+with another metrics/eval.json. Pages are offline: `.dvc/config` names `.dvc/plots/offline.html`
+(vega, vega-lite, vega-embed inlined) as DVC's HTML template.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -23,6 +25,9 @@ CALIBRATION = "metrics/calibration.csv"
 # plot id -> fields every data row must carry
 EXPECTED = {LOSS: ("step", "loss"), LR: ("step", "learning_rate"), CONFUSION: ("actual", "predicted"),
             CALIBRATION: ("predicted", "observed")}
+
+
+OFFLINE = Path(__file__).resolve().parents[1] / ".dvc" / "plots" / "offline.html"
 
 
 def rows(spec: dict) -> list[dict]:
@@ -123,13 +128,42 @@ def test_prefbench_plots_show_scatter_is_every_experiment_plus_a_changed_workspa
         path.write_text(original)
 
 
-def test_page_is_dvcs_page_with_every_plot(repo, tmp_path):
+def dvc_versions() -> dict[str, str]:
+    """{name: version} of the scripts DVC's own page loads from the CDN, in load order."""
+    from dvc_render import VegaRenderer
+
+    return dict(re.findall(r"npm/(vega(?:-lite|-embed)?)@([0-9][0-9.]*)", VegaRenderer.SCRIPTS))
+
+
+def assert_offline(html: str, plots: int) -> None:
+    """No script from the network; vega, vega-lite, vega-embed inlined (in that order); one
+    vegaEmbed call per plot."""
+    assert not re.search(r"<script[^>]*\bsrc=", html), re.findall(r"<script[^>]*>", html)
+    assert "cdn.jsdelivr" not in html
+    blocks = re.findall(r"<script>\n/\*! (vega(?:-lite|-embed)?)@([0-9.]+) .*?\*/\n(.*?)</script>", html, re.S)
+    assert [name for name, _, _ in blocks] == ["vega", "vega-lite", "vega-embed"]
+    # the libraries themselves (each over 60 kB minified, holding its version string), not a stub
+    assert all(len(js) > 60_000 and f'"{version}"' in js for _, version, js in blocks)
+    assert html.count("vegaEmbed(") == plots
+
+
+def test_dvc_plots_show_and_diff_pages_are_offline(repo, tmp_path):
+    """Plain `dvc plots show` / `dvc plots diff`, no option: DVC's config gives the offline template."""
+    sh(DVC, "plots", "show", "-o", str(tmp_path / "show"), cwd=repo)
+    assert_offline((tmp_path / "show" / "index.html").read_text(), len(EXPECTED) + 1)  # + speed_accuracy.json
+    sh(DVC, "plots", "diff", "main", "other", "-o", str(tmp_path / "diff"), cwd=repo)
+    html = (tmp_path / "diff" / "index.html").read_text()
+    assert_offline(html, len(EXPECTED) + 1)
+    assert '"rev": "other"' in html
+
+
+def test_prefbench_page_is_dvcs_offline_page_with_every_plot(repo, tmp_path):
     out = tmp_path / "page"
     stdout = sh(sys.executable, "-m", "prefbench.plots", "main", "other", "-o", str(out), cwd=repo)
-    html = (out / "index.html").read_text()
     assert stdout.strip().endswith((out / "index.html").resolve().as_uri())
-    assert html.count("vegaEmbed(") == len(EXPECTED) + 1
-    assert "cdn.jsdelivr.net/npm/vega@" in html  # online by default, as `dvc plots show`
+    html = (out / "index.html").read_text()
+    assert_offline(html, len(EXPECTED) + 1)
+    assert html.split("<body>")[0] == OFFLINE.read_text().split("<body>")[0].replace("{refresh_tag}", "")
 
 
 def test_reliability_template_draws_one_line_per_class(repo):
@@ -141,44 +175,35 @@ def test_reliability_template_draws_one_line_per_class(repo):
     assert {r["class"] for r in rows(spec)} == {"a", "b", "tie"}
 
 
-@pytest.fixture
-def stub_js(tmp_path):
-    """Stand-ins for vega, vega-lite, vega-embed, named as fetch_js stores them."""
-    js_dir = tmp_path / "js"
-    js_dir.mkdir()
-    for name, version in plots.vega_versions().items():
-        (js_dir / f"{name}-{version}.min.js").write_text(f"window.stub_{name.replace('-', '_')} = '</script>';")
-    return js_dir
+def test_offline_template_inlines_the_versions_dvc_pages_load():
+    """The committed template is stale once a dvc-render upgrade changes the versions its page
+    loads from the CDN: rerun `python -m scripts.offline_template`."""
+    blocks = re.findall(r"<script>\n/\*! (vega(?:-lite|-embed)?)@([0-9.]+) [^\n]*\n(.*?)\*/\n(.*?)</script>",
+                        OFFLINE.read_text(), re.S)
+    assert [(name, version) for name, version, _, _ in blocks] == list(dvc_versions().items())
+    for name, version, licence, js in blocks:
+        # the library itself reports that version (each build holds its version as a string literal)
+        assert f'"{version}"' in js, (name, version)
+        assert "Interactive Data Lab" in licence and "Redistributions in binary form" in licence, name
 
 
-def test_vega_versions_are_the_ones_dvc_pages_load():
-    from dvc_render import VegaRenderer
+def test_offline_template_script_inlines_each_library_with_its_licence(tmp_path):
+    from scripts import offline_template
 
-    versions = plots.vega_versions()
-    for name, version in versions.items():
-        assert f"npm/{name}@{version}" in VegaRenderer.SCRIPTS
-
-
-def test_offline_template_works_with_dvc_plots_show(repo, stub_js, tmp_path):
-    template = tmp_path / "offline.html"
-    sh(sys.executable, "-m", "prefbench.plots", "--write-html-template", str(template),
-       "--js-dir", str(stub_js), cwd=repo)  # the scripts are there: npm is not called
-    text = template.read_text()
-    assert "{plot_divs}" in text and "{scripts}" not in text
-    assert "stub_vega_lite" in text and "<\\/script" in text  # inlined, `</script` escaped
-    out = tmp_path / "dvc_page"
-    sh(DVC, "plots", "show", "-o", str(out), "--html-template", str(template), cwd=repo)
-    html = (out / "index.html").read_text()
-    assert "cdn.jsdelivr" not in html and "stub_vega_embed" in html
-    assert html.count("vegaEmbed(") == len(EXPECTED) + 1  # + the scatter of metrics/speed_accuracy.json
-    page = tmp_path / "prefbench_page"
-    sh(sys.executable, "-m", "prefbench.plots", "--offline", "--js-dir", str(stub_js), "-o", str(page), cwd=repo)
-    html = (page / "index.html").read_text()
-    assert "cdn.jsdelivr" not in html and "stub_vega" in html
-    assert html.count("vegaEmbed(") == len(EXPECTED) + 1
+    for name, version in dvc_versions().items():
+        (tmp_path / f"{name}-{version}.min.js").write_text(f"window.stub_{name.replace('-', '_')} = 1;")
+        (tmp_path / f"{name}-{version}.LICENSE").write_text(f"licence of {name}")
+    out = tmp_path / "offline.html"
+    offline_template.main(["--js-dir", str(tmp_path), "--out", str(out)])
+    text = out.read_text()
+    assert "{plot_divs}" in text and "{refresh_tag}" in text and "{scripts}" not in text
+    assert text.index("licence of vega-lite") < text.index("stub_vega_lite") < text.index("licence of vega-embed")
+    (tmp_path / f"vega-{dvc_versions()['vega']}.min.js").write_text("x = '</script>';")
+    with pytest.raises(SystemExit, match="</script"):  # would end the inline script early
+        offline_template.main(["--js-dir", str(tmp_path), "--out", str(out)])
 
 
-def test_compare_page_uses_the_same_template_and_page(stub_js):
+def test_compare_page_uses_the_same_template_and_page():
     from prefbench.compare import html, scatter_spec
 
     exps = [{"experiment": "a", "model": "llama3", "seconds_per_sample": 0.01, "log_loss": 0.9},
@@ -186,5 +211,4 @@ def test_compare_page_uses_the_same_template_and_page(stub_js):
     spec = scatter_spec(exps)
     assert [p["rev"] for p in rows(spec)] == ["a"]  # b has no log-loss: no point
     assert spec["layer"][0]["encoding"]["color"]["field"] == "model"
-    offline = html(spec, plots.offline_template(stub_js))
-    assert "cdn.jsdelivr" not in offline and offline.count("vegaEmbed(") == 1
+    assert_offline(html(spec), 1)
