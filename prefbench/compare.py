@@ -139,8 +139,8 @@ def scatter_spec(exps: list[dict]) -> dict:
 
 
 def html(spec: dict, html_template: str | None = None) -> str:
-    """A standalone page, as `dvc plots show` writes it (vega-embed from the CDN, or inlined by an
-    offline `--html-template`: `python -m prefbench.plots --write-html-template PATH`)."""
+    """A standalone page, as `dvc plots show` writes it: in the HTML template DVC's config names
+    (`.dvc/plots/offline.html`, the libraries inlined: no network), or in `html_template`."""
     from prefbench.plots import SCATTER_ID, page
 
     return page({SCATTER_ID: spec}, html_template)
@@ -159,8 +159,8 @@ def main() -> None:
     parser.add_argument("--json", help="output of `dvc exp show --json` (default: run it)")
     parser.add_argument("--out-md", default="reports/compare.md")
     parser.add_argument("--out-html", default="reports/compare.html")
-    parser.add_argument("--html-template", help="a DVC HTML template, e.g. the offline one from "
-                        "`python -m prefbench.plots --write-html-template PATH`")
+    parser.add_argument("--html-template", help="another DVC HTML template (default: the one .dvc/config "
+                        "names, .dvc/plots/offline.html)")
     parser.add_argument("--noise-out", help="write the noise floor (per model: its largest seed group) here, "
                         "e.g. metrics/noise.json")
     args = parser.parse_args()
