@@ -45,3 +45,10 @@ def test_cpu_repro_numbers_match_the_committed_results():
 def test_the_check_can_fail():
     rows = default_run_rows()
     assert rows[0].replace(rows[0].split("|")[2], " 9.9999 ") not in README
+
+
+def test_pull_request_example_is_the_committed_comment():
+    """The README's review example is docs/pr-review-example.md (made by scripts/pr_example.sh), quoted."""
+    example = (ROOT / "docs" / "pr-review-example.md").read_text().strip().splitlines()
+    quoted = "\n".join(f"> {line}".rstrip() for line in example if not line.startswith("<!--"))
+    assert quoted in README, "README 'Pull-request review' does not quote docs/pr-review-example.md"
