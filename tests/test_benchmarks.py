@@ -26,7 +26,9 @@ def test_gpu_bench_smoke_on_cpu(tmp_path):
                           ("eager", "float16", "dynamic")}
     assert any(s.get("attn") == "sdpa" for s in r["skipped"])  # Gemma2 + sdpa is refused (softcap)
     for c in cells.values():
-        assert c["seconds_per_sample"] > 0 and 0 < c["mfu"] < 1 and c["max_rel_error"] < 0.1
+        # MFU > 0 only: on a shared CPU the peak matmul measured beside a tiny model's cells can
+        # come out below what a cell reaches (1.06 seen under load); the bound means something on a GPU
+        assert c["seconds_per_sample"] > 0 and c["mfu"] > 0 and c["max_rel_error"] < 0.1
     assert cells[("eager", "bfloat16", "fixed")]["padding_share"] > cells[("eager", "bfloat16", "dynamic")]["padding_share"]
     assert [t["gradient_checkpointing"] for t in r["train"]] == [False, True]  # both LoRA cells ran
     assert r["models"]["tiny-gemma2"]["best_attn"] == "eager" and r["seconds_total"] > 0
