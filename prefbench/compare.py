@@ -39,7 +39,8 @@ def experiments(rows: list[dict]) -> list[dict]:
         for item in candidates:
             data = item.get("data") or {}
             metrics = ((data.get("metrics") or {}).get(EVAL) or {}).get("data")
-            if not metrics or data.get("rev") == "workspace":
+            # A failed experiment shows its baseline's metrics beside its own params: skip it.
+            if not metrics or data.get("rev") == "workspace" or item.get("error"):
                 continue
             name = item.get("name") or (item.get("rev") or data.get("rev") or "")[:7]
             params = flatten(((data.get("params") or {}).get(PARAMS) or {}).get("data") or {})

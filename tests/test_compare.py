@@ -115,3 +115,24 @@ def test_noise_floor_script_on_a_small_copy_feeds_the_pr_comment(tmp_path):
     body = sh(sys.executable, "-m", "prefbench.pr_comment", "--base", "main", cwd=repo)
     (line,) = [line for line in body.splitlines() if line.startswith("| log_loss |")]
     assert line.endswith("| within noise |") and f"({floor['n']})" in line, body
+
+
+def test_a_failed_experiment_is_left_out():
+    """`dvc exp show --json` lists a failed experiment with its own params but its baseline's
+    metrics (seen: a killed gemma2 run reporting llama3's); it must not join any seed group."""
+    from prefbench.compare import experiments, seed_groups
+
+    def rev(name, model, seed, log_loss, error=None):
+        data = {"rev": name, "params": {"params.yaml": {"data": {"model": model, "train": {"seed": seed}}}},
+                "metrics": {"metrics/eval.json": {"data": {"model": model, "log_loss": log_loss, "accuracy": 0.5}}}}
+        return {"rev": name, "name": name, "error": error, "data": data}
+
+    base = rev("base", "llama3", 0, 1.0)
+    failed = rev("failed", "gemma2", 1, 1.0, error={"msg": "Experiment run failed", "type": ""})
+    failed["data"]["metrics"]["metrics/eval.json"]["data"]["model"] = "llama3"  # the baseline's
+    rows = [{**base, "experiments": [{"revs": [rev("g0", "gemma2", 0, 0.9)]}, {"revs": [rev("g2", "gemma2", 2, 0.95)]},
+                                     {"revs": [failed]}]}]
+    names = [e["experiment"] for e in experiments(rows)]
+    assert names == ["base", "g0", "g2"]
+    (group,) = seed_groups(experiments(rows))
+    assert group["model"] == "gemma2" and group["n"] == 2
