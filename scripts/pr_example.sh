@@ -1,6 +1,6 @@
 #!/bin/sh
 # docs/pr-review-example.md, the README's "Pull-request review" example: in a fresh git copy of
-# this repo, a branch that sets models.llama3.lora_r: 16, `dvc repro` as the workflow runs it,
+# this repo, a branch that sets lora_r: 16 (both LLM entries; llama3 is selected), `dvc repro` as the workflow runs it,
 # then the comment against main. Usage: sh scripts/pr_example.sh   (uses .venv, or PYTHON=...)
 set -eu
 cd "$(dirname "$0")/.."
