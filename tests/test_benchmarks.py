@@ -83,7 +83,8 @@ def test_default_path_smoke_on_cpu(tmp_path):
     assert [c["path"] for c in r["cells"]] == [None, "default"]  # the merged cell is what evaluate runs here
     for c in cells.values():
         assert c["finite"] and c["max_rel_error"] < 0.05 and len(c["seconds_passes"]) == 2
-        assert c["batch_shapes"] >= 1 and 0 < c["mfu"] < 1 and c["mfu_datasheet"] is None  # no datasheet for a CPU
+        # MFU > 0 only: a CPU's peak measured beside a tiny model can come out below a cell's rate under load
+        assert c["batch_shapes"] >= 1 and c["mfu"] > 0 and c["mfu_datasheet"] is None  # no datasheet for a CPU
     assert "seconds_per_sample_old_warmup" in cells[("sdpa", "none", "unmerged")]
     assert {s.get("attn") or s.get("kernels") for s in r["skipped"]} == {"flash_attention_4", "liger"}
 
