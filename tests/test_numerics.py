@@ -2,6 +2,7 @@
 that says where and what to change; evaluation writes no metrics from non-finite logits."""
 
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -89,6 +90,8 @@ def test_evaluate_stage_writes_no_metrics_from_nan_logits(tokens, tmp_path):  # 
     with torch.no_grad():
         score.fill_(float("nan"))  # an adapter whose score head is nan: every logit is nan
     model.save_pretrained(tmp_path / "adapter")
+    # the train stage writes the seed its base was built from beside the adapter; evaluate reads it
+    (tmp_path / "adapter" / "resolved_params.json").write_text(json.dumps({"train": {"seed": 0}}))
     args = ["--tokens", str(tokens), "--adapter", str(tmp_path / "adapter"), "--metrics", str(tmp_path / "eval.json"),
             "--predictions", str(tmp_path / "pred.csv"), "--calibration", str(tmp_path / "cal.csv"),
             "--speed-accuracy", str(tmp_path / "sa.json")]
