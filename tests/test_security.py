@@ -76,6 +76,13 @@ def test_trust_remote_code_is_never_enabled():
     assert not bad, "trust_remote_code enabled:\n" + "\n".join(bad)
 
 
+def is_model_class(node: ast.AST) -> bool:
+    """`Auto*` or `classifier_class(...)` (prefbench.models: transformers' own *ForSequenceClassification)."""
+    if isinstance(node, ast.Name):
+        return node.id.startswith("Auto")
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "classifier_class"
+
+
 def test_every_transformers_auto_load_passes_trust_remote_code_false():
     """Every Auto*.from_pretrained call says trust_remote_code=False explicitly (the default
     is None: on a folder with an auto_map and no built-in class transformers may prompt)."""
@@ -83,15 +90,14 @@ def test_every_transformers_auto_load_passes_trust_remote_code_false():
     for path, tree in parsed():
         for node in ast.walk(tree):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr == "from_pretrained" and isinstance(node.func.value, ast.Name)
-                    and node.func.value.id.startswith("Auto")):
+                    and node.func.attr == "from_pretrained" and is_model_class(node.func.value)):
                 continue
             calls += 1
             kw = {k.arg: k.value for k in node.keywords if k.arg}
             value = kw.get("trust_remote_code")
             if not (isinstance(value, ast.Constant) and value.value is False):
                 bad.append(where(path, node))
-    assert calls >= 3, "expected AutoTokenizer, AutoConfig and AutoModel... loads in prefbench.models"
+    assert calls >= 3, "expected AutoTokenizer, AutoConfig and the classifier's loads in prefbench.models"
     assert not bad, "Auto*.from_pretrained without trust_remote_code=False:\n" + "\n".join(bad)
 
 
