@@ -241,8 +241,10 @@ def predict_timed(clf: Classifier, x: sp.csr_matrix, batch_size: int, warmup_bat
     return {"logits": logits, "seconds": time.perf_counter() - start, "warmup_seconds": warmup_seconds}
 
 
+# The LLMs' descriptive keys, with the values that hold for a scikit-learn model: no attention, no
+# fused kernels, no adapter to merge.
 INFO = {"device": "cpu", "devices": 1, "dtype": np.dtype(DTYPE).name, "attn_implementation": "none",
-        "compiled": False, "quantization": "none", "weights": "fitted"}
+        "kernels": "none", "lora_merged": False, "compiled": False, "quantization": "none", "weights": "fitted"}
 
 
 def evaluate(params: Params, tokens: str | Path, adapter: str | Path) -> tuple[list[str], np.ndarray, np.ndarray, dict]:
@@ -261,8 +263,8 @@ def evaluate(params: Params, tokens: str | Path, adapter: str | Path) -> tuple[l
         "accuracy": accuracy(labels, probs), "seconds_per_sample": seconds / n, "device_seconds_per_sample": seconds / n,
         "samples_per_second": n / seconds, "tokens_per_second": float(words.sum()) / seconds,  # tokens: words
         "padding_share": 0.0, "predict_seconds": seconds, "load_seconds": load_seconds,
-        "warmup_seconds": result["warmup_seconds"], "peak_memory_gb": peak_memory_gb(),
-        "params_total": clf.params_total, "params_embedding": 0, "params_non_embedding": clf.params_total,
+        "warmup_seconds": result["warmup_seconds"], "batch_shapes": len({min(cfg.eval_batch_size, n - i) for i in range(0, n, cfg.eval_batch_size)}),
+        "peak_memory_gb": peak_memory_gb(), "params_total": clf.params_total, "params_embedding": 0, "params_non_embedding": clf.params_total,
         "params_trainable": clf.params_total, "n_samples": n, "batch_size": cfg.eval_batch_size, "max_length": None,
         **INFO,
     }
