@@ -357,35 +357,6 @@ def load_checkpoint(folder: str | Path, fp: str, model, optim, sched,
     return st
 
 
-# --- Atomic outputs --------------------------------------------------------------------------
-
-@contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path beside `path`; on success it is renamed to `path` (a file or a
-    folder, replacing what was there), so a crash never leaves a complete-looking output."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    for stale in [*path.parent.glob(f".{path.name}.tmp-*"), *path.parent.glob(f".{path.name}.old-*")]:
-        _remove(stale)  # left by a killed run
-    try:
-        yield tmp
-        if tmp.is_dir() and path.is_dir():
-            os.replace(path, old)  # a folder cannot be renamed over a non-empty one
-        os.replace(tmp, path)
-    finally:
-        _remove(tmp)
-        _remove(old)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

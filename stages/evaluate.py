@@ -34,7 +34,7 @@ from prefbench.metrics import (accuracy, calibration_rows, device_name, log_loss
                                round_floats, write_json)
 from prefbench.models import adapter_seed, load_copies, load_tokenizer, pick_devices
 from prefbench.tokenize import read_tokens
-from prefbench.train import atomic_path
+from prefbench.files import atomic_path
 
 
 def main() -> None:

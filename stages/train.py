@@ -46,8 +46,9 @@ from prefbench.infer import BatchOutOfMemoryError
 from prefbench.metrics import device_name, peak_memory_gb, round_floats, write_json
 from prefbench.models import count_parameters, load_model, load_tokenizer, pick_devices
 from prefbench.tokenize import read_tokens
-from prefbench.train import (NonFiniteLossError, add_lora, atomic_path, fingerprint, init_distributed,
-                             remove_checkpoints, train, world_info)
+from prefbench.files import atomic_path
+from prefbench.train import (NonFiniteLossError, add_lora, fingerprint, init_distributed, remove_checkpoints, train,
+                             world_info)
 
 
 def main() -> None:

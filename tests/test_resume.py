@@ -13,7 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 from prefbench.sample import generate_arena_sample
-from prefbench.train import atomic_path
+from prefbench.files import atomic_path
 from tests.conftest import ROOT
 from tests.test_stages import run_stage
 
