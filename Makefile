@@ -22,8 +22,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 repro: install
 	$(BIN)/dvc repro
 
+# Two pytest workers: one builds the session's shared pipeline run (tests/workspace.py, the tests
+# marked xdist_group("workspace")) while the other runs everything else.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 clean:
 	rm -rf $(VENV)

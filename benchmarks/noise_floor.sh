@@ -3,6 +3,8 @@
 #
 # Usage, in the repo root with the default set-up committed:  bash benchmarks/noise_floor.sh
 # Defaults: MODELS="llama3 gemma2" SEED_PARAMS="train.seed data.seed" SEEDS=0,1,2,3,4 OUT=metrics/noise.json
+# JOBS=1 (queue workers; 2 runs two experiments at once) QUEUE_SET="" (more `-S key=value` for every
+# queued experiment, e.g. the test suite's small runs: QUEUE_SET="-S sample.rows=200").
 #
 # Per model it queues `dvc exp run --queue -S model=M -S train.seed=SEEDS` and the same for
 # data.seed (with the defaults 2 x 5 experiments a model, one of them the default run itself),
@@ -17,22 +19,25 @@ SEED_PARAMS=${SEED_PARAMS:-train.seed data.seed}
 SEEDS=${SEEDS:-0,1,2,3,4}
 OUT=${OUT:-metrics/noise.json}
 POLL_S=${POLL_S:-15}
+JOBS=${JOBS:-1}
+QUEUE_SET=${QUEUE_SET:-}
 
 failed() { dvc queue status | grep -c Failed || true; }
 failed_before=$(failed)
 for model in $MODELS; do
   for seed in $SEED_PARAMS; do
-    dvc exp run --queue -S "model=$model" -S "$seed=$SEEDS"
+    # shellcheck disable=SC2086  # QUEUE_SET is a list of arguments
+    dvc exp run --queue -S "model=$model" -S "$seed=$SEEDS" $QUEUE_SET
   done
 done
-dvc queue start -j 1
+dvc queue start -j "$JOBS"
 idle=0
 while status=$(dvc queue status) && grep -qE "Queued|Running" <<<"$status"; do
   # DVC's worker can exit with experiments still queued (seen under load: its filesystem broker read
   # a half-written message). Two polls with work queued and no worker: start another one.
   if grep -q "0 active, 0 idle" <<<"$status" && ! grep -q Running <<<"$status"; then
     idle=$((idle + 1))
-    if [ "$idle" -ge 2 ]; then dvc queue start -j 1; idle=0; fi
+    if [ "$idle" -ge 2 ]; then dvc queue start -j "$JOBS"; idle=0; fi
   else
     idle=0
   fi

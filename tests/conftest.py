@@ -12,6 +12,10 @@ SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "arena_train_sample.csv"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# Under pytest-xdist (make test: two workers on two cores, plus the shared run's subprocesses) one
+# thread per process: more would oversubscribe the cores. Results do not depend on it (float64).
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +35,12 @@ def tiny_llama_tok():
 def tiny_gemma_tok():
     from prefbench.models import load_tokenizer
     return load_tokenizer(str(ROOT / "models" / "tiny-gemma2"))
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory):
+    """The README's commands run once in fresh git copies (tests/workspace.py): {"native", "portable"}.
+    Tests that use it carry `pytestmark = pytest.mark.xdist_group("workspace")`, so that under
+    pytest-xdist one worker builds it once."""
+    from tests.workspace import build
+    return build(tmp_path_factory)

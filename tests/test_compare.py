@@ -8,7 +8,7 @@ import pytest
 
 from prefbench.compare import experiments, groups_markdown, markdown, noise_floor, scatter_spec, seed_groups
 from tests.conftest import ROOT
-from tests.gitcopy import DVC, git_commit, git_copy, run, sh, shrink_params
+from tests.gitcopy import git_commit, git_copy, sh
 
 
 def real_exp_show():
@@ -78,40 +78,40 @@ def test_seed_groups_report_mean_and_sample_sd_per_group():
     assert {"train.seed": 2, "data.seed": 42} in floor["models"]["llama3"]["seeds"]
 
 
-def test_noise_floor_script_on_a_small_copy_feeds_the_pr_comment(tmp_path):
-    """benchmarks/noise_floor.sh for real on a shrunken git copy, kept small (llama3, train.seed 0
-    and 1: two queued experiments); then the PR comment judges seed 0 -> seed 1 against the file.
-    With n = 2 the two runs differ by sqrt(2) sd, always within the 2 sd of noise."""
-    repo = git_copy(tmp_path / "repo")
-    shrink_params(repo, rows=40, test_rows=8)
-    git_commit(repo, "small")
-    proc = run("bash", "benchmarks/noise_floor.sh", cwd=repo, timeout=1800,
-               extra_env={"MODELS": "llama3", "SEED_PARAMS": "train.seed", "SEEDS": "0,1", "POLL_S": "2"})
-    assert "| llama3 | 2 |" in proc.stdout  # the seed-group table
+@pytest.mark.xdist_group("workspace")
+def test_noise_floor_script_feeds_the_pr_comment(workspace, tmp_path):
+    """benchmarks/noise_floor.sh for real in the session's shared run (llama3, train.seed 1 and 2,
+    two small queued experiments, two workers); then the PR comment judges seed 1 -> seed 2
+    against the file. With n = 2 the two runs differ by sqrt(2) sd, always within the 2 sd of noise."""
+    ws = workspace["native"]
+    assert "| llama3 | 2 |" in ws.log("9-noise")  # the seed-group table
 
     # the same numbers straight from `dvc exp show --json`
-    revs = {}
-    for exp in json.loads(sh(DVC, "exp", "show", "--json", cwd=repo))[1]["experiments"]:
-        data = exp["revs"][0]["data"]
-        revs[data["params"]["params.yaml"]["data"]["train"]["seed"]] = data
-    assert sorted(revs) == [0, 1]
-    evals = {seed: data["metrics"]["metrics/eval.json"]["data"] for seed, data in revs.items()}
-    noise = json.loads((repo / "metrics" / "noise.json").read_text())
+    evals = {}
+    for commit in ws.json("exp-show-queue.json"):
+        for exp in commit.get("experiments") or []:
+            data = exp["revs"][0]["data"]
+            params = data["params"]["params.yaml"]["data"]
+            if params["sample"]["rows"] == 200:  # the queued ones (QUEUE_SET)
+                evals[params["train"]["seed"]] = data["metrics"]["metrics/eval.json"]["data"]
+    assert sorted(evals) == [1, 2]
+    noise = ws.json("noise.json")
     floor = noise["models"]["llama3"]
     assert noise["command"] == "python -m prefbench.compare --noise-out metrics/noise.json"
-    assert floor["n"] == 2 and sorted(s["train.seed"] for s in floor["seeds"]) == [0, 1]
+    assert floor["n"] == 2 and sorted(s["train.seed"] for s in floor["seeds"]) == [1, 2]
     for metric in ("log_loss", "accuracy"):
-        values = [evals[seed][metric] for seed in (0, 1)]
+        values = [evals[seed][metric] for seed in (1, 2)]
         assert floor[metric]["mean"] == pytest.approx(statistics.mean(values), abs=1e-6)
         assert floor[metric]["sd"] == pytest.approx(statistics.stdev(values), abs=1e-6)
-    assert evals[0]["log_loss"] != evals[1]["log_loss"]
+    assert evals[1]["log_loss"] != evals[2]["log_loss"]
 
-    # base: seed 0's run and the noise file, committed; workspace: seed 1's run
-    for seed in (0, 1):
-        (repo / "metrics" / "eval.json").write_text(sh("git", "show", f"{revs[seed]['rev']}:metrics/eval.json",
-                                                       cwd=repo))
-        if seed == 0:
-            git_commit(repo, "seed 0 and its noise floor")
+    # base: seed 1's run and the noise file, committed; workspace: seed 2's run
+    repo = git_copy(tmp_path / "repo")
+    (repo / "metrics" / "noise.json").write_text(json.dumps(noise))
+    for seed in (1, 2):
+        (repo / "metrics" / "eval.json").write_text(json.dumps(evals[seed]))
+        if seed == 1:
+            git_commit(repo, "seed 1 and its noise floor")
     body = sh(sys.executable, "-m", "prefbench.pr_comment", "--base", "main", cwd=repo)
     (line,) = [line for line in body.splitlines() if line.startswith("| log_loss |")]
     assert line.endswith("| within noise |") and f"({floor['n']})" in line, body

@@ -1,4 +1,5 @@
-"""One smoke test per stage, on a small generated data set and the tiny models, run as DVC runs them."""
+"""One smoke test per stage, on the default generated data set and the tiny models, as DVC ran them
+(the session's shared run, tests/workspace.py)."""
 
 import json
 import subprocess
@@ -6,11 +7,12 @@ import sys
 
 import pandas as pd
 import pytest
-import yaml
 from safetensors import safe_open
 
 from prefbench.sample import COLUMNS
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.xdist_group("workspace")
 
 
 def run_stage(name: str, *args: str) -> str:
@@ -20,118 +22,96 @@ def run_stage(name: str, *args: str) -> str:
     return proc.stdout
 
 
-@pytest.fixture(scope="module", params=["llama3", "gemma2"])
-def pipeline(request, tmp_path_factory):
-    """Run every stage once for one model; yields the folder with all outputs."""
-    tmp = tmp_path_factory.mktemp(request.param)
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["model"] = request.param
-    raw["sample"]["rows"] = 150
-    raw["train"]["epochs"] = 1
-    for cfg in (c for c in raw["models"].values() if "kind" not in c):  # the LLM entries (tfidf: `kind`)
-        cfg["pretrained"] = str(ROOT / cfg["pretrained"])
-        cfg["max_length"] = 96
-    params = tmp / "params.yaml"
-    params.write_text(yaml.safe_dump(raw))
-    p = ["--params", str(params)]
-    raw["sample"]["test_rows"] = 40
-    params.write_text(yaml.safe_dump(raw))
-    out = {"sample": run_stage("sample", *p, "--out", str(tmp / "train.csv"), "--test-out", str(tmp / "test.csv"))}
-    out["prepare"] = run_stage("prepare", *p, "--csv", str(tmp / "train.csv"), "--out", str(tmp / "prepared"),
-                               "--metrics", str(tmp / "data.json"))
-    out["tokenize"] = run_stage("tokenize", *p, "--prepared", str(tmp / "prepared"), "--out", str(tmp / "tokens"),
-                                "--metrics", str(tmp / "tokens.json"))
-    out["train"] = run_stage("train", *p, "--tokens", str(tmp / "tokens"), "--out", str(tmp / "adapter"),
-                             "--metrics", str(tmp / "train.json"), "--live", str(tmp / "live"))
-    out["evaluate"] = run_stage("evaluate", *p, "--tokens", str(tmp / "tokens"), "--adapter", str(tmp / "adapter"),
-                                "--metrics", str(tmp / "eval.json"), "--predictions", str(tmp / "pred.csv"),
-                                "--calibration", str(tmp / "cal.csv"),
-                                "--speed-accuracy", str(tmp / "speed_accuracy.json"))
-    out["predict"] = run_stage("predict", *p, "--test-csv", str(tmp / "test.csv"), "--adapter", str(tmp / "adapter"),
-                               "--out", str(tmp / "submission.csv"), "--metrics", str(tmp / "predict.json"))
-    return request.param, tmp, out
+@pytest.fixture(params=["llama3", "gemma2"])
+def pipeline(request, workspace):
+    """One model's run of every stage, as `make repro` / `dvc exp run` ran them in the session's
+    shared run (tests/workspace.py)."""
+    return workspace["native"].run_of(request.param)
 
 
 def load(path):
     return json.loads(path.read_text())
 
 
-def test_sample_stage_writes_competition_format(pipeline):
-    _, tmp, out = pipeline
-    df = pd.read_csv(tmp / "train.csv")
-    assert list(df.columns) == COLUMNS and len(df) == 150
-    assert "150 rows" in out["sample"]
+def test_sample_stage_writes_competition_format(workspace):
+    run = workspace["native"].run_of("llama3")
+    rows = run.params["sample"]["rows"]
+    df = pd.read_csv(run.repo / "data" / "sample" / "train.csv")
+    assert list(df.columns) == COLUMNS and len(df) == rows
+    assert f"{rows} rows" in run.out
 
 
-def test_prepare_stage_counts_every_row(pipeline):
-    _, tmp, _ = pipeline
-    m = load(tmp / "data.json")
-    assert m["rows_read"] == 150
-    assert m["rows_kept"] + m["rows_dropped"] == 150 == m["rows_kept"] + sum(m["dropped"].values())
-    assert m["train_rows"] + m["val_rows"] == m["rows_kept"]
-    train = pd.read_parquet(tmp / "prepared" / "train.parquet")
+def test_prepare_stage_counts_every_row(workspace):
+    """Counts against the files themselves: every row of the CSV is kept (in train or val) or
+    dropped with a reason."""
+    run = workspace["native"].run_of("llama3")
+    m = run.metrics("data.json")
+    csv_rows = len(pd.read_csv(run.repo / "data" / "sample" / "train.csv"))
+    train = pd.read_parquet(run.repo / "data" / "prepared" / "train.parquet")
+    val = pd.read_parquet(run.repo / "data" / "prepared" / "val.parquet")
+    assert m["rows_read"] == csv_rows
+    assert (m["train_rows"], m["val_rows"]) == (len(train), len(val))
+    assert len(train) + len(val) + sum(m["dropped"].values()) == csv_rows
     assert set(train.columns) >= {"id", "prompt", "response_a", "response_b", "label"}
+    assert not set(train["id"]) & set(val["id"])
 
 
 def test_tokenize_stage_respects_max_length(pipeline):
-    model, tmp, _ = pipeline
-    m = load(tmp / "tokens.json")
-    assert m["model"] == model and m["max_length"] == 96
-    assert m["train"]["max"] <= 96 and 0 < m["train"]["share_truncated"] < 1
-    meta = load(tmp / "tokens" / "meta.json")
-    assert meta["pad_token_id"] is not None
+    max_length = pipeline.params["models"][pipeline.model]["max_length"]
+    m = pipeline.metrics("tokens.json")
+    assert m["model"] == pipeline.model and m["max_length"] == max_length
+    assert m["train"]["max"] <= max_length and 0 < m["train"]["share_truncated"] < 1
+    meta = load(pipeline.dir / "tokens" / "meta.json")
+    assert meta["pad_token_id"] is not None and meta["max_length"] == max_length
 
 
 def test_train_stage_saves_lora_and_score_head(pipeline):
-    model, tmp, out = pipeline
-    m = load(tmp / "train.json")
+    m = pipeline.metrics("train.json")
     assert 0 < m["params_trainable"] < m["params_total"]
     assert m["steps"] > 0 and m["seconds_per_sample"] > 0 and m["tokens_per_second"] > 0
-    with safe_open(str(tmp / "adapter" / "adapter_model.safetensors"), "pt") as f:
+    with safe_open(str(pipeline.dir / "adapter" / "adapter_model.safetensors"), "pt") as f:
         keys = list(f.keys())
     assert any("lora_A" in k for k in keys) and any("score" in k for k in keys)
-    assert (tmp / "live" / "plots" / "metrics" / "train" / "loss.tsv").exists()
-    assert "trainable" in out["train"]
+    assert (pipeline.dir / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv").exists()
+    assert "trainable" in pipeline.out
 
 
 def test_evaluate_stage_metrics(pipeline):
-    model, tmp, out = pipeline
-    m = load(tmp / "eval.json")
+    m = pipeline.metrics("eval.json")
     for key in ("log_loss", "accuracy", "seconds_per_sample", "samples_per_second", "tokens_per_second",
                 "load_seconds", "peak_memory_gb", "params_total", "params_embedding", "params_non_embedding",
                 "params_trainable", "n_samples", "device", "dtype", "attn_implementation", "weights"):
         assert key in m, key
-    assert m["model"] == model and m["device"] == "cpu" and m["dtype"] == "float64"
-    assert m["params_embedding"] + m["params_non_embedding"] == m["params_total"]
-    assert m["params_trainable"] == load(tmp / "train.json")["params_trainable"]
-    pred = pd.read_csv(tmp / "pred.csv")
-    assert len(pred) == m["n_samples"]
+    assert m["model"] == pipeline.model and m["device"] == "cpu" and m["dtype"] == "float64"
+    # the embedding parameters are the input embedding matrix of the model's own config
+    config = load(ROOT / pipeline.params["models"][pipeline.model]["pretrained"] / "config.json")
+    assert m["params_embedding"] == config["vocab_size"] * config["hidden_size"]
+    assert m["params_trainable"] == pipeline.metrics("train.json")["params_trainable"]
+    pred = pd.read_csv(pipeline.dir / "metrics" / "predictions.csv")
+    assert len(pred) == m["n_samples"] == len(pd.read_parquet(pipeline.repo / "data" / "prepared" / "val.parquet"))
     assert ((pred[["p_a", "p_b", "p_tie"]].sum(axis=1) - 1).abs() < 1e-4).all()
 
 
 def test_predict_stage_writes_a_kaggle_submission(pipeline):
-    model, tmp, out = pipeline
-    test = pd.read_csv(tmp / "test.csv")
+    test = pd.read_csv(pipeline.repo / "data" / "sample" / "test.csv")
     assert list(test.columns) == ["id", "prompt", "response_a", "response_b"]
-    sub = pd.read_csv(tmp / "submission.csv")
+    sub = pd.read_csv(pipeline.dir / "submission.csv")
     assert list(sub.columns) == ["id", "winner_model_a", "winner_model_b", "winner_tie"]
     assert sub["id"].tolist() == test["id"].tolist()  # input order
     assert ((sub.iloc[:, 1:].sum(axis=1) - 1).abs() < 1e-5).all()
-    m = load(tmp / "predict.json")
-    assert m["n_samples"] == 40 and m["swap_tta"] is True and m["kaggle_rows"] == 25000
-    assert m["projected_hours"] == pytest.approx(m["seconds_per_sample"] * 25000 / 3600, rel=1e-3)
-    assert "Kaggle limit 9" in out["predict"]
+    m = pipeline.metrics("predict.json")
+    assert m["n_samples"] == len(test) and m["swap_tta"] is True and m["kaggle_rows"] == 25000
+    assert f"{m['projected_hours']:.2f} h" in pipeline.out and "Kaggle limit 9" in pipeline.out
 
 
-def test_swap_tta_is_symmetric(pipeline):
+def test_swap_tta_is_symmetric(pipeline, tmp_path):
     """With swap TTA, exchanging A and B in test.csv must exchange the two winner columns."""
-    model, tmp, _ = pipeline
-    test = pd.read_csv(tmp / "test.csv")
+    test = pd.read_csv(pipeline.repo / "data" / "sample" / "test.csv")
     swapped = test.rename(columns={"response_a": "response_b", "response_b": "response_a"})[test.columns]
-    swapped.to_csv(tmp / "test_swapped.csv", index=False)
-    run_stage("predict", "--params", str(tmp / "params.yaml"), "--test-csv", str(tmp / "test_swapped.csv"),
-              "--adapter", str(tmp / "adapter"), "--out", str(tmp / "sub_swapped.csv"),
-              "--metrics", str(tmp / "predict_swapped.json"))
-    a, b = pd.read_csv(tmp / "submission.csv"), pd.read_csv(tmp / "sub_swapped.csv")
+    swapped.to_csv(tmp_path / "test_swapped.csv", index=False)
+    run_stage("predict", "--params", str(pipeline.dir / "params.yaml"), "--test-csv", str(tmp_path / "test_swapped.csv"),
+              "--adapter", str(pipeline.dir / "adapter"), "--out", str(tmp_path / "sub_swapped.csv"),
+              "--metrics", str(tmp_path / "predict_swapped.json"))
+    a, b = pd.read_csv(pipeline.dir / "submission.csv"), pd.read_csv(tmp_path / "sub_swapped.csv")
     assert (a["winner_model_a"] - b["winner_model_b"]).abs().max() < 2e-6
     assert (a["winner_tie"] - b["winner_tie"]).abs().max() < 2e-6

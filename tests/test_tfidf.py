@@ -15,118 +15,90 @@ from prefbench.data import read_test_csv
 from prefbench.infer import softmax
 from prefbench.tfidf import Classifier, Featuriser, fit_classifier, predict, read_features
 from tests.conftest import ROOT
-from tests.test_stages import run_stage
+
+pytestmark = pytest.mark.xdist_group("workspace")
 
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def small_params(tmp, rows=500, test_rows=30):
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["model"] = "tfidf"
-    raw["sample"].update(rows=rows, test_rows=test_rows)
-    # Fewer n-grams and a weaker penalty than the defaults: quick, and enough to learn 400 rows.
-    raw["models"]["tfidf"].update(max_features=500, char_ngram_max=3, C=0.03)
-    path = tmp / "params.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tfidf")
-    p = ["--params", str(small_params(tmp))]
-    out = {"sample": run_stage("sample", *p, "--out", str(tmp / "train.csv"), "--test-out", str(tmp / "test.csv"))}
-    out["prepare"] = run_stage("prepare", *p, "--csv", str(tmp / "train.csv"), "--out", str(tmp / "prepared"),
-                               "--metrics", str(tmp / "data.json"))
-    out["tokenize"] = run_stage("tokenize", *p, "--prepared", str(tmp / "prepared"), "--out", str(tmp / "tokens"),
-                                "--metrics", str(tmp / "tokens.json"))
-    out["train"] = run_stage("train", *p, "--tokens", str(tmp / "tokens"), "--out", str(tmp / "adapter"),
-                             "--metrics", str(tmp / "train.json"), "--live", str(tmp / "live"))
-    out["evaluate"] = run_stage("evaluate", *p, "--tokens", str(tmp / "tokens"), "--adapter", str(tmp / "adapter"),
-                                "--metrics", str(tmp / "eval.json"), "--predictions", str(tmp / "pred.csv"),
-                                "--calibration", str(tmp / "cal.csv"),
-                                "--speed-accuracy", str(tmp / "speed_accuracy.json"))
-    out["predict"] = run_stage("predict", *p, "--test-csv", str(tmp / "test.csv"), "--adapter", str(tmp / "adapter"),
-                               "--out", str(tmp / "submission.csv"), "--metrics", str(tmp / "predict.json"))
-    return tmp, out
+@pytest.fixture
+def run(workspace):
+    """The tfidf run of every stage, as `dvc exp run -S model=tfidf` ran them in the session's
+    shared run (tests/workspace.py)."""
+    return workspace["native"].run_of("tfidf")
 
 
 def load(path):
     return json.loads(path.read_text())
 
 
-def test_tokenize_stage_caches_the_fitted_features(pipeline):
-    tmp, _ = pipeline
-    m, data = load(tmp / "tokens.json"), load(tmp / "data.json")
-    assert m["model"] == "tfidf" and 0 < m["features"]["word"] <= 500 and 0 < m["features"]["char"] <= 500
+def test_tokenize_stage_caches_the_fitted_features(run):
+    m, data = run.metrics("tokens.json"), run.metrics("data.json")
+    most = run.params["models"]["tfidf"]["max_features"]
+    assert m["model"] == "tfidf" and 0 < m["features"]["word"] <= most and 0 < m["features"]["char"] <= most
     assert m["train"]["rows"] == data["train_rows"] and m["val"]["rows"] == data["val_rows"]
     assert m["train"]["columns"] == m["val"]["columns"]
     # The cache is the featuriser's output: reloaded from its files, it gives the cached val matrix.
-    ids, labels, x, _ = read_features(tmp / "tokens" / "val.safetensors")
-    val = pd.read_parquet(tmp / "prepared" / "val.parquet")
-    again, _ = Featuriser.load(tmp / "tokens").transform(val)
+    ids, labels, x, _ = read_features(run.dir / "tokens" / "val.safetensors")
+    val = pd.read_parquet(run.repo / "data" / "prepared" / "val.parquet")
+    again, _ = Featuriser.load(run.dir / "tokens").transform(val)
     assert ids == val["id"].tolist() and labels.tolist() == val["label"].tolist()
     assert abs(again - x).max() == 0
 
 
-def test_train_stage_writes_coefficients_as_safetensors_and_json(pipeline):
-    tmp, _ = pipeline
-    files = sorted(p.name for p in (tmp / "adapter").iterdir())
+def test_train_stage_writes_coefficients_as_safetensors_and_json(run):
+    files = sorted(p.name for p in (run.dir / "adapter").iterdir())
     assert files == ["classifier.safetensors", "featuriser.json", "featuriser.safetensors", "resolved_params.json"]
-    m = load(tmp / "train.json")
-    columns = load(tmp / "tokens.json")["train"]["columns"]
+    m = run.metrics("train.json")
+    columns = run.metrics("tokens.json")["train"]["columns"]
     assert m["params_total"] == 3 * columns + 3  # a weight per class and column, an intercept per class
     assert m["final_loss"] < 1.0986  # it fitted something (uniform: ln 3)
-    assert (tmp / "live" / "metrics.json").is_file()  # dvc.yaml's dvclive output exists for this kind too
+    assert (run.dir / "dvclive" / "metrics.json").is_file()  # dvc.yaml's dvclive output exists for this kind too
 
 
-def test_reloaded_classifier_is_sklearns(pipeline):
+def test_reloaded_classifier_is_sklearns(run):
     """Coefficients from safetensors, no pickle: the same probabilities as the fitted estimator."""
-    tmp, _ = pipeline
-    cfg = TfidfParams(**{k: v for k, v in load(tmp / "adapter" / "resolved_params.json")["models"].items()})
-    _, labels, x, _ = read_features(tmp / "tokens" / "train.safetensors")
-    _, _, xv, _ = read_features(tmp / "tokens" / "val.safetensors")
+    cfg = TfidfParams(**{k: v for k, v in load(run.dir / "adapter" / "resolved_params.json")["models"].items()})
+    _, labels, x, _ = read_features(run.dir / "tokens" / "train.safetensors")
+    _, _, xv, _ = read_features(run.dir / "tokens" / "val.safetensors")
     fitted = LogisticRegression(C=cfg.C, max_iter=cfg.max_iter).fit(x, labels)
-    clf = Classifier.load(tmp / "adapter")
+    clf = Classifier.load(run.dir / "adapter")
     np.testing.assert_allclose(softmax(clf.logits(xv)), fitted.predict_proba(xv), atol=1e-6)
     coef, _ = fit_classifier(x, labels, cfg)
     np.testing.assert_array_equal(coef, clf.coef)  # lbfgs is deterministic: train is reproducible
 
 
-def test_evaluate_stage_writes_the_llm_metrics_and_beats_the_prior(pipeline):
-    tmp, out = pipeline
-    m = load(tmp / "eval.json")
+def test_evaluate_stage_writes_the_llm_metrics_and_beats_the_prior(run):
+    m = run.metrics("eval.json")
     llm = load(ROOT / "metrics" / "eval.json")  # the committed default (LLM) run
     assert set(llm) <= set(m), sorted(set(llm) - set(m))
     assert m["model"] == "tfidf" and m["weights"] == "fitted"
     assert m["log_loss"] < m["log_loss_prior"], (m["log_loss"], m["log_loss_prior"])
-    assert m["params_total"] == load(tmp / "train.json")["params_total"] and m["seconds_per_sample"] > 0
-    assert len(pd.read_csv(tmp / "pred.csv")) == m["n_samples"]
-    (point,) = load(tmp / "speed_accuracy.json")
+    assert m["params_total"] == run.metrics("train.json")["params_total"] and m["seconds_per_sample"] > 0
+    assert len(pd.read_csv(run.dir / "metrics" / "predictions.csv")) == m["n_samples"]
+    (point,) = run.metrics("speed_accuracy.json")
     assert point["model"] == "tfidf" and point["log_loss"] == m["log_loss"]
-    assert "evaluate: tfidf (fitted) log_loss" in out["evaluate"]
+    assert "evaluate: tfidf (fitted) log_loss" in run.out
 
 
-def test_predict_stage_submission_with_swap_tta(pipeline):
-    tmp, _ = pipeline
-    sub = pd.read_csv(tmp / "submission.csv")
-    test = pd.read_csv(tmp / "test.csv")
+def test_predict_stage_submission_with_swap_tta(run):
+    sub = pd.read_csv(run.dir / "submission.csv")
+    test = pd.read_csv(run.repo / "data" / "sample" / "test.csv")
     assert list(sub.columns) == ["id", "winner_model_a", "winner_model_b", "winner_tie"]
     assert sub["id"].tolist() == test["id"].tolist()
     np.testing.assert_allclose(sub.iloc[:, 1:].sum(axis=1), 1.0, atol=3e-6)
-    m = load(tmp / "predict.json")
+    m = run.metrics("predict.json")
     assert set(load(ROOT / "metrics" / "predict.json")) <= set(m) and m["swap_tta"] is True
     assert m["featurise_seconds"] > 0
 
 
-def test_swap_tta_is_symmetric(pipeline):
+def test_swap_tta_is_symmetric(run):
     """With swap TTA, exchanging responses A and B in the input exchanges the a and b columns."""
-    tmp, _ = pipeline
-    params = parse_params(yaml.safe_load((tmp / "params.yaml").read_text()))
-    df, _ = read_test_csv(tmp / "test.csv")
+    params = parse_params(run.params)
+    df, _ = read_test_csv(run.repo / "data" / "sample" / "test.csv")
     swapped = df.rename(columns={"response_a": "response_b", "response_b": "response_a"})
-    p, _ = predict(params, df, tmp / "adapter")
-    q, _ = predict(params, swapped, tmp / "adapter")
+    p, _ = predict(params, df, run.dir / "adapter")
+    q, _ = predict(params, swapped, run.dir / "adapter")
     np.testing.assert_allclose(p, q[:, [1, 0, 2]], atol=1e-12)
     assert np.abs(p[:, 0] - p[:, 1]).max() > 1e-4  # and it does tell A from B
 

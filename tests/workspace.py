@@ -1,0 +1,173 @@
+"""The one pipeline run the DVC tests share: the README's commands, run once per test session in
+fresh git copies of the repo with nothing activated.
+
+Two copies run side by side. NATIVE uses this CPU's kernels and runs the README and the
+pull-request workflow through: `make repro`, `dvc repro` again (nothing to do), `dvc push` /
+`git clone` + `dvc pull`, `dvc exp run -S model=gemma2` and `-S model=tfidf`, switching back to
+llama3 (restored from the run cache), `dvc exp show` / `dvc metrics diff`, `dvc exp push` / `exp
+pull` through a git remote, benchmarks/noise_floor.sh (two seeds through the parallel queue) and
+the workflow's own `run:` steps. PORTABLE uses PyTorch's portable vector code
+(ATEN_CPU_CAPABILITY=default) and MKL's reproducible path (MKL_CBWR=COMPATIBLE), a different
+rounding of many floats, as a CPU unlike this one gives; it runs `make repro` and the gemma2
+experiment, with another PYTHONHASHSEED.
+
+After each model's run the copy's outputs are snapshotted into logs/<model>/ (metrics, adapter,
+dvclive, submission), so the per-stage smoke tests read them after the copy has moved on. Every
+command's output is in logs/<n>-<name>.log. A failing command stops its copy's script; the tests
+then fail naming the log (`Copy.log`).
+
+PREFBENCH_WRITE_REFERENCE=1 rewrites metrics/reference.json from the native copy's two runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from scripts.write_reference import write_reference
+from tests.gitcopy import BIN, ROOT, env, git_copy
+
+PORTABLE = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
+# The pull-request workflow's steps that run here as on GitHub (install: the venv is linked in;
+# posting the comment needs GitHub).
+WORKFLOW_STEPS = ("Reproduce the default pipeline (CPU)", "Build the review comment", "Plots against the base")
+# The queue's two experiments are made small: they check the queue and the noise-floor script, not
+# the default run's numbers (those are checked above).
+QUEUE_SET = "-S sample.rows=200 -S sample.test_rows=20 -S train.epochs=1"
+SNAPSHOT = ("metrics", "data/tokens", "models/adapter", "dvclive", "data/submission.csv", "params.yaml", "dvc.lock")
+MODEL_LOGS = {"llama3": "1-repro", "gemma2": "4-gemma2", "tfidf": "5-tfidf"}  # the command that ran each model
+
+
+def user_env(kernels: dict[str, str]) -> dict[str, str]:
+    """A fresh shell's environment: the venv not on PATH, no VIRTUAL_ENV; one thread per copy, so
+    the two copies share two cores without oversubscription (float64 results do not depend on it)."""
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p).resolve() != BIN.resolve())
+    e = {k: v for k, v in env().items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", *PORTABLE)}
+    e.update(PATH=path, OMP_NUM_THREADS="1", **kernels)
+    return e
+
+
+def workflow_script() -> str:
+    steps = yaml.safe_load((ROOT / ".github" / "workflows" / "pr.yml").read_text())["jobs"]["review"]["steps"]
+    runs = {s["name"]: s["run"] for s in steps if "name" in s and "run" in s}
+    return "\n".join(runs[name] for name in WORKFLOW_STEPS)
+
+
+def snap(name: str) -> str:
+    return f"mkdir -p ../logs/{name} && cp -r {' '.join(SNAPSHOT)} ../logs/{name}/"
+
+
+def script(native: bool) -> str:
+    """The user's session; logs and snapshots in ../logs (outside the repo copy)."""
+    dvc = ".venv/bin/dvc"
+    lines = ["set -ex",
+             # README: `make repro` (the venv exists: `-o` keeps make from reinstalling the shared one)
+             "make -o .venv/.installed repro > ../logs/1-repro.log 2>&1", snap("llama3"),
+             f"{dvc} repro > ../logs/2-again.log 2>&1",
+             "git add -A && git commit -qm 'default run'"]
+    if native:
+        lines += [f"{dvc} remote add -d local ../remote",
+                  f"{dvc} push > ../logs/3-push.log 2>&1",
+                  f"{dvc} status --cloud > ../logs/3-cloud.log 2>&1",
+                  "git clone -q . ../clone",
+                  f"(cd ../clone && {dvc} pull && {dvc} status && {dvc} repro) > ../logs/3-pull.log 2>&1"]
+    lines += [f"{dvc} exp run -S model=gemma2 --name gemma2-exp > ../logs/4-gemma2.log 2>&1", snap("gemma2")]
+    if native:
+        lines += [f"{dvc} exp run -S model=tfidf --name tfidf-exp > ../logs/5-tfidf.log 2>&1", snap("tfidf"),
+                  f"{dvc} exp run -S model=llama3 --name llama3-again > ../logs/6-back.log 2>&1",
+                  f"{dvc} exp show --json > ../logs/exp-show.json",
+                  f"{dvc} metrics diff HEAD gemma2-exp > ../logs/7-diff.log 2>&1",
+                  # experiments shared through a git remote, with their DVC-cached outputs
+                  "git init -q --bare ../origin.git && git remote add origin ../origin.git",
+                  "git push -q origin HEAD",
+                  f"{dvc} exp push origin gemma2-exp > ../logs/8-exp-push.log 2>&1",
+                  f"(cd ../clone && git remote add shared ../origin.git && {dvc} exp pull shared gemma2-exp"
+                  f" && {dvc} exp show --json > ../logs/clone-exp-show.json && {dvc} exp apply gemma2-exp"
+                  f" && {dvc} status) > ../logs/8-exp-pull.log 2>&1",
+                  "cp -r ../clone/models/adapter ../logs/clone-adapter",
+                  # the noise floor of two seeds through the queue, two workers in parallel
+                  f"git reset -q --hard && {dvc} checkout --force > /dev/null",
+                  f"QUEUE_SET='{QUEUE_SET}' MODELS=llama3 SEED_PARAMS=train.seed SEEDS=1,2 JOBS=2 POLL_S=2 "
+                  "bash benchmarks/noise_floor.sh > ../logs/9-noise.log 2>&1",
+                  "cp metrics/noise.json ../logs/noise.json",
+                  f"{dvc} exp show --json > ../logs/exp-show-queue.json",
+                  f"git reset -q --hard && {dvc} checkout --force > /dev/null",
+                  # the pull-request workflow against the committed default run
+                  "export BASE=HEAD GITHUB_STEP_SUMMARY=../logs/summary.md",
+                  "{\n" + workflow_script() + "\n} > ../logs/10-workflow.log 2>&1"]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Copy:
+    top: Path  # holds prefbench/ (the repo copy), logs/, clone/, remote/
+    returncode: int
+    output: str
+
+    @property
+    def repo(self) -> Path:
+        return self.top / "prefbench"
+
+    @property
+    def logs(self) -> Path:
+        return self.top / "logs"
+
+    def log(self, name: str) -> str:
+        """A command's log by name (`1-repro`, `4-gemma2`, ...); fails naming the script's end if
+        that command never ran."""
+        path = self.logs / f"{name}.log"
+        assert path.exists(), f"{path} missing: the script stopped earlier:\n{self.output[-3000:]}\n{self.tail()}"
+        return path.read_text()
+
+    def tail(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.logs.glob("*.log")))
+
+    def json(self, name: str):
+        return json.loads((self.logs / name).read_text())
+
+    def run_of(self, model: str) -> "Run":
+        return Run(model, self.logs / model, self.repo, self.log(MODEL_LOGS[model]))
+
+    def check(self) -> None:
+        assert self.returncode == 0, f"{self.top.name} copy failed:\n{self.output[-3000:]}\n{self.tail()}"
+
+
+@dataclass
+class Run:
+    """One model's run in a copy: its snapshot (metrics/, tokens/, adapter/, dvclive/,
+    submission.csv, params.yaml) and the DVC output that made it; the data stages' outputs are the
+    repo's, the same for every model."""
+    model: str
+    dir: Path
+    repo: Path
+    out: str  # stdout and stderr of the `make repro` / `dvc exp run` that ran the stages
+
+    def metrics(self, name: str) -> dict:
+        return json.loads((self.dir / "metrics" / name).read_text())
+
+    @property
+    def params(self) -> dict:
+        return yaml.safe_load((self.dir / "params.yaml").read_text())
+
+
+def build(tmp_path_factory) -> dict[str, Copy]:
+    procs = {}
+    for name, kernels, hash_seed in (("native", {}, "1"), ("portable", PORTABLE, "2")):
+        top = tmp_path_factory.mktemp(f"workspace-{name}")
+        repo = git_copy(top / "prefbench")
+        (repo / ".venv").symlink_to(BIN.parent)  # what `make install` made; git ignores it
+        (top / "logs").mkdir()
+        e = {**user_env(kernels), "PYTHONHASHSEED": hash_seed}
+        procs[name] = (top, subprocess.Popen(["bash", "-c", script(name == "native")], cwd=repo, env=e,
+                                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = {name: proc.communicate(timeout=3600)[0] for name, (_, proc) in procs.items()}  # both finish first
+    copies = {name: Copy(top, proc.returncode, outs[name]) for name, (top, proc) in procs.items()}
+    if os.environ.get("PREFBENCH_WRITE_REFERENCE") == "1":  # after a change meant to move the default run
+        write_reference({m: copies["native"].logs / m / "metrics" / "eval.json" for m in ("llama3", "gemma2")},
+                        ROOT / "metrics" / "reference.json")
+    return copies
