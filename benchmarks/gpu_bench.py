@@ -35,6 +35,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from benchmarks.lengths import token_lengths
 from prefbench.config import ModelParams, TrainParams
 from prefbench.flops import forward_flops, lora_train_flops, mfu
+from prefbench.infer import GPU_PAD_MULTIPLE as PAD_MULTIPLE  # as evaluate and predict pad on a GPU
 from prefbench.infer import predict, softmax  # noqa: F401  (softmax kept for ad-hoc checks)
 from prefbench.models import count_parameters, label_config_kwargs, resolve_attention, resolve_kernels
 from prefbench.train import add_lora, train
@@ -47,7 +48,6 @@ DATASHEET_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 def datasheet_peak(device_name: str) -> float | None:
     return next((v for k, v in DATASHEET_BF16.items() if k in device_name), None)
-PAD_MULTIPLE = 64  # as the evaluate stage pads on a GPU
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
