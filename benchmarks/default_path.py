@@ -1,7 +1,7 @@
 """Side by side, one process, one card: the inference path `dvc repro` runs, before and after, and
 each fused-kernel choice, every cell checked against fp32 eager on the same weights.
 
-Usage (GPU; see benchmarks/README.md for the device-tool call):
+Usage (on a CUDA machine; benchmarks/gpu_fused.sh installs flash-attn-4 and Liger first, see benchmarks/README.md):
     python -m benchmarks.default_path --out results.json [--rows 96] [--max-length 1024] [--batch 16]
 On a CPU (a smoke run of the same code with the tiny models; flash-attn-4 and Liger are skipped):
     python -m benchmarks.default_path --out /tmp/r.json --models tiny-llama3,tiny-gemma2 --rows 8 \

@@ -1,6 +1,6 @@
 """GPU benchmark: Gemma2-9B vs Llama3-8B inference and LoRA training with prefbench's own code.
 
-Usage (on a GPU machine; see benchmarks/run_gpu.sh for the device-tool call):
+Usage (on a CUDA machine; benchmarks/run_gpu.sh installs what it needs from .whl/, with no network):
     python -m benchmarks.gpu_bench --out results.json [--rows 128] [--budget-s 540]
 On a CPU (a smoke run of the same code path with the tiny models):
     python -m benchmarks.gpu_bench --out /tmp/r.json --models tiny-llama3,tiny-gemma2 --rows 16 \
