@@ -10,8 +10,9 @@ classes. It runs through the same stages as the LLMs, with the same outputs and 
   (CSR arrays in safetensors) and the fitted featuriser (vocabularies in JSON, idf and scaling
   in safetensors);
 - train: fits the classifier; the "adapter" folder holds the featuriser and the coefficients;
-- evaluate / predict: time the classifier over batches of rows exactly as the LLM loop is timed
-  (features computed beforehand, as token ids are; warm-up batches untimed).
+- evaluate / predict: `Runner`, which prefbench.infer.run_inference runs as it runs the LLMs:
+  the classifier timed over batches of rows as the LLM loop is timed (features computed
+  beforehand, as token ids are; warm-up batches untimed).
 
 Nothing here is pickled: a fitted vectoriser is rebuilt from its vocabulary and idf weights.
 """
