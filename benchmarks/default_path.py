@@ -1,7 +1,7 @@
 """Side by side, one process, one card: the inference path `dvc repro` runs, before and after, and
 each fused-kernel choice, every cell checked against fp32 eager on the same weights.
 
-Usage (GPU; see benchmarks/README.md for the device-tool call):
+Usage (on a CUDA machine; benchmarks/gpu_fused.sh installs flash-attn-4 and Liger first, see benchmarks/README.md):
     python -m benchmarks.default_path --out results.json [--rows 96] [--max-length 1024] [--batch 16]
 On a CPU (a smoke run of the same code with the tiny models; flash-attn-4 and Liger are skipped):
     python -m benchmarks.default_path --out /tmp/r.json --models tiny-llama3,tiny-gemma2 --rows 8 \
@@ -43,12 +43,12 @@ from benchmarks.gpu_bench import ROOT, cast_parameters_, datasheet_peak, measure
 from benchmarks.lengths import token_lengths
 from prefbench.config import ModelParams, TrainParams
 from prefbench.flops import forward_flops, lora_train_flops, mfu
+from prefbench.infer import GPU_PAD_MULTIPLE as PAD_MULTIPLE  # as evaluate and predict pad on a GPU
 from prefbench.infer import predict
 from prefbench.models import (apply_kernels, count_parameters, label_config_kwargs, prepare_for_inference,
                               resolve_attention, resolve_kernels)
 from prefbench.train import add_lora, train
 
-PAD_MULTIPLE = 64  # as evaluate and predict pad on a GPU
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 def errors(logits: np.ndarray, ref: np.ndarray) -> dict:
     """max |diff| / max |ref| and ||diff|| / ||ref|| against the fp32 eager reference."""

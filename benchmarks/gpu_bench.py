@@ -1,6 +1,6 @@
 """GPU benchmark: Gemma2-9B vs Llama3-8B inference and LoRA training with prefbench's own code.
 
-Usage (on a GPU machine; see benchmarks/run_gpu.sh for the device-tool call):
+Usage (on a CUDA machine; benchmarks/run_gpu.sh installs what it needs from .whl/, with no network):
     python -m benchmarks.gpu_bench --out results.json [--rows 128] [--budget-s 540]
 On a CPU (a smoke run of the same code path with the tiny models):
     python -m benchmarks.gpu_bench --out /tmp/r.json --models tiny-llama3,tiny-gemma2 --rows 16 \
@@ -35,6 +35,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from benchmarks.lengths import token_lengths
 from prefbench.config import ModelParams, TrainParams
 from prefbench.flops import forward_flops, lora_train_flops, mfu
+from prefbench.infer import GPU_PAD_MULTIPLE as PAD_MULTIPLE  # as evaluate and predict pad on a GPU
 from prefbench.infer import predict, softmax  # noqa: F401  (softmax kept for ad-hoc checks)
 from prefbench.models import count_parameters, label_config_kwargs, resolve_attention, resolve_kernels
 from prefbench.train import add_lora, train
@@ -47,7 +48,6 @@ DATASHEET_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 def datasheet_peak(device_name: str) -> float | None:
     return next((v for k, v in DATASHEET_BF16.items() if k in device_name), None)
-PAD_MULTIPLE = 64  # as the evaluate stage pads on a GPU
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 

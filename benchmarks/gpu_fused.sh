@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The default-path side by side with flash-attn-4 and Liger on a GPU machine without network, in
-# three back-to-back device calls on one warm machine (benchmarks/README.md has the tool calls).
-# flash-attn-4's CUDA 13 CUTLASS library (one 193 MB .so) is more than one 64 MiB carry: it travels
-# xz'd in two parts (benchmarks/gpu_wheels.sh fused makes W1 and W2).
+# The default-path side by side with flash-attn-4 and Liger on a CUDA machine with no network, in
+# three back-to-back commands on one machine (benchmarks/README.md lists them). Each command gets
+# at most 64 MiB copied along with the checkout, less than flash-attn-4's CUDA 13 CUTLASS library
+# (one 193 MB .so): it travels xz'd in two parts (benchmarks/gpu_wheels.sh fused makes W1 and W2).
 #   bash benchmarks/gpu_fused.sh install W1   # wheels -> /tmp/site, part a of the library -> /tmp
 #   bash benchmarks/gpu_fused.sh bench W2     # joins part b, unpacks; default_path.py -> $OUT
 #   bash benchmarks/gpu_fused.sh eval         # pipeline_eval.py: the evaluate stage on the bench's rows

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Fill .whl/ (git-ignored) with the wheels the device machine lacks, for Python 3.12 x86_64:
+# Fill .whl/ (git-ignored) with the wheels the GPU machine's image lacks, for Python 3.12 x86_64:
 # transformers and peft at the versions pyproject.toml pins, bitsandbytes (slimmed to the CUDA 13
-# libraries: the image's torch is cu130, and the full wheel alone is 43 MB of a 64 MB carry),
+# libraries: the image's torch is cu130, and the full wheel alone is 43 MB of the 64 MiB a command
+# can take along),
 # and DVC with what it needs beyond the image (for `dvc repro` on the GPU).
-# Usage: bash benchmarks/gpu_wheels.sh   (needs PyPI; the device machine has no network)
+# Usage: bash benchmarks/gpu_wheels.sh   (needs PyPI; the GPU machine has no network)
 #        bash benchmarks/gpu_wheels.sh fused   # .whl/fused1, .whl/fused2 for benchmarks/gpu_fused.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,7 @@ get() {  # binary wheel for the device, else a locally built pure-Python wheel
 if [[ "${1:-}" == fused ]]; then
   # transformers, peft, liger-kernel and flash-attn-4 with what it needs beyond the device image
   # (../shared/notes/fa4-liger-h100.md). The CUDA 13 CUTLASS library (a 92 MB wheel) is xz'd and
-  # split in two, one part per device call (64 MiB carry each); gpu_fused.sh joins them.
+  # split in two, one part per command (64 MiB each); gpu_fused.sh joins them.
   rm -rf .whl/fused1 .whl/fused2 && mkdir -p .whl/fused1 .whl/fused2
   W=.whl/fused1
   for req in transformers==5.24.0 peft==0.21.2 liger-kernel==0.8.5 flash-attn-4==4.0.0b36 nvidia-cutlass-dsl==4.8.1 \

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run on the GPU machine (device tool), from the repo root, with .whl/ carried (benchmarks/gpu_wheels.sh).
+# Run on a CUDA machine with no network, from the repo root, with .whl/ (benchmarks/gpu_wheels.sh) copied there.
+# It prints the card, driver and package versions first.
 #   bash benchmarks/run_gpu.sh bench llama3-8b      # benchmarks.gpu_bench for one model -> $OUT
 #   bash benchmarks/run_gpu.sh profile              # benchmarks.profile_attention -> $OUT/profile.json
 #   bash benchmarks/run_gpu.sh multi 2              # 1 GPU vs 2: DDP training, sharded evaluate

@@ -51,7 +51,7 @@ def bundle_run(repo: Path, tmp: Path) -> dict:
              f"--out {tmp / 'submission.csv'}", tmp, PYTHONPATH=str(repo))  # the clone's prefbench, not an editable install's
     summary = json.loads(out.split("predict.py summary: ")[1].splitlines()[0])
     same = (tmp / "submission.csv").read_bytes() == (repo / "data" / "submission.csv").read_bytes()
-    return {"bundle_command": f"python -m prefbench.bundle --out bundle && python bundle/predict.py "
+    return {"bundle_command": "python -m prefbench.bundle --out bundle && python bundle/predict.py "
                               "--test-csv data/sample/test.csv --out submission.csv",
             "bundle_predict": summary, "bundle_printed": out.strip().splitlines()[-3:],
             "bundle_same_submission_as_predict_stage": same}

@@ -1,38 +1,46 @@
-"""Compare experiments: `dvc exp show --json` -> a Markdown table and a speed-vs-accuracy scatter.
+"""Seed groups and the noise floor, from `dvc exp show --json`: what DVC itself does not compute.
 
-Usage: python -m prefbench.compare [--json exp.json] [--out-md reports/compare.md] [--out-html reports/compare.html]
-                                   [--html-template offline.html] [--noise-out metrics/noise.json]
-Without --json it runs `dvc exp show --json` itself. One row and one point per experiment (and
-per committed baseline), labelled by model: seconds per sample against validation log-loss.
+Usage: python -m prefbench.compare [--json exp.json] [--noise-out metrics/noise.json]
+Without --json it runs `dvc exp show --json` itself.
 
 Seed groups: experiments of one baseline commit whose params differ only in SEED_PARAMS are one
 group, reported as mean ± sample sd (n) of log_loss and accuracy. `--noise-out` writes, per
 model, its largest group as the noise floor that `prefbench.pr_comment` judges changes against
-(benchmarks/noise_floor.sh runs the seeds and then this).
+(benchmarks/noise_floor.sh runs the seeds and then this). The per-experiment table is DVC's
+(`dvc exp show --md --sort-by metrics/eval.json:log_loss ...`), the speed-vs-accuracy scatter too
+(`dvc plots diff HEAD $(dvc exp ls --name-only)`): see the README.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-COLUMNS = ("model", "log_loss", "log_loss_prior", "accuracy", "seconds_per_sample", "tokens_per_second",
-           "params_total", "params_trainable", "max_length", "dtype", "attn_implementation", "quantization",
-           "weights", "device")
 EVAL = "metrics/eval.json"
 PARAMS = "params.yaml"
 SEED_PARAMS = ("train.seed", "data.seed")  # what only reshuffles: not sample.seed, which makes other data
 NOISE_METRICS = ("log_loss", "accuracy")
 
 
+def dvc(*args: str) -> str:
+    """Run DVC (the one installed beside this Python); its stdout, or exit naming the command."""
+    cmd = [sys.executable, "-m", "dvc", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    if proc.returncode != 0:
+        raise SystemExit(f"error: dvc {' '.join(args)} exited {proc.returncode}:\n{proc.stderr.strip()}")
+    return proc.stdout
+
+
 def experiments(rows: list[dict]) -> list[dict]:
-    """Flatten `dvc exp show --json`: one dict per baseline commit or experiment with eval metrics;
-    `params` (flat, "train.seed": 0) and `baseline` (the commit's rev) ride along for seed_groups."""
+    """Flatten `dvc exp show --json`: one dict per baseline commit or experiment with eval metrics
+    (its name as `experiment`, then metrics/eval.json's keys); `params` (flat, "train.seed": 0) and
+    `baseline` (the commit's rev) ride along for seed_groups."""
     out = []
     for commit in rows:
         candidates = [commit] + [rev for exp in commit.get("experiments") or [] for rev in exp.get("revs") or []]
@@ -44,8 +52,7 @@ def experiments(rows: list[dict]) -> list[dict]:
                 continue
             name = item.get("name") or (item.get("rev") or data.get("rev") or "")[:7]
             params = flatten(((data.get("params") or {}).get(PARAMS) or {}).get("data") or {})
-            out.append({"experiment": name, **{k: metrics.get(k) for k in COLUMNS},
-                        "params": params, "baseline": commit.get("rev")})
+            out.append({"experiment": name, **metrics, "params": params, "baseline": commit.get("rev")})
     return out
 
 
@@ -121,74 +128,25 @@ def noise_floor(groups: list[dict], command: str) -> dict:
             "models": dict(sorted(models.items()))}
 
 
-def markdown(exps: list[dict]) -> str:
-    header = ("experiment", *COLUMNS)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for e in sorted(exps, key=lambda e: (e["log_loss"] is None, e["log_loss"])):
-        lines.append("| " + " | ".join(_fmt(e.get(k)) for k in header) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def scatter_spec(exps: list[dict]) -> dict:
-    """Vega-Lite: seconds per sample (log x) vs log-loss, colour = model, label = experiment.
-
-    The same plot as `python -m prefbench.plots` draws: the DVC template
-    `.dvc/plots/speed_accuracy.json` filled by DVC's renderer."""
-    from prefbench.plots import point, scatter_spec as dvc_scatter
-
-    return dvc_scatter([p for e in exps if (p := point(e["experiment"], e)) is not None])
-
-
-def html(spec: dict, html_template: str | None = None) -> str:
-    """A standalone page, as `dvc plots show` writes it: in the HTML template DVC's config names
-    (`.dvc/plots/offline.html`, the libraries inlined: no network), or in `html_template`."""
-    from prefbench.plots import SCATTER_ID, page
-
-    return page({SCATTER_ID: spec}, html_template)
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return "-" if v is None else str(v)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="output of `dvc exp show --json` (default: run it)")
-    parser.add_argument("--out-md", default="reports/compare.md")
-    parser.add_argument("--out-html", default="reports/compare.html")
-    parser.add_argument("--html-template", help="another DVC HTML template (default: the one .dvc/config "
-                        "names, .dvc/plots/offline.html)")
     parser.add_argument("--noise-out", help="write the noise floor (per model: its largest seed group) here, "
                         "e.g. metrics/noise.json")
     args = parser.parse_args()
-    text = Path(args.json).read_text() if args.json else subprocess.run(
-        ["dvc", "exp", "show", "--json"], check=True, capture_output=True, text=True).stdout
+    text = Path(args.json).read_text() if args.json else dvc("exp", "show", "--json")
     exps = experiments(json.loads(text))
-    if not exps:
-        raise SystemExit("error: no experiment with metrics/eval.json in `dvc exp show --json`")
-    md = markdown(exps)
     groups = seed_groups(exps)
-    if groups:
-        md += "\nSeed groups (experiments that differ only in " + ", ".join(SEED_PARAMS) + "):\n\n"
-        md += groups_markdown(groups)
+    if not groups:
+        raise SystemExit(f"error: no seed group (2 or more experiments of one commit that differ only in "
+                         f"{', '.join(SEED_PARAMS)}) among the {len(exps)} experiments of `dvc exp show --json`")
+    print(f"Seed groups (experiments that differ only in {', '.join(SEED_PARAMS)}):\n")
+    print(groups_markdown(groups))
     if args.noise_out:
-        if not groups:
-            raise SystemExit("error: --noise-out: no seed group (2 or more experiments that differ only in "
-                             f"{', '.join(SEED_PARAMS)}) in `dvc exp show --json`")
         command = shlex.join(["python", "-m", "prefbench.compare", *sys.argv[1:]])
         Path(args.noise_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.noise_out).write_text(json.dumps(noise_floor(groups, command), indent=2) + "\n")
-    template = Path(args.html_template).read_text(encoding="utf-8") if args.html_template else None
-    for path, content in ((args.out_md, md), (args.out_html, html(scatter_spec(exps), template))):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(content)
-    print(md)
-    print(f"compare: {len(exps)} experiments, {len(groups)} seed groups -> {args.out_md}, {args.out_html}"
-          + (f", {args.noise_out}" if args.noise_out else ""))
+        print(f"compare: noise floor of {', '.join(sorted({g['model'] for g in groups}))} -> {args.noise_out}")
 
 
 if __name__ == "__main__":

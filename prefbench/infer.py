@@ -1,8 +1,14 @@
-"""Batching and the timed predict loop.
+"""Inference: batching, the timed predict loop, and the one entry point of evaluate and predict.
 
 Real arena rows range from a few dozen tokens to far past max_length. Padding every batch to
 max_length wastes most of the compute on pad tokens, so batches are cut from rows sorted by
 length and padded only to their own longest row (dynamic padding).
+
+`run_inference` is what the evaluate and predict stages run, for either kind of model (through
+`prefbench.config.by_kind`: the LLMs here, `LLMRunner`; the scikit-learn baseline in
+`prefbench.tfidf.Runner`): load the model (timed on its own), encode each view of the rows
+(untimed, as tokenising is a stage of its own), then the timed predict loop. `evaluate_split`
+and `predict_rows` turn its result into metrics/eval.json and metrics/predict.json.
 """
 
 from __future__ import annotations
@@ -10,12 +16,34 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 import torch
+import transformers
 
+from prefbench import tfidf
 from prefbench.cli import progress
-from prefbench.config import ModelParams
+from prefbench.config import ModelParams, Params, by_kind
+from prefbench.metrics import accuracy, device_name, log_loss, peak_memory_gb, prior_log_loss, softmax
+from prefbench.models import adapter_seed, load_copies, load_tokenizer, pick_devices
+from prefbench.tokenize import encode_rows, read_tokens
+
+__all__ = ["softmax"]  # re-exported: it lives in prefbench.metrics (prefbench.tfidf needs it too)
+
+# On a GPU, batch widths are rounded up to a multiple of 64 tokens: matmul shapes stay
+# tensor-core friendly, and the per-shape work (cuDNN attention plans, flash-attn-4 / Triton JIT
+# kernels, torch.compile graphs) sees at most max_length / 64 widths (16 at 1024). On a CPU
+# padding only costs: rows are padded to the batch's longest.
+GPU_PAD_MULTIPLE = 64
+
+
+def pad_multiple_for(device: torch.device) -> int:
+    """The multiple that batch widths are rounded up to on `device`: GPU_PAD_MULTIPLE on a GPU, else 1."""
+    return GPU_PAD_MULTIPLE if device.type == "cuda" else 1
 
 
 class BatchOutOfMemoryError(RuntimeError):
@@ -86,8 +114,7 @@ def collate(sequences: list[np.ndarray], pad_token_id: int, pad_to: int | None =
             pad_multiple: int = 1) -> dict[str, torch.Tensor]:
     """Right-pad to the longest sequence rounded up to `pad_multiple` (or to `pad_to`), with the mask.
 
-    On a GPU, pad_multiple=64 keeps matmul shapes tensor-core friendly and bounds the number of
-    distinct shapes that compiled kernels (flex attention) see: 16 for max_length 1024.
+    run_inference passes `pad_multiple_for(device)`: GPU_PAD_MULTIPLE on a GPU (see there), 1 on a CPU.
     """
     width = pad_to or -(-max(len(s) for s in sequences) // pad_multiple) * pad_multiple
     ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
@@ -206,12 +233,6 @@ def predict_sharded(models: list, devices: list[torch.device], sequences: list[n
             "batch_shapes": len({padded_shape(lengths[b], pad_to, pad_multiple) for p in plans for b in p})}
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 class NonFiniteLogitsError(RuntimeError):
     """Some rows got nan or inf logits; the message says how many."""
 
@@ -225,3 +246,185 @@ def check_finite(logits: np.ndarray, dtype_name: str = "?", name: str = "<model>
             f"{bad} of {len(logits)} rows have non-finite logits (nan or inf), computing in "
             f"{dtype_name}; no metrics written. In float16 (overflow), set models.{name}.dtype: bfloat16 "
             "or float32; otherwise the adapter itself may hold nan weights (see the training loss).")
+
+
+# ---------------------------------------------------------------- the entry point of evaluate and predict
+
+# What the rows to predict are: parsed test rows (a DataFrame in the competition's columns, encoded
+# after the model loads, since encoding needs its tokenizer or featuriser), or one split of the
+# tokenize stage's cache, as (cache folder, split name).
+Rows = pd.DataFrame | tuple[Path, str]
+SWAP_BACK = [1, 0, 2]  # a swapped view's columns (b, a, tie) back to (a, b, tie)
+
+
+class Encoded(NamedTuple):
+    """One view of the rows, ready for a runner's predict (a runner's encode returns these fields)."""
+    ids: list[str]
+    labels: np.ndarray | None  # the cache's labels; None for test rows
+    x: object  # token-id arrays (LLMs) or a CSR feature matrix (tfidf)
+    tokens: int  # tokens in all rows (tfidf: words), for tokens_per_second
+
+
+@dataclass
+class Inference:
+    """What run_inference returns: probabilities in input order and what they cost."""
+    ids: list[str]
+    labels: np.ndarray | None
+    probs: np.ndarray  # (rows, 3); with swap TTA the mean of both views
+    seconds: float  # the timed predict loops (all devices, wall time), summed over views
+    tokens: int  # summed over views
+    padded_tokens: int  # tokens computed, padding included, summed over views
+    warmup_seconds: float  # untimed warm-up batches; torch.compile compiles here
+    load_seconds: float  # loading the model (all copies), on its own
+    batch_shapes: int  # distinct padded (rows, width) batch shapes (the most of any view)
+    peak_memory_gb: float
+    # dtype, attn_implementation, kernels, lora_merged, compiled, quantization, weights, params_*,
+    # max_length, device (its name) and devices (how many)
+    info: dict
+    featurise_seconds: float | None = None  # tfidf on test rows: featurising them (untimed above)
+
+
+class LLMRunner:
+    """run_inference's LLMs: one base + adapter copy per device (`<stage>.devices`), batches
+    length-sorted, dealt to the devices and padded as `pad_multiple_for` says."""
+
+    reports_featurising = False  # tokenising is a stage of its own, untimed as in evaluate
+
+    def __init__(self, params: Params, stage: str, adapter: str | Path):
+        self.params, self.cfg, self.section, self.adapter = params, params.selected, getattr(params, stage), adapter
+        # A random-init base is the one the adapter was trained on only when built from its seed.
+        self.seed = adapter_seed(adapter)
+        transformers.set_seed(self.seed)
+        self.devices = pick_devices(self.section.devices, f"{stage}.devices")
+        self.tok = load_tokenizer(self.cfg.pretrained)
+
+    def load(self) -> None:
+        self.models, info = load_copies(self.cfg, self.adapter, self.tok.pad_token_id, self.devices, seed=self.seed)
+        self.info = {**info, "quantization": self.cfg.quantization, "max_length": self.cfg.max_length,
+                     "device": device_name(self.devices[0]), "devices": len(self.devices)}
+
+    def encode(self, rows: Rows, swap: bool) -> tuple:
+        """Encoded's fields: ids, labels (None for test rows), token-id arrays, tokens."""
+        if isinstance(rows, pd.DataFrame):
+            first, second = ("response_b", "response_a") if swap else ("response_a", "response_b")
+            seqs, _ = encode_rows(self.tok, rows["prompt"].tolist(), rows[first].tolist(), rows[second].tolist(),
+                                  self.cfg.max_length, self.params.tokenize.prompt_share)
+            seqs = [np.asarray(s) for s in seqs]
+            return rows["id"].tolist(), None, seqs, sum(len(s) for s in seqs)
+        if swap:
+            raise ValueError("swap TTA needs the rows' text: pass a DataFrame, not the token cache")
+        ids, labels, seqs = read_tokens(*rows)
+        return ids, labels, seqs, sum(len(s) for s in seqs)
+
+    def predict(self, enc: Encoded) -> dict:
+        return predict_sharded(self.models, self.devices, enc.x, self.cfg.eval_batch_size, self.tok.pad_token_id,
+                               warmup_batches=self.section.warmup_batches, warmup_shapes=self.section.warmup_shapes,
+                               pad_multiple=pad_multiple_for(self.devices[0]), cfg=self.cfg, name=self.params.model)
+
+
+def run_inference(params: Params, stage: str, adapter: str | Path, rows: Rows, swap_tta: bool = False) -> Inference:
+    """Probabilities for `rows` from the selected model (`params.model`, either kind) and the
+    adapter (tfidf: the fitted classifier), with the warm-up and devices of params section `stage`
+    ("evaluate" or "predict"). swap_tta: also predict with responses A and B exchanged and average
+    (test rows only; twice the time).
+
+    Timed apart: loading (the devices synchronised at both ends), encoding each view (tfidf's
+    featurising reported as featurise_seconds), and the predict loop proper (see predict_sharded).
+    Non-finite logits raise NonFiniteLogitsError, running out of device memory BatchOutOfMemoryError."""
+    runner = by_kind(params.selected, llm=LLMRunner, tfidf=tfidf.Runner)(params, stage, adapter)
+    synchronize(*runner.devices)
+    start = time.perf_counter()
+    runner.load()
+    synchronize(*runner.devices)
+    load_seconds = time.perf_counter() - start
+    probs, first, seconds, tokens, padded, warmup, shapes, featurise = [], None, 0.0, 0, 0, 0.0, 0, 0.0
+    for swap in (False, True) if swap_tta else (False,):
+        start = time.perf_counter()
+        enc = Encoded(*runner.encode(rows, swap))
+        featurise += time.perf_counter() - start
+        first = enc if first is None else first
+        result = runner.predict(enc)
+        check_finite(result["logits"], runner.info["dtype"], params.model)
+        p = softmax(result["logits"])
+        probs.append(p[:, SWAP_BACK] if swap else p)
+        seconds += result["seconds"]
+        warmup += result["warmup_seconds"]
+        tokens += result["tokens"]
+        padded += result["padded_tokens"]
+        shapes = max(shapes, result["batch_shapes"])
+    return Inference(first.ids, first.labels, probs[0] if len(probs) == 1 else np.mean(probs, axis=0), seconds,
+                     tokens, padded, warmup, load_seconds, shapes, peak_memory_gb(*runner.devices), runner.info,
+                     featurise if runner.reports_featurising and isinstance(rows, pd.DataFrame) else None)
+
+
+PARAM_COUNTS = ("params_total", "params_embedding", "params_non_embedding", "params_trainable")
+# The model's description, as eval.json ends
+DESCRIPTION = ("device", "devices", "dtype", "attn_implementation", "kernels", "lora_merged", "compiled",
+               "quantization", "weights")
+# metrics/speed_accuracy.json's fields (a DVC plot: one point per revision)
+SPEED_ACCURACY = ("model", "seconds_per_sample", "log_loss", "accuracy", "weights", "device", "devices", "dtype",
+                  "attn_implementation", "quantization", "max_length")
+
+
+def split_labels(params: Params, tokens: str | Path, split: str) -> np.ndarray:
+    """The labels of one split of the token cache (either kind's)."""
+    return by_kind(params.selected, llm=lambda: read_tokens(tokens, split)[1],
+                   tfidf=lambda: tfidf.read_features(Path(tokens) / f"{split}.safetensors")[1])()
+
+
+def evaluate_split(params: Params, tokens: str | Path, adapter: str | Path) -> tuple[Inference, dict]:
+    """The evaluate stage: the validation split of the token cache, timed; (result, eval.json's metrics)."""
+    inf = run_inference(params, "evaluate", adapter, (Path(tokens), "val"))
+    return inf, evaluation_metrics(params, inf, split_labels(params, tokens, "train"))
+
+
+def evaluation_metrics(params: Params, inf: Inference, train_labels: np.ndarray) -> dict:
+    """metrics/eval.json: scores against the labels, speed, and what ran (either kind, the same keys)."""
+    n, seconds, info = len(inf.ids), inf.seconds, inf.info
+    return {
+        "model": params.model,
+        "log_loss": log_loss(inf.labels, inf.probs),
+        "log_loss_prior": prior_log_loss(train_labels, inf.labels),
+        "accuracy": accuracy(inf.labels, inf.probs),
+        "seconds_per_sample": seconds / n,  # wall time over all rows, whatever the devices
+        "device_seconds_per_sample": seconds * info["devices"] / n,  # what a sample costs in GPU time
+        "samples_per_second": n / seconds,
+        "tokens_per_second": inf.tokens / seconds,  # tfidf: words
+        "padding_share": 1 - inf.tokens / inf.padded_tokens if inf.padded_tokens else 0.0,
+        "predict_seconds": seconds,
+        "load_seconds": inf.load_seconds,
+        "warmup_seconds": inf.warmup_seconds,  # torch.compile's compile happens here
+        "batch_shapes": inf.batch_shapes,  # distinct padded (rows, width) shapes, each warmed untimed
+        "peak_memory_gb": inf.peak_memory_gb,
+        **{k: info[k] for k in PARAM_COUNTS},
+        "n_samples": n,
+        "batch_size": params.selected.eval_batch_size,
+        "max_length": info["max_length"],
+        **{k: info[k] for k in DESCRIPTION},  # attn_implementation and kernels: `auto` resolved
+    }
+
+
+def predict_rows(params: Params, df: pd.DataFrame, adapter: str | Path, repaired: dict) -> tuple[Inference, dict]:
+    """The predict stage: parsed test rows (with predict.swap_tta), timed; (result, predict.json's
+    metrics). `repaired`: what read_test_csv repaired, by kind of repair."""
+    inf = run_inference(params, "predict", adapter, df, swap_tta=params.predict.swap_tta)
+    return inf, prediction_metrics(params, inf, repaired)
+
+
+def prediction_metrics(params: Params, inf: Inference, repaired: dict) -> dict:
+    """metrics/predict.json: speed, the projected hours for the hidden test set against the Kaggle
+    limit (loading and warm-up count against it), and what ran."""
+    pp, n, info = params.predict, len(inf.ids), inf.info
+    per_sample = inf.seconds / n
+    hours = per_sample * pp.kaggle_rows / 3600
+    return {
+        "model": params.model, "n_samples": n, "swap_tta": pp.swap_tta, "seconds_per_sample": per_sample,
+        "tokens_per_second": inf.tokens / inf.seconds, "load_seconds": inf.load_seconds,
+        "warmup_seconds": inf.warmup_seconds, "kaggle_rows": pp.kaggle_rows, "projected_hours": hours,
+        "kaggle_hours": pp.kaggle_hours,
+        "fits_kaggle_limit": hours + (inf.load_seconds + inf.warmup_seconds) / 3600 < pp.kaggle_hours,
+        "peak_memory_gb": inf.peak_memory_gb, "device": info["device"], "devices": info["devices"],
+        "repaired": dict(repaired),
+        **{k: info[k] for k in ("dtype", "attn_implementation", "kernels", "lora_merged", "weights", "compiled")},
+        **({"featurise_seconds": inf.featurise_seconds} if inf.featurise_seconds is not None else {}),
+    }

@@ -18,6 +18,13 @@ from prefbench.data import LABEL_NAMES
 EPS = 1e-15
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities from logits, row by row (the row's max subtracted first: no overflow)."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
     probs = np.clip(probs, EPS, 1 - EPS)
     probs = probs / probs.sum(axis=1, keepdims=True)

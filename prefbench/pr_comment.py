@@ -17,26 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
+from prefbench.compare import EVAL, NOISE_METRICS, dvc
+
 MARKER = "<!-- prefbench-pr-review -->"
-EVAL = "metrics/eval.json"
-NOISE = "metrics/noise.json"
-NOISE_METRICS = ("log_loss", "accuracy")
+NOISE = "metrics/noise.json"  # prefbench.compare --noise-out writes it (benchmarks/noise_floor.sh)
 TIMING_NOTE = ("Timings (`seconds_per_sample`, `samples_per_second`, `tokens_per_second`, `*_seconds`, "
                "`peak_memory_gb`) are measured on the machine that ran `dvc repro`, the base's on the "
                "machine that committed them: compare quality metrics freely, timings only on one machine.")
-
-
-def dvc(*args: str) -> str:
-    """Run DVC (the one installed beside this Python); its stdout, or exit naming the command."""
-    cmd = [sys.executable, "-m", "dvc", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-    if proc.returncode != 0:
-        raise SystemExit(f"error: dvc {' '.join(args)} exited {proc.returncode}:\n{proc.stderr.strip()}")
-    return proc.stdout
 
 
 def table_or_none(md: str) -> str | None:

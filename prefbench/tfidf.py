@@ -10,8 +10,9 @@ classes. It runs through the same stages as the LLMs, with the same outputs and 
   (CSR arrays in safetensors) and the fitted featuriser (vocabularies in JSON, idf and scaling
   in safetensors);
 - train: fits the classifier; the "adapter" folder holds the featuriser and the coefficients;
-- evaluate / predict: time the classifier over batches of rows exactly as the LLM loop is timed
-  (features computed beforehand, as token ids are; warm-up batches untimed).
+- evaluate / predict: `Runner`, which prefbench.infer.run_inference runs as it runs the LLMs:
+  the classifier timed over batches of rows as the LLM loop is timed (features computed
+  beforehand, as token ids are; warm-up batches untimed).
 
 Nothing here is pickled: a fitted vectoriser is rebuilt from its vocabulary and idf weights.
 """
@@ -34,8 +35,7 @@ from sklearn.linear_model import LogisticRegression
 
 from prefbench.config import Params, TfidfParams
 from prefbench.data import LABEL_NAMES
-from prefbench.infer import softmax
-from prefbench.metrics import accuracy, log_loss, peak_memory_gb, prior_log_loss
+from prefbench.metrics import log_loss, peak_memory_gb, softmax
 from prefbench.tokenize import join_turns
 
 DTYPE = np.float32  # feature matrices: half the memory of float64, same log-loss to 1e-6
@@ -227,8 +227,8 @@ def train(params: Params, tokens: str | Path, out: Path) -> dict:
 # ---------------------------------------------------------------- timed prediction (evaluate, predict)
 
 def predict_timed(clf: Classifier, x: sp.csr_matrix, batch_size: int, warmup_batches: int) -> dict:
-    """Logits for every row and the time of the predict loop, as prefbench.infer.predict times the
-    LLMs: `warmup_batches` untimed batches first, then every batch timed."""
+    """Logits for every row and the time of the predict loop, as prefbench.infer.predict_sharded
+    times the LLMs: `warmup_batches` untimed batches first, then every batch timed."""
     batches = [slice(i, i + batch_size) for i in range(0, x.shape[0], batch_size)]
     logits = np.zeros((x.shape[0], len(LABEL_NAMES)), dtype=np.float64)
     start = time.perf_counter()
@@ -238,57 +238,45 @@ def predict_timed(clf: Classifier, x: sp.csr_matrix, batch_size: int, warmup_bat
     start = time.perf_counter()
     for b in batches:
         logits[b] = clf.logits(x[b])
-    return {"logits": logits, "seconds": time.perf_counter() - start, "warmup_seconds": warmup_seconds}
+    return {"logits": logits, "seconds": time.perf_counter() - start, "warmup_seconds": warmup_seconds,
+            "batch_shapes": len({min(batch_size, x.shape[0] - i) for i in range(0, x.shape[0], batch_size)})}
 
 
 # The LLMs' descriptive keys, with the values that hold for a scikit-learn model: no attention, no
 # fused kernels, no adapter to merge.
 INFO = {"device": "cpu", "devices": 1, "dtype": np.dtype(DTYPE).name, "attn_implementation": "none",
-        "kernels": "none", "lora_merged": False, "compiled": False, "quantization": "none", "weights": "fitted"}
+        "kernels": "none", "lora_merged": False, "compiled": False, "quantization": "none", "weights": "fitted",
+        "max_length": None}
 
 
-def evaluate(params: Params, tokens: str | Path, adapter: str | Path) -> tuple[list[str], np.ndarray, np.ndarray, dict]:
-    """Stage evaluate for tfidf: (ids, labels, probabilities, metrics), the LLMs' metrics keys."""
-    cfg, tokens = params.selected, Path(tokens)
-    ids, labels, x, words = read_features(tokens / "val.safetensors")
-    _, train_labels, _, _ = read_features(tokens / "train.safetensors")
-    start = time.perf_counter()
-    clf = Classifier.load(adapter)
-    load_seconds = time.perf_counter() - start
-    result = predict_timed(clf, x, cfg.eval_batch_size, params.evaluate.warmup_batches)
-    probs = softmax(result["logits"])
-    n, seconds = len(ids), result["seconds"]
-    metrics = {
-        "model": params.model, "log_loss": log_loss(labels, probs), "log_loss_prior": prior_log_loss(train_labels, labels),
-        "accuracy": accuracy(labels, probs), "seconds_per_sample": seconds / n, "device_seconds_per_sample": seconds / n,
-        "samples_per_second": n / seconds, "tokens_per_second": float(words.sum()) / seconds,  # tokens: words
-        "padding_share": 0.0, "predict_seconds": seconds, "load_seconds": load_seconds,
-        "warmup_seconds": result["warmup_seconds"], "batch_shapes": len({min(cfg.eval_batch_size, n - i) for i in range(0, n, cfg.eval_batch_size)}),
-        "peak_memory_gb": peak_memory_gb(), "params_total": clf.params_total, "params_embedding": 0, "params_non_embedding": clf.params_total,
-        "params_trainable": clf.params_total, "n_samples": n, "batch_size": cfg.eval_batch_size, "max_length": None,
-        **INFO,
-    }
-    return ids, labels, probs, metrics
+class Runner:
+    """prefbench.infer.run_inference's tfidf side (prefbench.infer.LLMRunner's interface): the
+    fitted classifier on features, on the CPU, in batches of models.<model>.eval_batch_size."""
 
+    devices = ()  # no device to synchronise: the CPU
+    reports_featurising = True  # featurising test rows is most of tfidf's time: predict.json shows it
 
-def predict(params: Params, df: pd.DataFrame, adapter: str | Path) -> tuple[np.ndarray, dict]:
-    """Stage predict for tfidf: probabilities for every row of a parsed test.csv (with swap
-    test-time augmentation if predict.swap_tta) and the timing fields of metrics/predict.json."""
-    cfg = params.selected
-    start = time.perf_counter()
-    clf = Classifier.load(adapter)
-    load_seconds = time.perf_counter() - start
-    probs, seconds, warmup_seconds, words, featurise = [], 0.0, 0.0, 0, 0.0
-    for swap in (False, True) if params.predict.swap_tta else (False,):
-        start = time.perf_counter()
-        x, w = clf.featuriser.transform(df, swap=swap)  # untimed below, as the LLMs' tokenising is
-        featurise += time.perf_counter() - start
-        result = predict_timed(clf, x, cfg.eval_batch_size, params.predict.warmup_batches)
-        p = softmax(result["logits"])
-        probs.append(p[:, [1, 0, 2]] if swap else p)  # swapped: a<->b back
-        seconds += result["seconds"]
-        warmup_seconds += result["warmup_seconds"]
-        words += int(w.sum())
-    timing = {"seconds": seconds, "tokens": words, "load_seconds": load_seconds, "warmup_seconds": warmup_seconds,
-              "featurise_seconds": featurise, "peak_memory_gb": peak_memory_gb(), **INFO}
-    return np.mean(probs, axis=0), timing
+    def __init__(self, params: Params, stage: str, adapter: str | Path):
+        self.cfg, self.section, self.adapter = params.selected, getattr(params, stage), adapter
+
+    def load(self) -> None:
+        self.clf = Classifier.load(self.adapter)
+        total = self.clf.params_total
+        self.info = {**INFO, "params_total": total, "params_embedding": 0, "params_non_embedding": total,
+                     "params_trainable": total}
+
+    def encode(self, rows: pd.DataFrame | tuple[Path, str], swap: bool) -> tuple:
+        """(ids, labels (None for test rows), features, words): prefbench.infer.Encoded's fields."""
+        if isinstance(rows, pd.DataFrame):
+            x, words = self.clf.featuriser.transform(rows, swap=swap)
+            return rows["id"].tolist(), None, x, int(words.sum())
+        if swap:
+            raise ValueError("swap TTA needs the rows' text: pass a DataFrame, not the feature cache")
+        folder, split = rows
+        ids, labels, x, words = read_features(Path(folder) / f"{split}.safetensors")
+        return ids, labels, x, int(words.sum())
+
+    def predict(self, enc) -> dict:
+        """Timed logits of prefbench.infer.Encoded `enc`; its words count as tokens."""
+        result = predict_timed(self.clf, enc.x, self.cfg.eval_batch_size, self.section.warmup_batches)
+        return {**result, "tokens": enc.tokens, "padded_tokens": enc.tokens}  # no padding

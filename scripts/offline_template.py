@@ -2,8 +2,8 @@
 
 Usage: python -m scripts.offline_template [--js-dir DIR] [--out .dvc/plots/offline.html]
 
-`.dvc/config` names the file as `plots.html_template`, so `dvc plots show` / `dvc plots diff` (and
-`python -m prefbench.plots`) write pages that draw from disk with no network. DVC's own page loads
+`.dvc/config` names the file as `plots.html_template`, so `dvc plots show` / `dvc plots diff`
+write pages that draw from disk with no network. DVC's own page loads
 the three libraries from cdn.jsdelivr.net (dvc_render's `VegaRenderer.SCRIPTS`); this inlines the
 same versions, read from there, and each package's LICENSE (BSD-3-Clause) above its script.
 Only a maintainer runs it, after a dvc-render upgrade changes those versions (tests/test_plots.py

@@ -7,7 +7,7 @@ eval_batch_size, compile, kernels}, tokenize.prompt_share (test rows are tokenis
 stage tokenised the training rows), predict.{swap_tta, kaggle_rows, kaggle_hours, warmup_batches,
 warmup_shapes, devices} (predict.test_csv arrives as --test-csv); the random-init seed comes from
 the adapter (`kind: tfidf`: models.<model>.eval_batch_size; prefbench.tfidf, the same submission
-and metrics).
+and metrics). prefbench.infer.run_inference does the work, timed as in the evaluate stage.
 Writes `id, winner_model_a, winner_model_b, winner_tie` in the input's row order (probabilities
 sum to 1) and prints the projected hours for the hidden test set against the Kaggle limit.
 Swap test-time augmentation predicts each row a second time with responses A and B exchanged
@@ -18,22 +18,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import transformers
 
-from prefbench import tfidf
 from prefbench.cli import run
-from prefbench.config import Params, by_kind, load_params
+from prefbench.config import load_params
 from prefbench.data import LABEL_COLUMNS, read_test_csv
-from prefbench.infer import (BatchOutOfMemoryError, NonFiniteLogitsError, check_finite, predict_sharded, softmax,
-                             synchronize)
-from prefbench.metrics import device_name, peak_memory_gb, round_floats, write_json
-from prefbench.models import adapter_seed, load_copies, load_tokenizer, pick_devices
-from prefbench.tokenize import encode_rows
+from prefbench.infer import BatchOutOfMemoryError, NonFiniteLogitsError, predict_rows
+from prefbench.metrics import round_floats, write_json
 
 
 def main() -> None:
@@ -48,72 +41,20 @@ def main() -> None:
     pp = params.predict
 
     df, report = read_test_csv(args.test_csv)
-    prob, timing = by_kind(params.selected, llm=predict_llm, tfidf=tfidf.predict)(params, df, args.adapter)
-    write_submission(args.out, df["id"].tolist(), prob)
+    try:
+        result, metrics = predict_rows(params, df, args.adapter, report.repaired)
+    except (BatchOutOfMemoryError, NonFiniteLogitsError) as err:
+        sys.exit(f"predict: error: {err}")
 
-    n, seconds = len(df), timing["seconds"]
-    per_sample = seconds / n
-    hours = per_sample * pp.kaggle_rows / 3600
-    load_seconds, warmup_seconds = timing["load_seconds"], timing["warmup_seconds"]
-    metrics = {
-        "model": params.model, "n_samples": n, "swap_tta": pp.swap_tta, "seconds_per_sample": per_sample,
-        "tokens_per_second": timing["tokens"] / seconds, "load_seconds": load_seconds, "warmup_seconds": warmup_seconds,
-        "kaggle_rows": pp.kaggle_rows, "projected_hours": hours, "kaggle_hours": pp.kaggle_hours,
-        "fits_kaggle_limit": hours + (load_seconds + warmup_seconds) / 3600 < pp.kaggle_hours,
-        "peak_memory_gb": timing["peak_memory_gb"], "device": timing["device"], "devices": timing["devices"],
-        "repaired": dict(report.repaired),
-        **{k: timing[k] for k in ("dtype", "attn_implementation", "kernels", "lora_merged", "weights", "compiled")
-           if k in timing},
-        **{k: timing[k] for k in ("featurise_seconds",) if k in timing},  # tfidf: featurising (untimed above)
-    }
+    prob = result.probs / result.probs.sum(axis=1, keepdims=True)
+    submission = pd.DataFrame({"id": result.ids, **{c: prob[:, k] for k, c in enumerate(LABEL_COLUMNS)}})
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    submission.to_csv(args.out, index=False, float_format="%.6f")
     write_json(args.metrics, round_floats(metrics))
-    print(f"predict: {n} rows -> {args.out} ({'with' if pp.swap_tta else 'no'} swap TTA), "
-          f"{per_sample:.5f} s/sample on {metrics['device']}; {pp.kaggle_rows:,} rows would take "
-          f"{hours:.2f} h here (Kaggle limit {pp.kaggle_hours} h: {'fits' if metrics['fits_kaggle_limit'] else 'does NOT fit'})")
-
-
-def predict_llm(params: Params, df: pd.DataFrame, adapter: str) -> tuple[np.ndarray, dict]:
-    """Base + adapter on the parsed test rows (twice with swap TTA): (probabilities, timing)."""
-    cfg, pp = params.selected, params.predict
-    seed = adapter_seed(adapter)
-    transformers.set_seed(seed)
-    devices = pick_devices(pp.devices, "predict.devices")
-    device = devices[0]
-    tok = load_tokenizer(cfg.pretrained)
-    start = time.perf_counter()
-    models, info = load_copies(cfg, adapter, tok.pad_token_id, devices, seed=seed)
-    synchronize(*devices)
-    load_seconds = time.perf_counter() - start
-
-    views = [("response_a", "response_b")] + ([("response_b", "response_a")] if pp.swap_tta else [])
-    probs, seconds, tokens, warmup_seconds = [], 0.0, 0, 0.0
-    for first, second in views:
-        seqs, _ = encode_rows(tok, df["prompt"].tolist(), df[first].tolist(), df[second].tolist(),
-                              cfg.max_length, params.tokenize.prompt_share)
-        try:
-            result = predict_sharded(models, devices, [np.asarray(s) for s in seqs], cfg.eval_batch_size,
-                                     tok.pad_token_id, warmup_batches=pp.warmup_batches,
-                                     warmup_shapes=pp.warmup_shapes,
-                                     pad_multiple=64 if device.type == "cuda" else 1, cfg=cfg, name=params.model)
-            check_finite(result["logits"], info["dtype"], params.model)
-        except (BatchOutOfMemoryError, NonFiniteLogitsError) as err:
-            sys.exit(f"predict: error: {err}")
-        p = softmax(result["logits"])
-        probs.append(p if first == "response_a" else p[:, [1, 0, 2]])  # swapped: a<->b back
-        seconds += result["seconds"]
-        warmup_seconds += result["warmup_seconds"]  # torch.compile compiles here: it counts against the limit
-        tokens += result["tokens"]
-    timing = {"seconds": seconds, "tokens": tokens, "load_seconds": load_seconds, "warmup_seconds": warmup_seconds,
-              "peak_memory_gb": peak_memory_gb(*devices), "device": device_name(device), "devices": len(devices),
-              **{k: info[k] for k in ("dtype", "attn_implementation", "kernels", "lora_merged", "weights", "compiled")}}
-    return np.mean(probs, axis=0), timing
-
-
-def write_submission(path: str, ids: list[str], prob: np.ndarray) -> None:
-    prob = prob / prob.sum(axis=1, keepdims=True)
-    sub = pd.DataFrame({"id": ids, **{c: prob[:, k] for k, c in enumerate(LABEL_COLUMNS)}})
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    sub.to_csv(path, index=False, float_format="%.6f")
+    print(f"predict: {metrics['n_samples']} rows -> {args.out} ({'with' if pp.swap_tta else 'no'} swap TTA), "
+          f"{metrics['seconds_per_sample']:.5f} s/sample on {metrics['device']}; {pp.kaggle_rows:,} rows would take "
+          f"{metrics['projected_hours']:.2f} h here (Kaggle limit {pp.kaggle_hours} h: "
+          f"{'fits' if metrics['fits_kaggle_limit'] else 'does NOT fit'})")
 
 
 if __name__ == "__main__":

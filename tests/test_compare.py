@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from prefbench.compare import experiments, groups_markdown, markdown, noise_floor, scatter_spec, seed_groups
+from prefbench.compare import experiments, groups_markdown, noise_floor, seed_groups
 from tests.conftest import ROOT
-from tests.gitcopy import git_commit, git_copy, sh
+from tests.gitcopy import git_commit, git_copy, run, sh
 
 
 def real_exp_show():
@@ -22,18 +22,6 @@ def test_flattens_baseline_and_experiments():
     assert set(names) == {"main", "gpu-llama3", "gpu-gemma2", "gpu-gemma2-4bit"}
     assert names["gpu-gemma2-4bit"]["quantization"] == "4bit"
     assert names["gpu-llama3"]["params_total"] == 7_504_936_960
-
-
-def test_markdown_sorted_by_log_loss_and_scatter_has_one_point_each():
-    exps = experiments(real_exp_show())
-    md = markdown(exps).splitlines()
-    assert md[0].startswith("| experiment | model | log_loss")
-    losses = [float(line.split("|")[3]) for line in md[2:]]
-    assert losses == sorted(losses) and len(losses) == 4
-    spec = scatter_spec(exps)
-    points = spec["data"]["values"]
-    assert len(points) == 4 and {p["model"] for p in points} == {"llama3", "gemma2"}
-    assert spec["layer"][0]["encoding"]["x"]["field"] == "seconds_per_sample"
 
 
 def seeded(exp_row: dict, name: str, seeds: dict, **metrics) -> dict:
@@ -76,6 +64,26 @@ def test_seed_groups_report_mean_and_sample_sd_per_group():
     floor = noise_floor(list(groups.values()), "python -m prefbench.compare --noise-out x.json")
     assert floor["models"]["llama3"]["log_loss"]["sd"] == round(sd, 6) and floor["models"]["llama3"]["n"] == 4
     assert {"train.seed": 2, "data.seed": 42} in floor["models"]["llama3"]["seeds"]
+
+
+def test_command_prints_the_seed_groups_writes_the_noise_floor_and_needs_a_group(tmp_path):
+    """`python -m prefbench.compare --json ... --noise-out ...`: the seed-group table on stdout and
+    metrics/noise.json's content; without a seed group it fails saying so."""
+    rows = real_exp_show()
+    (tmp_path / "none.json").write_text(json.dumps(rows))  # four runs, no two differing only in seeds
+    proc = run(sys.executable, "-m", "prefbench.compare", "--json", str(tmp_path / "none.json"), cwd=ROOT, check=False)
+    assert proc.returncode != 0 and "no seed group" in proc.stderr and "4 experiments" in proc.stderr
+    commit = rows[1]
+    llama = next(e for e in commit["experiments"] if e["name"] == "gpu-llama3")["revs"][0]
+    commit["experiments"].append({"name": "l-t1", "revs": [seeded(llama, "l-t1", {"train.seed": 1}, log_loss=1.0)]})
+    (tmp_path / "exp.json").write_text(json.dumps(rows))
+    out = tmp_path / "noise" / "noise.json"
+    stdout = sh(sys.executable, "-m", "prefbench.compare", "--json", str(tmp_path / "exp.json"), "--noise-out", str(out),
+                cwd=ROOT)
+    assert "| - | llama3 | 2 |" in stdout and str(out) in stdout
+    noise = json.loads(out.read_text())
+    assert list(noise["models"]) == ["llama3"] and noise["models"]["llama3"]["n"] == 2
+    assert noise["command"].startswith("python -m prefbench.compare --json ")
 
 
 @pytest.mark.xdist_group("workspace")

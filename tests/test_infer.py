@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from prefbench.config import load_params
@@ -67,3 +68,63 @@ def test_warmup_shapes_leave_predictions_and_the_timed_rows_unchanged(tiny_llama
     np.testing.assert_allclose(warmed["logits"], plain["logits"], atol=1e-5)
     assert warmed["warmup_seconds"] > 0 and warmed["tokens"] == plain["tokens"]
     assert warmed["batch_shapes"] <= plain["batch_shapes"]  # padding to 8 can only merge shapes
+
+
+def test_batches_are_padded_to_64_on_a_gpu_and_to_their_longest_row_on_a_cpu():
+    from prefbench.infer import GPU_PAD_MULTIPLE, pad_multiple_for
+    seqs = [np.arange(70), np.arange(3)]
+    gpu, cpu = pad_multiple_for(torch.device("cuda", 0)), pad_multiple_for(torch.device("cpu"))
+    assert collate(seqs, 0, pad_multiple=gpu)["input_ids"].shape == (2, 2 * GPU_PAD_MULTIPLE) and GPU_PAD_MULTIPLE == 64
+    assert collate(seqs, 0, pad_multiple=cpu)["input_ids"].shape == (2, 70)
+
+
+def inference(n: int, **changes):
+    """A run_inference result for n rows, as an LLM on two devices would give it."""
+    from prefbench.infer import Inference
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), n)
+    info = {"dtype": "float32", "attn_implementation": "sdpa", "kernels": "none", "weights": "pretrained",
+            "params_total": 1000, "params_embedding": 100, "params_non_embedding": 900, "params_trainable": 10,
+            "lora_merged": True, "compiled": False, "quantization": "none", "max_length": 256, "device": "cpu",
+            "devices": 2}
+    fields = dict(ids=[str(i) for i in range(n)], labels=rng.integers(0, 3, n), probs=probs, seconds=2.0, tokens=3000,
+                  padded_tokens=4000, warmup_seconds=0.5, load_seconds=1.5, batch_shapes=3, peak_memory_gb=0.25,
+                  info=info)
+    return Inference(**{**fields, **changes})
+
+
+def test_eval_metrics_have_the_committed_keys_and_follow_from_the_run():
+    """metrics/eval.json's keys, in the committed file's order, for a made-up run; its speeds from
+    the run's seconds, rows and devices."""
+    import json
+
+    from prefbench.infer import evaluation_metrics
+    from prefbench.metrics import log_loss
+    params = load_params(ROOT / "params.yaml")
+    inf = inference(40)
+    m = evaluation_metrics(params, inf, train_labels=np.array([0, 0, 1, 2]))
+    assert list(m) == list(json.loads((ROOT / "metrics" / "eval.json").read_text()))
+    assert m["seconds_per_sample"] == 2.0 / 40 and m["device_seconds_per_sample"] == 2 * 2.0 / 40
+    assert m["samples_per_second"] == 20 and m["tokens_per_second"] == 1500 and m["padding_share"] == 0.25
+    assert m["log_loss"] == log_loss(inf.labels, inf.probs) and m["log_loss"] < m["log_loss_prior"] + 1
+    assert (m["n_samples"], m["devices"], m["max_length"], m["batch_size"]) == (40, 2, 256,
+                                                                                params.selected.eval_batch_size)
+
+
+def test_predict_metrics_count_loading_and_warmup_against_the_kaggle_limit():
+    import dataclasses
+    import json
+
+    from prefbench.infer import prediction_metrics
+    params = load_params(ROOT / "params.yaml")
+    pp = params.predict
+    # the timed loop alone projects to half the limit; loading and warm-up push it over or not
+    seconds = pp.kaggle_hours * 3600 / 2 / pp.kaggle_rows * 100
+    fits = prediction_metrics(params, inference(100, seconds=seconds), {"null_turn_as_empty": 1})
+    assert list(fits) == list(json.loads((ROOT / "metrics" / "predict.json").read_text()))
+    assert fits["projected_hours"] == pytest.approx(pp.kaggle_hours / 2) and fits["fits_kaggle_limit"] is True
+    assert fits["repaired"] == {"null_turn_as_empty": 1}
+    late = inference(100, seconds=seconds, load_seconds=pp.kaggle_hours * 3600 / 2 + 1)
+    assert prediction_metrics(params, late, {})["fits_kaggle_limit"] is False
+    tfidf = prediction_metrics(params, dataclasses.replace(late, featurise_seconds=3.0), {})
+    assert tfidf["featurise_seconds"] == 3.0 and set(tfidf) - set(fits) == {"featurise_seconds"}

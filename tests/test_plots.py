@@ -1,21 +1,19 @@
 """Plots: `dvc plots show` / `dvc plots diff` on a git copy of the repo draw the training loss, the
-learning rate, the confusion matrix and the reliability curve from the committed default run, and
-`python -m prefbench.plots` adds the speed-vs-accuracy scatter, one point per revision. No
-pipeline run: the committed metrics/, dvclive/ files are the data; a second revision is a commit
-with another metrics/eval.json. Pages are offline: `.dvc/config` names `.dvc/plots/offline.html`
-(vega, vega-lite, vega-embed inlined) as DVC's HTML template.
+learning rate, the confusion matrix, the reliability curve and the speed-vs-accuracy scatter (one
+point per revision) from the committed default run. No pipeline run: the committed metrics/,
+dvclive/ files are the data; a second revision is a commit with another metrics/eval.json. Pages
+are offline: `.dvc/config` names `.dvc/plots/offline.html` (vega, vega-lite, vega-embed inlined)
+as DVC's HTML template; `scripts/offline_template.py` writes it.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-from prefbench import plots
 from tests.gitcopy import DVC, git_commit, git_copy, sh
 
 LOSS = "dvclive/plots/metrics/train/loss.tsv"
@@ -32,10 +30,6 @@ OFFLINE = Path(__file__).resolve().parents[1] / ".dvc" / "plots" / "offline.html
 
 def rows(spec: dict) -> list[dict]:
     return spec["data"]["values"]
-
-
-def plots_json(repo: Path, *args: str) -> dict[str, dict]:
-    return json.loads(sh(sys.executable, "-m", "prefbench.plots", "--json", *args, cwd=repo))
 
 
 @pytest.fixture(scope="module")
@@ -92,42 +86,6 @@ def test_dvc_plots_diff_draws_the_scatter_one_point_per_revision(repo):
     assert layers[1]["encoding"]["text"]["field"] == "rev" and layers[0]["encoding"]["color"]["field"] == "model"
 
 
-def test_prefbench_plots_diff_adds_one_scatter_point_per_revision(repo):
-    specs = plots_json(repo, "main", "other")
-    assert set(EXPECTED) <= set(specs)
-    scatter = specs[plots.SCATTER_ID]
-    points = {p["rev"]: p for p in rows(scatter)}
-    assert set(points) == {"main", "other"}
-    main = json.loads((repo / "metrics" / "eval.json").read_text())
-    assert points["main"]["model"] == "llama3" and points["other"]["model"] == "gemma2"
-    assert points["main"]["log_loss"] == main["log_loss"]
-    assert points["other"]["seconds_per_sample"] == pytest.approx(main["seconds_per_sample"] / 2)
-    # the DVC template, filled: x = seconds per sample (log), y = log-loss, colour = model, label = rev
-    point_layer, text_layer = scatter["layer"]
-    assert point_layer["encoding"]["x"]["field"] == "seconds_per_sample"
-    assert point_layer["encoding"]["x"]["scale"]["type"] == "log"
-    assert point_layer["encoding"]["y"]["field"] == "log_loss"
-    assert point_layer["encoding"]["color"]["field"] == "model"
-    assert text_layer["encoding"]["text"]["field"] == "rev"
-    assert "<DVC_METRIC" not in json.dumps(scatter)
-
-
-def test_prefbench_plots_show_scatter_is_every_experiment_plus_a_changed_workspace(repo):
-    specs = plots_json(repo)
-    assert set(EXPECTED) <= set(specs)
-    # workspace = HEAD: one point, the baseline
-    assert [p["rev"] for p in rows(specs[plots.SCATTER_ID])] == ["main"]
-    path = repo / "metrics" / "eval.json"
-    original = path.read_text()
-    try:
-        path.write_text(json.dumps({**json.loads(original), "log_loss": 0.5}))
-        points = rows(plots_json(repo)[plots.SCATTER_ID])
-        assert [(p["rev"], p["log_loss"]) for p in points][:1] == [("workspace", 0.5)]
-        assert [p["rev"] for p in points] == ["workspace", "main"]
-    finally:
-        path.write_text(original)
-
-
 def dvc_versions() -> dict[str, str]:
     """{name: version} of the scripts DVC's own page loads from the CDN, in load order."""
     from dvc_render import VegaRenderer
@@ -157,15 +115,6 @@ def test_dvc_plots_show_and_diff_pages_are_offline(repo, tmp_path):
     assert '"rev": "other"' in html
 
 
-def test_prefbench_page_is_dvcs_offline_page_with_every_plot(repo, tmp_path):
-    out = tmp_path / "page"
-    stdout = sh(sys.executable, "-m", "prefbench.plots", "main", "other", "-o", str(out), cwd=repo)
-    assert stdout.strip().endswith((out / "index.html").resolve().as_uri())
-    html = (out / "index.html").read_text()
-    assert_offline(html, len(EXPECTED) + 1)
-    assert html.split("<body>")[0] == OFFLINE.read_text().split("<body>")[0].replace("{refresh_tag}", "")
-
-
 def test_reliability_template_draws_one_line_per_class(repo):
     out = json.loads(sh(DVC, "plots", "show", CALIBRATION, "--template", "reliability",
                         "-x", "predicted", "-y", "observed", "--json", cwd=repo))
@@ -187,28 +136,28 @@ def test_offline_template_inlines_the_versions_dvc_pages_load():
         assert "Interactive Data Lab" in licence and "Redistributions in binary form" in licence, name
 
 
-def test_offline_template_script_inlines_each_library_with_its_licence(tmp_path):
+def test_offline_template_script_inlines_each_library_dvc_names_with_its_licence(tmp_path, monkeypatch):
+    """scripts/offline_template.py inlines the libraries in the versions dvc_render's page loads
+    (made-up ones here, not the installed dvc-render's), each under its licence, in load order."""
+    from dvc_render import VegaRenderer
+
     from scripts import offline_template
 
-    for name, version in dvc_versions().items():
-        (tmp_path / f"{name}-{version}.min.js").write_text(f"window.stub_{name.replace('-', '_')} = 1;")
+    versions = {"vega": "1.2.3", "vega-lite": "4.5.6", "vega-embed": "7.8.9"}
+    monkeypatch.setattr(VegaRenderer, "SCRIPTS", "".join(
+        f'<script src="https://cdn.jsdelivr.net/npm/{name}@{version}"></script>\n' for name, version in versions.items()))
+    for name, version in versions.items():
+        (tmp_path / f"{name}-{version}.min.js").write_text(f"window.stub_{name.replace('-', '_')} = '{version}';")
         (tmp_path / f"{name}-{version}.LICENSE").write_text(f"licence of {name}")
     out = tmp_path / "offline.html"
     offline_template.main(["--js-dir", str(tmp_path), "--out", str(out)])
     text = out.read_text()
+    assert re.findall(r"/\*! (vega(?:-lite|-embed)?)@([0-9.]+) ", text) == list(versions.items())
     assert "{plot_divs}" in text and "{refresh_tag}" in text and "{scripts}" not in text
-    assert text.index("licence of vega-lite") < text.index("stub_vega_lite") < text.index("licence of vega-embed")
-    (tmp_path / f"vega-{dvc_versions()['vega']}.min.js").write_text("x = '</script>';")
+    assert text.index("licence of vega-lite") < text.index("stub_vega_lite = '4.5.6'") < text.index("licence of vega-embed")
+    (tmp_path / "vega-1.2.3.min.js").write_text("x = '</script>';")
     with pytest.raises(SystemExit, match="</script"):  # would end the inline script early
         offline_template.main(["--js-dir", str(tmp_path), "--out", str(out)])
-
-
-def test_compare_page_uses_the_same_template_and_page():
-    from prefbench.compare import html, scatter_spec
-
-    exps = [{"experiment": "a", "model": "llama3", "seconds_per_sample": 0.01, "log_loss": 0.9},
-            {"experiment": "b", "model": "gemma2", "seconds_per_sample": 0.02, "log_loss": None}]
-    spec = scatter_spec(exps)
-    assert [p["rev"] for p in rows(spec)] == ["a"]  # b has no log-loss: no point
-    assert spec["layer"][0]["encoding"]["color"]["field"] == "model"
-    assert_offline(html(spec), 1)
+    monkeypatch.setattr(VegaRenderer, "SCRIPTS", '<script src="https://cdn.jsdelivr.net/npm/vega@1.2.3"></script>')
+    with pytest.raises(SystemExit, match="unexpected dvc_render scripts"):  # vega-lite, vega-embed gone
+        offline_template.main(["--js-dir", str(tmp_path), "--out", str(out)])

@@ -12,8 +12,8 @@ from sklearn.linear_model import LogisticRegression
 
 from prefbench.config import ParamsError, TfidfParams, parse_params
 from prefbench.data import read_test_csv
-from prefbench.infer import softmax
-from prefbench.tfidf import Classifier, Featuriser, fit_classifier, predict, read_features
+from prefbench.infer import run_inference, softmax
+from prefbench.tfidf import Classifier, Featuriser, fit_classifier, read_features
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.xdist_group("workspace")
@@ -97,8 +97,8 @@ def test_swap_tta_is_symmetric(run):
     params = parse_params(run.params)
     df, _ = read_test_csv(run.repo / "data" / "sample" / "test.csv")
     swapped = df.rename(columns={"response_a": "response_b", "response_b": "response_a"})
-    p, _ = predict(params, df, run.dir / "adapter")
-    q, _ = predict(params, swapped, run.dir / "adapter")
+    p = run_inference(params, "predict", run.dir / "adapter", df, swap_tta=True).probs
+    q = run_inference(params, "predict", run.dir / "adapter", swapped, swap_tta=True).probs
     np.testing.assert_allclose(p, q[:, [1, 0, 2]], atol=1e-12)
     assert np.abs(p[:, 0] - p[:, 1]).max() > 1e-4  # and it does tell A from B
 
@@ -164,18 +164,17 @@ def test_readme_bundle_hours_are_the_committed_ones():
     assert f"its test file was the generated one): {hours:.2f} h on a CPU" in (ROOT / "README.md").read_text()
 
 
-def test_compare_and_scatter_take_the_baseline_with_the_llms():
-    """prefbench.compare (dvc exp show --json) and the speed-vs-accuracy scatter: one row and one
-    point each for the committed tfidf run and the committed LLM default run."""
-    from prefbench.compare import experiments, markdown, scatter_spec
+def test_compare_takes_the_baseline_with_the_llms():
+    """prefbench.compare (dvc exp show --json): one entry each for the committed tfidf run and the
+    committed LLM default run, with the metrics its seed groups read."""
+    from prefbench.compare import NOISE_METRICS, experiments
 
     def exp_show_entry(name, metrics):
         return {"rev": name, "name": name, "data": {"rev": name, "metrics": {"metrics/eval.json": {"data": metrics}}}}
 
     tfidf = results("tfidf-arena-sample.json")["metrics/eval.json"]
-    exps = experiments([exp_show_entry("main", load(ROOT / "metrics" / "eval.json")), exp_show_entry("tfidf", tfidf)])
-    assert [e["model"] for e in exps] == ["llama3", "tfidf"]
-    assert f"| tfidf | tfidf | {tfidf['log_loss']:.4g} |" in markdown(exps)
-    values = scatter_spec(exps)["data"]["values"]
-    assert {v["model"]: v["log_loss"] for v in values} == {"llama3": load(ROOT / "metrics" / "eval.json")["log_loss"],
-                                                           "tfidf": tfidf["log_loss"]}
+    llm = load(ROOT / "metrics" / "eval.json")
+    exps = experiments([exp_show_entry("main", llm), exp_show_entry("tfidf", tfidf)])
+    assert [(e["experiment"], e["model"]) for e in exps] == [("main", "llama3"), ("tfidf", "tfidf")]
+    assert [[e[m] for m in NOISE_METRICS] for e in exps] == [[llm[m] for m in NOISE_METRICS],
+                                                             [tfidf[m] for m in NOISE_METRICS]]
