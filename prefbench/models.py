@@ -53,9 +53,9 @@ def resolve_dtype(name: str, device_type: str, capability: tuple[int, int] | Non
 
     Why fp64 on a CPU: the CPU path runs the tiny default models, whose numbers are committed and
     compared in review on any machine. Kernels of another CPU (AVX2, AVX-512, AMX, another thread
-    count) round differently; training amplifies that rounding (fp32: 1e-8 became 1e-2 of
-    log-loss), fp64's rounding is 1e-16, so the run reproduces within the committed tolerance
-    (README "The default run"). Set `float32` for speed when cross-machine agreement does not matter."""
+    count) round differently and training amplifies that rounding; fp64's rounding is 1e-16, so
+    the run reproduces within the committed tolerance (measured in README "The default run",
+    benchmarks/results/cpu-repro.jsonl). Set `float32` for speed when cross-machine agreement does not matter."""
     if name != "auto":
         return DTYPES[name]
     if device_type != "cuda":

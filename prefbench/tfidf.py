@@ -38,7 +38,7 @@ from prefbench.data import LABEL_NAMES
 from prefbench.metrics import log_loss, peak_memory_gb, softmax
 from prefbench.tokenize import join_turns
 
-DTYPE = np.float32  # feature matrices: half the memory of float64, same log-loss to 1e-6
+DTYPE = np.float32  # feature matrices: half the memory of float64
 PARTS = ("prompt", "response_a", "response_b")
 # Markdown structure counted per response (judges favour formatted answers).
 PATTERNS = {"list_items": re.compile(r"^\s*(?:[-*+]|\d+[.)])\s", re.M), "headers": re.compile(r"^#{1,6}\s", re.M),

@@ -68,13 +68,14 @@ def script(native: bool) -> str:
     lines = ["set -ex",
              # README: `make repro` (the venv exists: `-o` keeps make from reinstalling the shared one)
              "make -o .venv/.installed repro > ../logs/1-repro.log 2>&1", snap("llama3"),
-             f"{dvc} repro > ../logs/2-again.log 2>&1",
-             "git add -A && git commit -qm 'default run'"]
+             f"{dvc} repro > ../logs/2-again.log 2>&1"]
+    if native:  # a local folder as the DVC remote, in the committed config so that clones have it
+        lines += [f"{dvc} remote add -d local ../remote"]
+    lines += ["git add -A && git commit -qm 'default run'"]
     if native:
-        lines += [f"{dvc} remote add -d local ../remote",
-                  f"{dvc} push > ../logs/3-push.log 2>&1",
+        lines += [f"{dvc} push > ../logs/3-push.log 2>&1",
                   f"{dvc} status --cloud > ../logs/3-cloud.log 2>&1",
-                  "git clone -q . ../clone",
+                  "git clone -q . ../clone && ln -s \"$(readlink -f .venv)\" ../clone/.venv",
                   f"(cd ../clone && {dvc} pull && {dvc} status && {dvc} repro) > ../logs/3-pull.log 2>&1"]
     lines += [f"{dvc} exp run -S model=gemma2 --name gemma2-exp > ../logs/4-gemma2.log 2>&1", snap("gemma2")]
     if native:
