@@ -46,7 +46,8 @@ from prefbench.flops import forward_flops, lora_train_flops, mfu
 from prefbench.infer import predict
 from prefbench.models import (apply_kernels, count_parameters, label_config_kwargs, prepare_for_inference,
                               resolve_attention, resolve_kernels)
-from prefbench.train import add_lora, train
+from prefbench.lora import add_lora
+from prefbench.train import train
 
 PAD_MULTIPLE = 64  # as evaluate and predict pad on a GPU
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
