@@ -47,7 +47,8 @@ from prefbench.infer import GPU_PAD_MULTIPLE as PAD_MULTIPLE  # as evaluate and 
 from prefbench.infer import predict
 from prefbench.models import (apply_kernels, count_parameters, label_config_kwargs, prepare_for_inference,
                               resolve_attention, resolve_kernels)
-from prefbench.train import add_lora, train
+from prefbench.lora import add_lora
+from prefbench.train import train
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 def errors(logits: np.ndarray, ref: np.ndarray) -> dict:

@@ -38,7 +38,8 @@ from prefbench.flops import forward_flops, lora_train_flops, mfu
 from prefbench.infer import GPU_PAD_MULTIPLE as PAD_MULTIPLE  # as evaluate and predict pad on a GPU
 from prefbench.infer import predict, softmax  # noqa: F401  (softmax kept for ad-hoc checks)
 from prefbench.models import count_parameters, label_config_kwargs, resolve_attention, resolve_kernels
-from prefbench.train import add_lora, train
+from prefbench.lora import add_lora
+from prefbench.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, by a substring of the card's name:

@@ -33,7 +33,7 @@ from benchmarks.gpu_bench import ROOT
 from prefbench.config import load_params
 from prefbench.models import load_model, load_tokenizer
 from prefbench.tokenize import to_table, write_table
-from prefbench.train import add_lora
+from prefbench.lora import add_lora
 
 KEYS = {"llama": "llama3", "gemma2": "gemma2"}  # model family -> key in params.yaml
 

@@ -132,7 +132,7 @@ class TrainParams:
     seed: int
     log_every: int  # optimizer steps between dvclive points
     checkpoint_every: int  # optimizer steps between resumable checkpoints; 0 = none
-    devices: int  # GPUs for DDP training (torchrun, one process each); 0 = all visible
+    devices: int  # GPUs for DDP training (accelerate launch, one process each); 0 = all visible
 
     def validate(self, key: str) -> None:
         for name in ("epochs", "learning_rate", "grad_accum_steps", "log_every"):

@@ -1,59 +1,52 @@
-"""LoRA fine-tuning of a sequence classifier: peft adapters on the chosen linear layers plus the
-score head, AdamW with linear warm-up and cosine decay, gradient accumulation.
+"""LoRA fine-tuning of a sequence classifier on Hugging Face accelerate: AdamW with linear warm-up
+and cosine decay, gradient accumulation, mixed precision on GPUs, one process or several (one per
+device, on one or several machines; prefbench.launch starts them).
 
-Training can be killed and resumed: every `train.checkpoint_every` optimizer steps it writes a
-checkpoint (trainable weights, optimizer and scheduler state, RNG states, position in the data)
-and a new run with the same params and data continues from the latest one, to the same weights
-bit for bit on CPU. Checkpoints hold safetensors and JSON only: nothing is unpickled.
+`Accelerator` places the model and batches on this process's device, wraps the model for DDP when
+there are several processes, autocasts to bf16/fp16 on GPUs (fp16 with a GradScaler) and runs
+gradient accumulation (gradients all-reduced once per optimizer step). The batch order is this
+project's own: `shuffled_batches` with a numpy generator seeded by train.seed, one fresh shuffle
+per epoch, every process drawing the same batches and taking its share of each (`shard`), so
+train_batch_size is the global batch and N processes take the optimizer steps of one.
+(accelerate's own batch sharding either deals whole batches to processes, N times the batch, or
+with split_batches cuts each batch evenly, dropping or repeating rows of a batch whose size the
+process count does not divide.)
+
+Training can be killed and resumed: every `train.checkpoint_every` optimizer steps all processes
+write a checkpoint (prefbench.checkpoints, accelerate's save_state) and a new run with the same
+params and data continues from the latest one (load_state, the seeded shuffles replayed and
+accelerate's skip_first_batches past the batches done), to the same weights bit for bit on CPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import os
-import random
-import shutil
-import tempfile
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import accelerate
 import numpy as np
+import peft
 import torch
-import torch.distributed as dist
-from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
-from safetensors.torch import load_file, save_file
+import transformers
+from accelerate import Accelerator, DataLoaderConfiguration
+from torch.utils.data import DataLoader, Sampler
 from transformers import get_cosine_schedule_with_warmup
 
+from prefbench.checkpoints import TrainState, fingerprint, load_checkpoint, save_checkpoint, trainable_only
 from prefbench.cli import progress
-from prefbench.config import ModelParams, TrainParams
+from prefbench.config import ModelParams, Params, TrainParams
 from prefbench.infer import collate, oom_guard, shuffled_batches, synchronize, to_device
-from prefbench.models import resolve_dtype
+from prefbench.lora import add_lora
+from prefbench.metrics import device_name
+from prefbench.models import count_parameters, load_model, load_tokenizer, resolve_dtype
+from prefbench.tokenize import read_tokens
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss (or gradient norm) became nan or inf; the message names the step."""
-
-
-def add_lora(model, cfg: ModelParams):
-    """Wrap the base classifier with LoRA adapters; the score head is trained in full.
-
-    TaskType.SEQ_CLS makes peft keep the score head trainable and save it with the adapter.
-    """
-    if cfg.quantization != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    elif cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout, target_modules=list(cfg.lora_target_modules),
-    )
-    return get_peft_model(model, lora)
 
 
 def optimizer_steps(n_rows: int, batch_size: int, grad_accum: int, epochs: float) -> int:
@@ -61,127 +54,72 @@ def optimizer_steps(n_rows: int, batch_size: int, grad_accum: int, epochs: float
     return max(1, math.ceil(batches_per_epoch * epochs / grad_accum))
 
 
+def mixed_precision(cfg: ModelParams, device_type: str) -> str:
+    """accelerate's mixed_precision for this model on this kind of device: on GPUs autocast to the
+    base's half-precision dtype (a 4-bit base trains with fp32 norms and LoRA matrices that meet
+    bf16/fp16 activations; autocast keeps the matmuls in half precision, as HF Trainer's bf16/fp16
+    flags do); "no" on CPUs, where models compute in their own dtype (fp64 by default)."""
+    if device_type != "cuda":
+        return "no"
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(resolve_dtype(cfg.dtype, device_type), "no")
+
+
+def make_accelerator(cfg: ModelParams, tp: TrainParams, device_type: str | None = None) -> Accelerator:
+    """The Accelerator of a training run: GPUs when torch sees any (else CPU processes, gloo), the
+    mixed precision of `mixed_precision`, train.grad_accum_steps. Under a launcher it joins the
+    process group (this process's GPU: LOCAL_RANK)."""
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    # split_batches: a batch is the global batch, split over the processes (`shard`), so the LR
+    # schedule steps once per optimizer step, not once per process.
+    return Accelerator(cpu=device_type == "cpu", mixed_precision=mixed_precision(cfg, device_type),
+                       gradient_accumulation_steps=tp.grad_accum_steps,
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+
+
+class EpochBatches(Sampler):
+    """Batch sampler: each iteration is one epoch, a fresh shuffle from the generator seeded once
+    (prefbench.infer.shuffled_batches), taken last batch first (the order of the loop before
+    accelerate, which popped them off the list: the same numbers)."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int):
+        self.lengths, self.batch_size = lengths, batch_size
+        self.rng = np.random.default_rng(seed)  # the same seed in every process: the same batches everywhere
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self):
+        yield from reversed(shuffled_batches(self.lengths, self.batch_size, self.rng))
+
+    def skip_epochs(self, n: int) -> None:
+        """Draw (and drop) n epochs' shuffles: where a resumed run's generator stood."""
+        for _ in range(n):
+            shuffled_batches(self.lengths, self.batch_size, self.rng)
+
+
 @dataclass
-class TrainState:
-    """Where training stands, besides weights, optimizer, scheduler and RNGs: what a checkpoint
-    needs to continue exactly where it stopped."""
-    step: int = 0  # optimizer steps done
-    micro: int = 0  # micro-batches done
-    batches: list[np.ndarray] = field(default_factory=list)  # this epoch's batches not yet run
-    seen: int = 0  # rows trained on
-    tokens: int = 0
-    loss_sum: float = 0.0  # training loss summed since the last logged point...
-    loss_n: int = 0  # ...over this many micro-batches
-    final_loss: float = float("nan")
-    seconds: float = 0.0  # training time before the current run (checkpoint writes excluded)
-    history: list = field(default_factory=list)  # [step, {name: value}] of every logged point
+class Batch:
+    inputs: dict[str, torch.Tensor]  # this process's rows, padded: input_ids, attention_mask
+    labels: torch.Tensor
+    weight: float  # of this process's mean loss (`shard`)
+    rows: int  # of the global batch
+    tokens: int  # of the global batch
+    longest: int  # tokens of this process's longest row
 
 
-def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelParams, tp: TrainParams,
-          pad_token_id: int, device: torch.device, log=None, checkpoint_dir: str | Path | None = None,
-          fingerprint: str = "", name: str = "<model>") -> dict:
-    """Train in place. `log(step, metrics)` is called every `tp.log_every` optimizer steps.
+class ShardCollate:
+    """collate_fn: a global batch of row indices -> this process's share of it (`shard`), padded."""
 
-    Under torchrun (torch.distributed initialised, see `init_distributed`) every process holds a
-    model copy, runs the same shuffled batches and takes every world-th row of each (`shard`);
-    losses are weighted so DDP's gradient average equals the gradient of the whole batch's mean
-    loss: the same optimizer steps as one device, up to float summation order. Only rank 0 writes
-    checkpoints; pass `log` on rank 0 only.
+    def __init__(self, sequences: list[np.ndarray], labels: np.ndarray, pad_token_id: int, rank: int, world: int):
+        self.sequences, self.pad_token_id, self.rank, self.world = sequences, pad_token_id, rank, world
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.lengths = np.array([len(s) for s in sequences])
 
-    With `checkpoint_dir`, training resumes from the latest checkpoint there whose `fingerprint`
-    (params and data, see `fingerprint`) matches, and writes one every `tp.checkpoint_every`
-    optimizer steps (0: none); on resume the points logged before it are passed to `log` again, so a
-    fresh log holds the whole curve. `name` (the model's key in params.yaml) goes into error messages.
-    """
-    rank, world = world_info()
-    net = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    rng = np.random.default_rng(tp.seed)  # the same seed on every rank: the same batches everywhere
-    lengths = np.array([len(s) for s in sequences])
-    total_steps = optimizer_steps(len(sequences), cfg.train_batch_size, tp.grad_accum_steps, tp.epochs)
-    micro_batches = total_steps * tp.grad_accum_steps
-    params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=tp.learning_rate, weight_decay=tp.weight_decay)
-    sched = get_cosine_schedule_with_warmup(optim, int(tp.warmup_ratio * total_steps), total_steps)
-    labels_t = torch.as_tensor(labels, dtype=torch.long)
-    # Autocast on GPUs: a 4-bit base trains with fp32 norms and embeddings (peft's k-bit
-    # preparation), and the fp32 LoRA matrices meet bf16/fp16 activations; autocast keeps the
-    # matmuls in the half-precision dtype, as HF Trainer's bf16/fp16 flags do.
-    dtype = resolve_dtype(cfg.dtype, device.type)
-    amp = dict(device_type=device.type, dtype=dtype, enabled=device.type == "cuda" and dtype != torch.float32)
-    checkpointing = checkpoint_dir is not None and tp.checkpoint_every > 0
-
-    st = TrainState()
-    if checkpoint_dir is not None:
-        st = load_checkpoint(checkpoint_dir, fingerprint, model, optim, sched, rng, remove_stale=rank == 0) or st
-        if world > 1:
-            dist.barrier()  # every rank has read the checkpoint before rank 0 may replace it
-    if log is not None:
-        for step, values in st.history:  # resumed: the curve up to the checkpoint, again
-            log(step, values)
-
-    def ensure_finite(what: str, value: float) -> float:
-        if not math.isfinite(value):
-            raise NonFiniteLossError(
-                non_finite_message(what, value, st.step + 1, total_steps, dtype, tp.learning_rate, name))
-        return value
-
-    model.train()
-    synchronize(device)
-    start = time.perf_counter()
-    with progress(total=total_steps, initial=st.step, desc="train", unit="step", disable=rank > 0) as bar:
-        for micro in range(st.micro, micro_batches):
-            if not st.batches:  # next epoch: a fresh shuffle
-                st.batches = shuffled_batches(lengths, cfg.train_batch_size, rng)
-            idx = st.batches.pop()
-            local, weight = shard(idx, rank, world)
-            batch = to_device(collate([sequences[i] for i in local], pad_token_id), device)
-            step_ends = (micro + 1) % tp.grad_accum_steps == 0
-            sync = net.no_sync() if world > 1 and not step_ends else nullcontext()  # all-reduce once per step
-            with sync, oom_guard("train", len(local), int(lengths[local].max()), cfg, name, step=st.step + 1):
-                with torch.autocast(**amp):
-                    out = net(**batch, labels=labels_t[local].to(device))
-                loss = ensure_finite("loss", batch_mean(out.loss.detach() * weight, world))
-                (out.loss * weight / tp.grad_accum_steps).backward()
-                if step_ends:
-                    ensure_finite("gradient norm", torch.nn.utils.clip_grad_norm_(params, tp.max_grad_norm).item())
-                    optim.step()
-            st.micro, st.seen, st.tokens = micro + 1, st.seen + len(idx), st.tokens + int(lengths[idx].sum())
-            st.loss_sum += loss
-            st.loss_n += 1
-            if not step_ends:
-                continue
-            sched.step()
-            optim.zero_grad(set_to_none=True)
-            st.step += 1
-            bar.update(1)
-            if st.step % tp.log_every == 0 or st.step == total_steps:
-                st.final_loss = st.loss_sum / st.loss_n
-                values = {"loss": st.final_loss, "learning_rate": sched.get_last_lr()[0]}
-                st.history.append([st.step, values])
-                if log is not None:
-                    log(st.step, values)
-                bar.set_postfix(loss=f"{st.final_loss:.4f}")
-                st.loss_sum, st.loss_n = 0.0, 0
-            if checkpointing and rank == 0 and st.step % tp.checkpoint_every == 0 and st.step < total_steps:
-                synchronize(device)
-                st.seconds += time.perf_counter() - start  # the clock stops while the checkpoint is written
-                save_checkpoint(checkpoint_dir, fingerprint, model, optim, sched, rng, st)
-                start = time.perf_counter()
-    synchronize(device)
-    seconds = st.seconds + time.perf_counter() - start
-    return {"final_loss": st.final_loss, "train_seconds": round(seconds, 3), "steps": st.step, "samples": st.seen,
-            "tokens": st.tokens, "seconds_per_sample": seconds / max(st.seen, 1),
-            "tokens_per_second": st.tokens / seconds}
-
-
-def world_info() -> tuple[int, int]:
-    """(rank, world size): (0, 1) unless torch.distributed is initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    def __call__(self, rows: list[int]) -> Batch:
+        idx = np.asarray(rows, dtype=np.int64)
+        local, weight = shard(idx, self.rank, self.world)
+        return Batch(collate([self.sequences[i] for i in local], self.pad_token_id), self.labels[local], weight,
+                     len(idx), int(self.lengths[idx].sum()), int(self.lengths[local].max()))
 
 
 def shard(idx: np.ndarray, rank: int, world: int) -> tuple[np.ndarray, float]:
@@ -196,28 +134,108 @@ def shard(idx: np.ndarray, rank: int, world: int) -> tuple[np.ndarray, float]:
     return local, len(local) * world / len(idx)
 
 
-def batch_mean(weighted_loss: torch.Tensor, world: int) -> float:
-    """The whole batch's mean loss from each rank's weighted local mean (all ranks get the same
-    value, so a non-finite loss stops every rank at the same step)."""
-    if world > 1:
-        weighted_loss = weighted_loss.clone()
-        dist.all_reduce(weighted_loss)
-        weighted_loss /= world
-    return weighted_loss.item()
+def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelParams, tp: TrainParams,
+          pad_token_id: int, device: torch.device | None = None, log=None, checkpoint_dir=None,
+          fingerprint: str = "", name: str = "<model>", accelerator: Accelerator | None = None) -> dict:
+    """Train `model` (on `accelerator.device`) in place. `log(step, metrics)` is called every
+    `tp.log_every` optimizer steps; pass it on the main process only. Without `accelerator` one is
+    made for `device`'s type (one process).
 
+    With several processes every one holds a model copy (DDP), draws the same batches and trains on
+    its share of each; losses are weighted (`shard`) so DDP's gradient average is the gradient of
+    the whole batch's mean loss: the optimizer steps of one process, up to float summation order.
 
-def init_distributed() -> torch.device:
-    """In a process started by torchrun: join the process group (NCCL on GPUs, gloo on CPU) and
-    return this process's device (GPU LOCAL_RANK, or the CPU)."""
-    local = int(os.environ["LOCAL_RANK"])
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
-    else:
-        device = torch.device("cpu")
-        dist.init_process_group("gloo")
-    return device
+    With `checkpoint_dir`, training resumes from the latest checkpoint there whose `fingerprint`
+    (params and data, see `run_fingerprint`) matches, and writes one every `tp.checkpoint_every`
+    optimizer steps (0: none); on resume the points logged before it are passed to `log` again, so
+    a fresh log holds the whole curve. `name` (the model's key in params.yaml) goes into error messages.
+    """
+    accelerator = accelerator or make_accelerator(cfg, tp, device.type if device is not None else None)
+    device = accelerator.device
+    rank, world = accelerator.process_index, accelerator.num_processes
+    lengths = np.array([len(s) for s in sequences])
+    total_steps = optimizer_steps(len(sequences), cfg.train_batch_size, tp.grad_accum_steps, tp.epochs)
+    micro_batches = total_steps * tp.grad_accum_steps
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=tp.learning_rate, weight_decay=tp.weight_decay)
+    sched = get_cosine_schedule_with_warmup(optim, int(tp.warmup_ratio * total_steps), total_steps)
+    net, optim, sched = accelerator.prepare(model, optim, sched)
+    hooks = trainable_only(accelerator)
+    batches = EpochBatches(lengths, cfg.train_batch_size, tp.seed)
+    # Its own generator: DataLoader draws a base seed per iteration, which must not move the global
+    # torch RNG that dropout uses (the numbers of the loop before accelerate).
+    loader = DataLoader(range(len(sequences)), batch_sampler=batches, generator=torch.Generator(),
+                        collate_fn=ShardCollate(sequences, labels, pad_token_id, rank, world))
+    dtype = resolve_dtype(cfg.dtype, device.type)
+    checkpointing = checkpoint_dir is not None and tp.checkpoint_every > 0
+
+    st = TrainState()
+    if checkpoint_dir is not None:
+        st = load_checkpoint(accelerator, checkpoint_dir, fingerprint) or st
+    if log is not None:
+        for step, values in st.history:  # resumed: the curve up to the checkpoint, again
+            log(step, values)
+
+    def ensure_finite(what: str, value: float) -> float:
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                non_finite_message(what, value, st.step + 1, total_steps, dtype, tp.learning_rate, name))
+        return value
+
+    net.train()
+    epoch, done = divmod(st.micro, len(batches))
+    batches.skip_epochs(epoch)
+    synchronize(device)
+    start = time.perf_counter()
+    with progress(total=total_steps, initial=st.step, desc="train", unit="step",
+                  disable=not accelerator.is_main_process) as bar:
+        while st.micro < micro_batches:
+            epoch_loader = accelerator.skip_first_batches(loader, done) if done else loader
+            done = 0
+            for batch in epoch_loader:
+                with accelerator.accumulate(net), oom_guard("train", len(batch.labels), batch.longest, cfg, name,
+                                                            step=st.step + 1):
+                    out = net(**to_device(batch.inputs, device), labels=batch.labels.to(device))
+                    # the whole batch's mean loss, the same in every process: a non-finite loss
+                    # stops them all at the same step
+                    loss = ensure_finite("loss", accelerator.reduce(out.loss.detach() * batch.weight, "mean").item())
+                    accelerator.backward(out.loss * batch.weight)  # divided by grad_accum_steps
+                    if accelerator.sync_gradients:
+                        norm = accelerator.clip_grad_norm_(params, tp.max_grad_norm).item()
+                        if accelerator.scaler is None:  # fp16: the GradScaler skips steps of inf gradients
+                            ensure_finite("gradient norm", norm)
+                    optim.step()  # these three act once per accumulation window (accelerate)
+                    sched.step()
+                    optim.zero_grad(set_to_none=True)
+                st.micro, st.seen, st.tokens = st.micro + 1, st.seen + batch.rows, st.tokens + batch.tokens
+                st.loss_sum += loss
+                st.loss_n += 1
+                if accelerator.sync_gradients:
+                    st.step += 1
+                    bar.update(1)
+                    if st.step % tp.log_every == 0 or st.step == total_steps:
+                        st.final_loss = st.loss_sum / st.loss_n
+                        values = {"loss": st.final_loss, "learning_rate": sched.get_last_lr()[0]}
+                        st.history.append([st.step, values])
+                        if log is not None:
+                            log(st.step, values)
+                        bar.set_postfix(loss=f"{st.final_loss:.4f}")
+                        st.loss_sum, st.loss_n = 0.0, 0
+                    if checkpointing and st.step % tp.checkpoint_every == 0 and st.step < total_steps:
+                        synchronize(device)
+                        st.seconds += time.perf_counter() - start  # the clock stops while the checkpoint is written
+                        save_checkpoint(accelerator, checkpoint_dir, fingerprint, st)
+                        start = time.perf_counter()
+                if st.micro == micro_batches:
+                    break
+    synchronize(device)
+    seconds = st.seconds + time.perf_counter() - start
+    for hook in hooks:
+        hook.remove()
+    accelerator.unwrap_model(net, keep_fp32_wrapper=False)  # `model` runs without the autocast wrapper again
+    return {"final_loss": st.final_loss, "train_seconds": round(seconds, 3), "steps": st.step, "samples": st.seen,
+            "tokens": st.tokens, "seconds_per_sample": seconds / max(st.seen, 1),
+            "tokens_per_second": st.tokens / seconds}
 
 
 def non_finite_message(what: str, value: float, step: int, total_steps: int, dtype: torch.dtype,
@@ -237,129 +255,47 @@ def non_finite_message(what: str, value: float, step: int, total_steps: int, dty
             f"training stopped. {why}: {fix}.")
 
 
-# --- Checkpoints -----------------------------------------------------------------------------
-# <checkpoint_dir>/step-00000050/ holds
-#   trainable.safetensors  the trainable parameters (LoRA matrices, score head) by name
-#   optimizer.safetensors  the optimizer's per-parameter tensors ("<index>.<name>")
-#   rng.safetensors        torch's CPU and CUDA generator states
-#   state.json             fingerprint, TrainState, optimizer param groups, scheduler state,
-#                          numpy Generator and python `random` states
-# It is written to a temporary folder and renamed into place, so a step-* folder is complete;
-# a kill at any moment leaves the previous checkpoint intact.
-
-CHECKPOINT_FORMAT = 1
-
-
-def fingerprint(settings: dict, files: list[str | Path]) -> str:
-    """Hash of the settings that determine training (JSON-able) and the bytes of its input files.
-    A checkpoint is only resumed by a run with the same fingerprint."""
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for path in files:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    return h.hexdigest()[:16]
+@dataclass
+class FineTuned:
+    model: object  # the peft model, trained
+    result: dict  # train()'s
+    weights: str  # "pretrained" or "random-init" (prefbench.models.load_model)
+    dtype: torch.dtype
+    attn_implementation: str
+    params_total: int  # of the base model
+    params_trainable: int
+    pad_token_id: int
 
 
-def latest_checkpoint(folder: str | Path) -> Path | None:
-    steps = sorted(Path(folder).glob("step-*")) if Path(folder).is_dir() else []
-    return steps[-1] if steps else None
+def fine_tune(accelerator: Accelerator, params: Params, tokens: str, checkpoint_dir, log=None) -> FineTuned:
+    """The train stage's work for an LLM: the selected base on this process's device, LoRA, the
+    token cache's train split, `train` (resuming from `checkpoint_dir`). Prints one line on what
+    trains where."""
+    cfg, tp = params.selected, params.train
+    transformers.set_seed(tp.seed)
+    tok = load_tokenizer(cfg.pretrained)
+    _, labels, seqs = read_tokens(tokens, "train")
+    model, dtype, weights = load_model(cfg, tok.pad_token_id, accelerator.device, seed=tp.seed)
+    total = count_parameters(model)["params_total"]
+    attn = model.config._attn_implementation  # `auto` resolved (prefbench.models.resolve_attention)
+    model = add_lora(model, cfg)
+    trainable = count_parameters(model)["params_trainable"]
+    accelerator.print(f"train: {params.model} ({weights}, {dtype}, {attn}) on {accelerator.num_processes} x "
+                      f"{device_name(accelerator.device)}: {len(seqs)} rows, {total:,} parameters, "
+                      f"{trainable:,} trainable", flush=True)
+    result = train(model, seqs, labels, cfg, tp, tok.pad_token_id, log=log, checkpoint_dir=checkpoint_dir,
+                   fingerprint=run_fingerprint(params, tokens), name=params.model, accelerator=accelerator)
+    return FineTuned(model, result, weights, dtype, attn, total, trainable, tok.pad_token_id)
 
 
-def remove_checkpoints(folder: str | Path, keep: Path | None = None) -> None:
-    """Delete the checkpoints in `folder` (and temporary folders of killed runs) but `keep`; then
-    the folder itself if empty. Nothing else in it is touched."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return
-    for entry in [*folder.glob("step-*"), *folder.glob(".tmp-*")]:
-        if entry != keep:
-            shutil.rmtree(entry, ignore_errors=True)
-    if not any(folder.iterdir()):
-        folder.rmdir()
-
-
-def save_checkpoint(folder: str | Path, fp: str, model, optim, sched, rng: np.random.Generator,
-                    st: TrainState) -> Path:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step-{st.step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder))
-    trainable = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    save_file(trainable, tmp / "trainable.safetensors")
-    opt = optim.state_dict()
-    opt_tensors = {f"{i}.{k}": v.contiguous() for i, s in opt["state"].items() for k, v in s.items()
-                   if torch.is_tensor(v)}
-    opt_values = {str(i): {k: v for k, v in s.items() if not torch.is_tensor(v)} for i, s in opt["state"].items()}
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
-    rng_tensors = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng_tensors |= {f"torch_cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
-    save_file(rng_tensors, tmp / "rng.safetensors")
-    state = dataclasses.asdict(dataclasses.replace(st, batches=[b.tolist() for b in st.batches]))
-    meta = {"format": CHECKPOINT_FORMAT, "fingerprint": fp, "train_state": state,
-            "optimizer": {"param_groups": opt["param_groups"], "state_values": opt_values},
-            "scheduler": sched.state_dict(), "numpy_rng": rng.bit_generator.state,
-            "python_random": random.getstate()}
-    (tmp / "state.json").write_text(json.dumps(meta))
-    for f in tmp.iterdir():
-        _fsync(f)
-    os.replace(tmp, final)
-    _fsync(folder)
-    remove_checkpoints(folder, keep=final)  # the earlier ones
-    return final
-
-
-def load_checkpoint(folder: str | Path, fp: str, model, optim, sched,
-                    rng: np.random.Generator, remove_stale: bool = True) -> TrainState | None:
-    """Restore the latest checkpoint in `folder` into model, optim, sched, rng and the global RNGs;
-    return its TrainState, or None when there is none or (then deleted, saying so) it was made
-    with other params, data or versions."""
-    path = latest_checkpoint(folder)
-    if path is None:
-        return None
-    try:
-        meta = json.loads((path / "state.json").read_text())
-    except (OSError, ValueError) as err:
-        meta = {"fingerprint": f"unreadable ({err})"}
-    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("fingerprint") != fp:
-        print(f"train: ignoring checkpoint {path}: made with other params, data or versions "
-              f"(fingerprint {meta.get('fingerprint')}, this run {fp}); training from step 0", flush=True)
-        if remove_stale:  # under DDP only rank 0 deletes
-            remove_checkpoints(folder)
-        return None
-    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    trainable = load_file(path / "trainable.safetensors")
-    if set(trainable) != set(named):
-        raise RuntimeError(f"checkpoint {path} does not hold this model's trainable parameters")
-    with torch.no_grad():
-        for n, p in named.items():
-            p.copy_(trainable[n])
-    opt_tensors = load_file(path / "optimizer.safetensors")
-    state = {int(i): dict(values) for i, values in meta["optimizer"]["state_values"].items()}
-    for key, value in opt_tensors.items():
-        i, k = key.split(".", 1)
-        state[int(i)][k] = value
-    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["optimizer"]["param_groups"]]
-    optim.load_state_dict({"state": state, "param_groups": groups})
-    sched.load_state_dict(meta["scheduler"])
-    rng.bit_generator.state = meta["numpy_rng"]
-    version, internal, gauss = meta["python_random"]
-    random.setstate((version, tuple(internal), gauss))
-    rng_tensors = load_file(path / "rng.safetensors")
-    torch.set_rng_state(rng_tensors["torch_cpu"])
-    cuda = [rng_tensors[f"torch_cuda.{i}"] for i in range(len(rng_tensors) - 1)]
-    if cuda and len(cuda) == torch.cuda.device_count():  # same number of GPUs as the run that wrote it
-        torch.cuda.set_rng_state_all(cuda)
-    st = TrainState(**meta["train_state"])
-    st.batches = [np.asarray(b, dtype=np.int64) for b in st.batches]
-    print(f"train: resuming from checkpoint {path} (optimizer step {st.step}, micro-batch {st.micro})", flush=True)
-    return st
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def run_fingerprint(params: Params, tokens: str) -> str:
+    """What a checkpoint must have been made with to be resumed: the params training reads
+    (checkpoint_every, devices and eval_batch_size aside: a run of 2 processes takes the same steps
+    as one), the token cache, and the library versions."""
+    cfg = {k: v for k, v in dataclasses.asdict(params.selected).items() if k != "eval_batch_size"}
+    settings = {"model": params.model, "models": cfg,
+                "train": {k: v for k, v in dataclasses.asdict(params.train).items()
+                          if k not in ("checkpoint_every", "devices")},
+                "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                             "peft": peft.__version__, "accelerate": accelerate.__version__}}
+    return fingerprint(settings, [Path(tokens) / "meta.json", Path(tokens) / "train.arrow"])

@@ -16,10 +16,13 @@ a crash or a kill, the stage resumes from it if the params and the token cache a
 checkpoints are deleted once the adapter is written. A non-finite loss or running out of device
 memory stops the stage with a message saying what to change (exit status 1).
 
-With train.devices > 1 (or 0: all visible GPUs, when there are several) the stage re-runs itself
-through torchrun, one process per GPU (DDP): every process takes its share of each batch of
-train_batch_size rows, so the optimizer steps are those of one GPU (prefbench.train.shard), and
-rank 0 writes the outputs. seconds_per_sample is wall time; `devices` says how many ran.
+With train.devices > 1 (or 0: all visible GPUs, when there are several) the stage starts itself
+again through `accelerate launch`, one process per device (prefbench.launch; on a machine without
+GPUs, CPU processes over gloo), and waits: the dvc.yaml command stays one line. Started by
+`accelerate launch` itself (several machines: README "Several GPUs") it trains at once, in the
+launcher's processes. Every process takes its share of each batch of train_batch_size rows, so the
+optimizer steps are those of one device (prefbench.train.shard), and the main process writes the
+outputs. seconds_per_sample is wall time; `devices` says how many processes ran.
 """
 
 from __future__ import annotations
@@ -27,28 +30,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import subprocess
 import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-import peft
-import torch
-import torch.distributed as dist
-import transformers
 from dvclive import Live
 
 from prefbench import tfidf
+from prefbench.checkpoints import remove_checkpoints
 from prefbench.cli import run
 from prefbench.config import Params, by_kind, load_params
-from prefbench.infer import BatchOutOfMemoryError
-from prefbench.metrics import device_name, peak_memory_gb, round_floats, write_json
-from prefbench.models import count_parameters, load_model, load_tokenizer, pick_devices
-from prefbench.tokenize import read_tokens
 from prefbench.files import atomic_path
-from prefbench.train import (NonFiniteLossError, add_lora, fingerprint, init_distributed, remove_checkpoints, train,
-                             world_info)
+from prefbench.infer import BatchOutOfMemoryError
+from prefbench.launch import launched, relaunch
+from prefbench.lora import save_adapter
+from prefbench.metrics import device_name, peak_memory_gb, round_floats, write_json
+from prefbench.models import pick_devices
+from prefbench.train import NonFiniteLossError, fine_tune, make_accelerator, mixed_precision
 
 
 def main() -> None:
@@ -84,33 +82,14 @@ def train_tfidf(args: argparse.Namespace, params: Params) -> None:
 def train_llm(args: argparse.Namespace, params: Params) -> None:
     cfg, tp = params.selected, params.train
     checkpoints = Path(args.checkpoints or f"{args.out.rstrip('/')}.ckpt")
+    if not launched() and len(devices := pick_devices(tp.devices, "train.devices")) > 1:
+        sys.exit(relaunch("stages.train", sys.argv[1:], len(devices), mixed_precision(cfg, devices[0].type), "train"))
 
-    if "LOCAL_RANK" in os.environ:  # a torchrun worker
-        device = init_distributed()
-    else:
-        devices = pick_devices(tp.devices, "train.devices")
-        if len(devices) > 1:
-            sys.exit(launch_ddp(len(devices)))
-        device = devices[0]
-    rank, world = world_info()
-    main_process = rank == 0
-
-    transformers.set_seed(tp.seed)
-    tok = load_tokenizer(cfg.pretrained)
-    _, labels, seqs = read_tokens(args.tokens, "train")
-    model, dtype, weights = load_model(cfg, tok.pad_token_id, device, seed=tp.seed)
-    base_counts = count_parameters(model)
-    attn = model.config._attn_implementation  # `auto` resolved (prefbench.models.resolve_attention)
-    model = add_lora(model, cfg)
-    trainable = count_parameters(model)["params_trainable"]
-    if main_process:
-        print(f"train: {params.model} ({weights}, {dtype}, {attn}) on {world} x {device_name(device)}: "
-              f"{len(seqs)} rows, {base_counts['params_total']:,} parameters, {trainable:,} trainable", flush=True)
-
+    accelerator = make_accelerator(cfg, tp)
+    main = accelerator.is_main_process
     # A fresh log even when resuming: DVC deletes dvclive/ before it re-runs the stage, and train()
     # logs the points before the checkpoint again, so the curve is complete either way.
-    live_ctx = Live(dir=args.live, save_dvc_exp=False, dvcyaml=None, report=None) if main_process else nullcontext()
-    with live_ctx as live:
+    with Live(dir=args.live, save_dvc_exp=False, dvcyaml=None, report=None) if main else nullcontext() as live:
         def log(step: int, values: dict) -> None:
             live.step = step
             for name, value in values.items():
@@ -118,33 +97,26 @@ def train_llm(args: argparse.Namespace, params: Params) -> None:
             live.next_step()
 
         try:
-            result = train(model, seqs, labels, cfg, tp, tok.pad_token_id, device, log=log if main_process else None,
-                           checkpoint_dir=checkpoints, fingerprint=run_fingerprint(params, args.tokens),
-                           name=params.model)
+            tuned = fine_tune(accelerator, params, args.tokens, checkpoints, log=log if main else None)
         except (NonFiniteLossError, BatchOutOfMemoryError) as err:
             sys.exit(f"train: error: {err}")
-
-    peak = peak_memory_gb(device)
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    if not main_process:
+    peak = peak_memory_gb(accelerator.device)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # leaves the process group
+    if not main:
         return
 
-    resolved = {"model": params.model, "weights": weights, "dtype": str(dtype).removeprefix("torch."),
-                "pad_token_id": tok.pad_token_id, "models": dataclasses.asdict(cfg),
-                "train": dataclasses.asdict(tp)}
-    for lora in model.peft_config.values():  # a set, saved in hash order: sort it, for identical bytes per run
-        if isinstance(lora.target_modules, set):
-            lora.target_modules = sorted(lora.target_modules)
+    dtype, result, world = str(tuned.dtype).removeprefix("torch."), tuned.result, accelerator.num_processes
+    resolved = {"model": params.model, "weights": tuned.weights, "dtype": dtype, "pad_token_id": tuned.pad_token_id,
+                "models": dataclasses.asdict(cfg), "train": dataclasses.asdict(tp)}
     with atomic_path(args.out) as out:
-        model.save_pretrained(out)  # adapter_model.safetensors: LoRA weights and the score head
+        save_adapter(tuned.model, out)  # adapter_model.safetensors: LoRA weights and the score head
         (out / "resolved_params.json").write_text(json.dumps(resolved, indent=2) + "\n")
     metrics = {
-        "model": params.model, "weights": weights, "device": device_name(device),
-        "dtype": resolved["dtype"], "attn_implementation": attn,
-        "quantization": cfg.quantization, **round_floats(result), "params_trainable": trainable,
-        "params_total": base_counts["params_total"], "peak_memory_gb": peak,
+        "model": params.model, "weights": tuned.weights, "device": device_name(accelerator.device),
+        "dtype": dtype, "attn_implementation": tuned.attn_implementation,
+        "quantization": cfg.quantization, **round_floats(result), "params_trainable": tuned.params_trainable,
+        "params_total": tuned.params_total, "peak_memory_gb": peak,
         "devices": world, "device_seconds_per_sample": round(result["seconds_per_sample"] * world, 6),
     }
     with atomic_path(args.metrics) as path:
@@ -153,28 +125,6 @@ def train_llm(args: argparse.Namespace, params: Params) -> None:
     print(f"train: {result['steps']} steps in {result['train_seconds']:.1f} s, "
           f"{result['seconds_per_sample']:.4f} s/sample, {result['tokens_per_second']:.0f} tokens/s, "
           f"final loss {result['final_loss']:.4f}")
-
-
-def launch_ddp(n: int) -> int:
-    """Run this stage again under torchrun, one process per GPU, with the same arguments; returns
-    its exit status. torchrun stops every process when one fails."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-           "-m", "stages.train", *sys.argv[1:]]
-    print(f"train: {n} devices: DDP through torchrun: {' '.join(cmd[1:])}", flush=True)
-    return subprocess.run(cmd, env=os.environ.copy()).returncode
-
-
-def run_fingerprint(params, tokens: str) -> str:
-    """What a checkpoint must have been made with to be resumed: the params training reads
-    (checkpoint_every, devices and eval_batch_size aside: a run on 2 GPUs takes the same steps as
-    on one), the token cache, and the library versions."""
-    cfg = {k: v for k, v in dataclasses.asdict(params.selected).items() if k != "eval_batch_size"}
-    settings = {"model": params.model, "models": cfg,
-                "train": {k: v for k, v in dataclasses.asdict(params.train).items()
-                          if k not in ("checkpoint_every", "devices")},
-                "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                             "peft": peft.__version__}}
-    return fingerprint(settings, [Path(tokens) / "meta.json", Path(tokens) / "train.arrow"])
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ LOAD = """
 import sys, torch
 from prefbench.config import load_params
 from prefbench.models import load_model, load_tokenizer
-from prefbench.train import add_lora
+from prefbench.lora import add_lora
 params = load_params("params.yaml")
 for name in ("llama3", "gemma2"):
     cfg = params.models[name]

@@ -14,7 +14,8 @@ from prefbench.config import load_params
 from prefbench.infer import BatchOutOfMemoryError, oom_message, predict
 from prefbench.models import load_model, load_tokenizer
 from prefbench.tokenize import read_tokens
-from prefbench.train import NonFiniteLossError, add_lora, non_finite_message, train
+from prefbench.lora import add_lora
+from prefbench.train import NonFiniteLossError, non_finite_message, train
 from prefbench.infer import NonFiniteLogitsError, check_finite
 from tests.conftest import ROOT
 from tests.test_resume import tokens, train_args, write_params  # noqa: F401  (tokens: a fixture)
