@@ -5,11 +5,18 @@ from sklearn.metrics import log_loss as sk_log_loss
 from prefbench.metrics import accuracy, calibration_rows, log_loss, prior_log_loss
 
 
-def test_log_loss_matches_sklearn():
+def test_log_loss_is_sklearns_with_kaggles_1e15_clip():
+    """sklearn where nothing needs clipping; a zero on the true class costs -ln(1e-15) = 34.54 nats
+    (Kaggle's clip), not sklearn's own float-eps clip (-ln(2.2e-16) = 36.04)."""
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 500)
     probs = rng.dirichlet([1, 1, 1], 500)
     assert log_loss(labels, probs) == pytest.approx(sk_log_loss(labels, probs), rel=1e-9)
+    wrong = np.eye(3)[(labels[:20] + 1) % 3]  # 20 rows, certain and wrong
+    all_labels, all_probs = np.concatenate([labels, labels[:20]]), np.vstack([probs, wrong])
+    expected = (500 * sk_log_loss(labels, probs) + 20 * -np.log(1e-15)) / 520
+    assert log_loss(all_labels, all_probs) == pytest.approx(expected, rel=1e-9)
+    assert sk_log_loss(labels[:20], wrong, labels=[0, 1, 2]) > 35.5  # the clip is what makes the difference
 
 
 def test_uniform_is_ln3_and_zero_probabilities_are_clipped():
@@ -29,7 +36,18 @@ def test_prior_and_accuracy():
 
 
 def test_calibration_rows_cover_each_class():
+    """Labels drawn from the predicted probabilities (calibrated by construction): every class gets
+    its own `bins` points, each on the diagonal (observed frequency of that class = its mean
+    predicted probability, within 0.05: ~3.5 binomial sigmas at 1200 rows a bin); a class scored
+    against another class's column or labels would leave it."""
     rng = np.random.default_rng(1)
-    rows = calibration_rows(rng.integers(0, 3, 300), rng.dirichlet([1, 1, 1], 300), bins=5)
-    assert {r["class"] for r in rows} == {"a", "b", "tie"}
-    assert all(0 <= r["predicted"] <= 1 and 0 <= r["observed"] <= 1 for r in rows)
+    n = 6000
+    probs = rng.dirichlet([1, 1, 1], n)
+    labels = (rng.random(n)[:, None] > probs.cumsum(axis=1)).sum(axis=1)  # label k with probability probs[:, k]
+    rows = calibration_rows(labels, probs, bins=5)
+    for name in ("a", "b", "tie"):
+        points = [r for r in rows if r["class"] == name]
+        assert len(points) == 5, name
+        assert all(abs(r["observed"] - r["predicted"]) < 0.05 for r in points), (name, points)
+        assert points[-1]["predicted"] > 0.5 > points[0]["predicted"]  # the bins span the probabilities
+    assert len(rows) == 15

@@ -12,15 +12,24 @@ from prefbench.models import count_parameters, has_weights, label_config_kwargs,
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize("folder,total", [("gemma2-9b", 9_241_716_736), ("llama3-8b", 7_504_936_960)])
-def test_full_size_parameter_counts_are_exact(folder, total):
+# The published sizes less the LM head (Llama3's own 128256 x 4096; Gemma2 ties it to the embedding)
+# plus our 3-class score head (3 x hidden): 8,030,261,248 - 525,336,576 + 12,288 and 9,241,705,984 + 10,752.
+@pytest.mark.parametrize("folder,total,norms_per_layer", [("gemma2-9b", 9_241_716_736, 4),
+                                                          ("llama3-8b", 7_504_936_960, 2)])
+def test_full_size_parameter_counts_are_exact(folder, total, norms_per_layer):
     config = AutoConfig.from_pretrained(ROOT / "models" / folder, **label_config_kwargs())
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(config)
     counts = count_parameters(model)
     assert counts["params_total"] == total
     assert counts["params_embedding"] == config.vocab_size * config.hidden_size
-    assert counts["params_non_embedding"] == total - counts["params_embedding"]
+    # non-embedding from the architecture: per layer q, k, v, o (grouped k/v heads), the gated MLP's
+    # three matrices and the RMSNorm scales (Gemma2 has pre- and post-norms on both blocks); then the
+    # final norm and the score head. No biases in either family.
+    h, d = config.hidden_size, config.head_dim
+    q, kv = config.num_attention_heads * d, config.num_key_value_heads * d
+    layer = 2 * h * q + 2 * h * kv + 3 * h * config.intermediate_size + norms_per_layer * h
+    assert counts["params_non_embedding"] == config.num_hidden_layers * layer + h + 3 * h
     assert not has_weights(str(ROOT / "models" / folder))  # config only: random-init timing runs
 
 

@@ -1,7 +1,6 @@
 """Tests for the synthetic arena sample (prefbench.sample)."""
 
 import json
-import time
 
 import numpy as np
 import pandas as pd
@@ -109,9 +108,3 @@ def test_same_style_ties_more(df):
     close = diff < diff.quantile(0.2)
     far = diff > diff.quantile(0.8)
     assert df.loc[close, "winner_tie"].mean() > df.loc[far, "winner_tie"].mean() + 0.1
-
-
-def test_fast():
-    t0 = time.perf_counter()
-    generate_arena_sample(N, seed=1)
-    assert time.perf_counter() - t0 < 2.0

@@ -5,9 +5,9 @@
     run by prefbench.models (a control shows the same folder does run it with trust_remote_code=True).
 (b) No pickle-based loading (pickle, joblib, dill, torch.load without weights_only=True, ...) in
     prefbench/ and stages/.
-(c) With HF_TOKEN and HUGGING_FACE_HUB_TOKEN set, a full `dvc repro` of a small pipeline writes the
-    token nowhere: not in any output, metric, plot, adapter file, the DVC cache, run cache or
-    logs, nor on stdout/stderr.
+(c) With HF_TOKEN and HUGGING_FACE_HUB_TOKEN set and the model a hub id (from an offline cache, so
+    the loads read the token), a full `dvc repro` of a small pipeline writes the token nowhere: not
+    in any output, metric, plot, adapter file, the DVC cache, run cache or logs, nor on stdout/stderr.
 """
 
 from __future__ import annotations
@@ -266,18 +266,52 @@ def test_pickle_scan_is_not_vacuous(code, flagged):
 
 # ------------------------------------------------------------------ (c) hub tokens
 
-def test_hub_tokens_never_written_by_the_pipeline(tmp_path):
-    """A full small `dvc repro` with both token variables set: no file anywhere in the repo copy
-    (outputs, metrics, dvclive, adapter incl. resolved_params.json and README.md, dvc.lock, the
-    DVC cache and run cache, .dvc/tmp) and neither stdout nor stderr contains either token."""
+HUB_ID = "prefbench-test/tiny-llama3"
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def offline_hub_cache(cache: Path) -> Path:
+    """A huggingface_hub cache holding models/tiny-llama3 as the hub repo HUB_ID: with the hub
+    offline, transformers resolves HUB_ID from it through huggingface_hub, as it would a download."""
+    repo = cache / f"models--{HUB_ID.replace('/', '--')}"
+    shutil.copytree(ROOT / "models" / "tiny-llama3", repo / "snapshots" / HUB_COMMIT)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(HUB_COMMIT)
+    return cache
+
+
+def test_hub_tokens_never_written_by_the_pipeline(tmp_path, monkeypatch):
+    """A full small `dvc repro` with both token variables set, the selected model a hub id (served
+    from a local offline cache), so the model and tokenizer loads read the token: no file anywhere
+    in the repo copy (outputs, metrics, dvclive, adapter incl. resolved_params.json and README.md,
+    dvc.lock, the DVC cache and run cache, .dvc/tmp) and neither stdout nor stderr contains either token."""
+    import huggingface_hub.utils._auth as hub_auth
+
+    from prefbench.models import load_tokenizer
+
     repo = git_copy(tmp_path / "repo")
     shrink_params(repo, rows=120, test_rows=30)
-    git_commit(repo, "small params")
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    raw["models"][raw["model"]]["pretrained"] = HUB_ID
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    git_commit(repo, "small params, the model from the hub")
     copied = {p: p.read_bytes() for p in repo.rglob("*")
               if p.is_file() and ".git" not in p.relative_to(repo).parts[:1]}
-
+    cache = offline_hub_cache(tmp_path / "hub")
     tokens = {"HF_TOKEN": HF_TOKEN, "HUGGING_FACE_HUB_TOKEN": LEGACY_TOKEN}
-    proc = subprocess.run([DVC, "repro"], cwd=repo, capture_output=True, text=True, env=child_env(**tokens))
+
+    # the premise: loading the selected model as the stages do reads the token from the environment
+    reads = []
+    real = hub_auth._get_token_from_environment
+    monkeypatch.setattr(hub_auth, "_get_token_from_environment", lambda: reads.append(real()) or reads[-1])
+    monkeypatch.setattr(hub_auth.constants, "HF_HUB_CACHE", str(cache))
+    for name, value in tokens.items():
+        monkeypatch.setenv(name, value)
+    load_tokenizer(raw["models"][raw["model"]]["pretrained"])
+    assert HF_TOKEN in reads, reads
+
+    proc = subprocess.run([DVC, "repro"], cwd=repo, capture_output=True, text=True,
+                          env=child_env(HF_HUB_CACHE=str(cache), **tokens))
     assert proc.returncode == 0, f"dvc repro failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     for stage in stages:
@@ -287,6 +321,8 @@ def test_hub_tokens_never_written_by_the_pipeline(tmp_path):
     for out in ("metrics/eval.json", "metrics/predictions.csv", "models/adapter/resolved_params.json",
                 "models/adapter/README.md", "models/adapter/adapter_config.json", "dvc.lock"):
         assert (repo / out).is_file(), out
+    resolved = json.loads((repo / "models" / "adapter" / "resolved_params.json").read_text())
+    assert resolved["models"]["pretrained"] == HUB_ID and resolved["weights"] == "pretrained"  # the hub model
     assert any((repo / "dvclive").rglob("*.tsv")) and any((repo / ".dvc" / "cache").rglob("*"))
 
     secrets = [t.encode() for t in (HF_TOKEN, LEGACY_TOKEN, "SECRETtoken", "SECRETlegacy")]

@@ -1,0 +1,98 @@
+"""What the evaluate stage's timers cover: collating batches is inside seconds_per_sample (it is part
+of serving a row), loading the model is not (it is load_seconds), warm-up batches are not.
+
+The stage runs in-process through its `main` on a tiny pipeline built here (tokens from the
+prepare and tokenize stages, a fresh LoRA adapter), with delays injected by module attribute into
+`prefbench.infer.collate` and `prefbench.models.load_model`. A delay advances the clocks timers read
+(time.perf_counter, time.monotonic) instead of sleeping: the test takes no longer for it, and a
+1000-second delay per batch cannot be mistaken for real work on a busy machine.
+"""
+
+import json
+import math
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+import prefbench.infer
+import prefbench.models
+from prefbench.config import load_params
+from prefbench.models import load_model, load_tokenizer
+from prefbench.train import add_lora
+from tests.test_resume import tokens, write_params  # noqa: F401  (tokens: a fixture)
+
+PER_BATCH = 1_000.0  # seconds added to every collate call
+LOAD = 1_000_000.0  # seconds added to every base-model load
+
+
+class Clock:
+    """time.perf_counter and time.monotonic, plus whatever `advance` has added."""
+
+    def __init__(self, monkeypatch):
+        self.offset = 0.0
+        for name in ("perf_counter", "monotonic"):
+            real = getattr(time, name)
+            monkeypatch.setattr(time, name, lambda real=real: real() + self.offset)
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+@pytest.fixture
+def adapter(tmp_path, tokens):  # noqa: F811
+    params = write_params(tmp_path / "params.yaml")
+    raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    raw["models"][raw["model"]]["eval_batch_size"] = 8  # several timed batches from the 30 validation rows
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_params(params[1]).selected
+    tok = load_tokenizer(cfg.pretrained)
+    add_lora(load_model(cfg, tok.pad_token_id, torch.device("cpu"))[0], cfg).save_pretrained(tmp_path / "adapter")
+    # the train stage writes the seed its base was built from beside the adapter; evaluate reads it
+    (tmp_path / "adapter" / "resolved_params.json").write_text(json.dumps({"train": {"seed": 0}}))
+    return params, tmp_path
+
+
+def run_evaluate(monkeypatch, params, tokens, out) -> dict:  # noqa: F811
+    import stages.evaluate
+    monkeypatch.setattr(sys, "argv", [
+        "evaluate", *params, "--tokens", str(tokens), "--adapter", str(out / "adapter"),
+        "--metrics", str(out / "eval.json"), "--predictions", str(out / "pred.csv"),
+        "--calibration", str(out / "cal.csv"), "--speed-accuracy", str(out / "sa.json")])
+    stages.evaluate.main()
+    return json.loads((out / "eval.json").read_text())
+
+
+def test_collate_is_timed_model_load_and_warmup_are_not(monkeypatch, adapter, tokens):  # noqa: F811
+    params, out = adapter
+    clock = Clock(monkeypatch)
+    calls = {"collate": 0, "load": 0}
+    collate, load = prefbench.infer.collate, prefbench.models.load_model
+
+    def slow_collate(*args, **kwargs):
+        calls["collate"] += 1
+        clock.advance(PER_BATCH)
+        return collate(*args, **kwargs)
+
+    def slow_load(*args, **kwargs):
+        calls["load"] += 1
+        clock.advance(LOAD)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(prefbench.infer, "collate", slow_collate)
+    monkeypatch.setattr(prefbench.models, "load_model", slow_load)
+    m = run_evaluate(monkeypatch, params, tokens, out)
+
+    assert calls["load"] == m["devices"] == 1  # evaluate built its model through load_model
+    batches = math.ceil(m["n_samples"] / m["batch_size"])
+    assert batches >= 2 and calls["collate"] > batches  # timed batches, and warm-up ones before them
+    # every timed batch's collate is in the predict time, no warm-up batch's and no model load;
+    # the real work adds seconds at most, far below the 1000 s of a single injected delay
+    assert batches * PER_BATCH <= m["predict_seconds"] < (batches + 0.5) * PER_BATCH
+    assert m["seconds_per_sample"] == pytest.approx(m["predict_seconds"] / m["n_samples"], rel=1e-5)
+    warmup = calls["collate"] - batches
+    assert warmup * PER_BATCH <= m["warmup_seconds"] < (warmup + 0.5) * PER_BATCH
+    # the load is in load_seconds, and nothing of the predict loop is
+    assert LOAD <= m["load_seconds"] < LOAD + 0.5 * PER_BATCH
