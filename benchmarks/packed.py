@@ -9,14 +9,17 @@ On a CPU (a smoke run of the same code with the tiny models; flash-attn-4 and Li
 
 Per model (full-size architecture, random-init weights; token lengths of real arena rows,
 benchmarks/arena_lengths.json, as default_path.py):
-  1. fp32 eager on 8 rows, padded (prefbench.infer.predict) and packed (prefbench.packing): the
-     reference, and the packed path checked against it where rounding is small.
+  1. fp32 eager on 16 of the timed rows (spread over the lengths), padded (prefbench.infer.predict)
+     and packed (prefbench.packing, packs > 4096 tokens): the reference, and the packed path checked
+     against it where rounding is small.
   2. bf16 on the attention and kernels `auto` resolves to here (flash_attention_4 + Liger on Hopper
      where installed; sdpa / eager and no kernels elsewhere):
        padded: prefbench.infer.predict, length-sorted batches of --batches rows, padded to 64,
                one untimed batch per padded shape (the pipeline's warm-up), then --reps passes
        packed: prefbench.packing.predict_packed at each --budgets token budget, --reps passes
-     Each cell's logits: against fp32 eager on the 8 rows, and against the padded cell's on all rows.
+       (--window-off) a packed cell with Gemma2's sliding window off (exact while rows <= window):
+               FA4's causal kernel instead of its local one on packs > 4096 tokens
+     Each cell's logits: against fp32 eager on the 16 rows, and against the padded cell's on all rows.
 MFU = model FLOPs of the real tokens (prefbench/flops.py) / median seconds / peak, against the bf16
 matmul peak measured here and the datasheet's dense bf16 figure (H100 / H200 SXM: 989 TFLOP/s).
 Results are written after every cell, so a run cut short keeps what it measured.
@@ -30,6 +33,7 @@ import gc
 import json
 import platform
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +49,7 @@ from prefbench.models import apply_kernels, count_parameters, label_config_kwarg
 from prefbench.packing import predict_packed
 
 PAD_MULTIPLE = 64  # as evaluate and predict pad on a GPU
-CHECK_ROWS = 8
+CHECK_ROWS = 16  # timed rows also checked against fp32 eager
 
 
 class Run:
@@ -114,16 +118,19 @@ class Run:
         kernels = resolve_kernels("auto", dev.type, self.capability)
         lengths = bench_lengths(a.rows, a.max_length)
         seqs = bench_sequences(lengths, config.vocab_size, seed=2)
-        check = bench_sequences(lengths[:CHECK_ROWS], config.vocab_size, seed=1)
+        # Checked rows: CHECK_ROWS of the timed rows, spread over the lengths, so they sit in every kind
+        # of pack (a pack of > 4096 tokens runs Gemma2's sliding layers through FA4's local kernel).
+        picked = np.argsort(lengths, kind="stable")[:: max(1, len(seqs) // CHECK_ROWS)][:CHECK_ROWS]
+        check = [seqs[i] for i in picked]
         self.r["models"][name] = {**counts, "family": config.model_type, "attn": attn, "kernels": kernels,
                                   "tokens": int(lengths.sum()), "mean_length": float(lengths.mean())}
         flops = forward_flops(config, counts["params_non_embedding"], lengths)
 
         # 1. fp32 eager: the reference, and packed vs padded where rounding is small.
-        ref = predict(model, check, CHECK_ROWS, 0, dev, warmup_batches=0, pad_multiple=PAD_MULTIPLE)["logits"]
+        ref = predict(model, check, 8, 0, dev, warmup_batches=0, pad_multiple=PAD_MULTIPLE)["logits"]
         ref = ref.astype(np.float64)
         packed32 = predict_packed(model, check, a.check_budget, 0, dev, warmup=False)
-        self.r["checks"].append({"model": name, "dtype": "float32", "attn": "eager", "rows": CHECK_ROWS,
+        self.r["checks"].append({"model": name, "dtype": "float32", "attn": "eager", "rows": len(check),
                                  "token_budget": a.check_budget, "packs": packed32["packs"],
                                  "packed_vs_padded": errors(packed32["logits"], ref)})
         print(f"{name} fp32 eager packed vs padded ({packed32['packs']} packs): "
@@ -137,8 +144,12 @@ class Run:
         base = None  # the first padded cell: the baseline of the others
         cells = [("padded", {"batch": int(b)}) for b in a.batches.split(",")]
         cells += [("packed", {"budget": int(b)}) for b in a.budgets.split(",")]
+        window = getattr(config, "sliding_window", None)
+        if a.window_off and window and a.max_length <= window:
+            cells.append(("packed", {"budget": int(a.budgets.split(",")[len(a.budgets.split(",")) // 2]),
+                                     "window_off": True}))
         for layout, size in cells:
-            cell = self.time_cell(model, name, layout, seqs, check, ref, flops, attn, kernels, **size)
+            cell = self.time_cell(model, name, layout, seqs, picked, ref, flops, attn, kernels, **size)
             if cell is None:
                 continue
             logits = cell.pop("_logits").astype(np.float64)
@@ -153,7 +164,8 @@ class Run:
         del model
         self.save()
 
-    def time_cell(self, model, name, layout, seqs, check, ref, flops, attn, kernels, batch=None, budget=None):
+    def time_cell(self, model, name, layout, seqs, picked, ref, flops, attn, kernels, batch=None, budget=None,
+                  window_off=False):
         a, dev = self.args, self.dev
         if self.left() < 30:
             self.skip("time budget", model=name, layout=layout, batch=batch, token_budget=budget)
@@ -168,17 +180,19 @@ class Run:
             return predict_packed(model, rows, budget, 0, dev, warmup=warm)
 
         try:
-            err = errors(once(check, True)["logits"], ref)
-            passes = [once(seqs, True)] + [once(seqs, False) for _ in range(a.reps - 1)]
+            with no_sliding_window(model, window_off):
+                passes = [once(seqs, True)] + [once(seqs, False) for _ in range(a.reps - 1)]
         except Exception as e:
             self.skip(f"{type(e).__name__}: {e}", model=name, layout=layout, batch=batch, token_budget=budget)
             torch.cuda.empty_cache() if dev.type == "cuda" else None
             return None
         first = passes[0]
+        err = errors(first["logits"][picked], ref)
         secs = float(np.median([p["seconds"] for p in passes]))
         n, sheet = len(seqs), self.r["peak_bf16_flops_datasheet"]
         forwards = first["packs"] if layout == "packed" else -(-n // batch)
-        cell = {"model": name, "layout": layout, "attn": attn, "kernels": kernels, "batch_size": batch,
+        cell = {"model": name, "layout": layout, "attn": attn, "kernels": kernels, "window_off": window_off,
+                "batch_size": batch,
                 "token_budget": budget, "rows": n, "tokens": first["tokens"],
                 "computed_tokens": first["padded_tokens"], "padding_share": round(1 - first["tokens"] /
                                                                                   first["padded_tokens"], 4),
@@ -195,10 +209,25 @@ class Run:
         self.r["cells"].append(cell)
         self.save()
         what = f"batch {batch}" if layout == "padded" else f"budget {budget} ({first['packs']} packs)"
+        what += " sliding window off" if window_off else ""
         print(f"{name} {layout} {what} {attn} kernels={kernels}: {cell['seconds_per_sample']:.4f} s/sample, "
               f"MFU {cell['mfu']:.3f} / datasheet {cell['mfu_datasheet'] or 0:.3f}, padding {cell['padding_share']:.3f}, "
               f"rel.err vs fp32 {err['max_rel_error']:.4f}, mem {cell['peak_memory_gb']} GB", flush=True)
         return {**cell, "_logits": first["logits"]}
+
+
+@contextmanager
+def no_sliding_window(model, off: bool):
+    """Diagnostic: Gemma2's sliding layers without their window (exact while every row is at most
+    the window: max_length 1024 <= 4096), so FA4 runs its causal kernel instead of the local one."""
+    saved = [(m, m.sliding_window) for m in model.modules() if off and getattr(m, "sliding_window", None)]
+    for m, _ in saved:
+        m.sliding_window = None
+    try:
+        yield
+    finally:
+        for m, w in saved:
+            m.sliding_window = w
 
 
 def main():
@@ -209,8 +238,10 @@ def main():
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--batches", default="16,32", help="padded cells: rows per batch (the first is the baseline)")
     p.add_argument("--budgets", default="8192,16384,32768", help="packed cells: tokens per pack")
-    p.add_argument("--check-budget", type=int, default=2048, help="tokens per pack of the fp32 eager check "
-                   "(eager attention holds a T x T score matrix per head)")
+    p.add_argument("--check-budget", type=int, default=6144, help="tokens per pack of the fp32 eager check "
+                   "(eager attention holds a T x T score matrix per head; > 4096 runs Gemma2's window mask)")
+    p.add_argument("--window-off", action=argparse.BooleanOptionalAction, default=True,
+                   help="also a packed cell with Gemma2's sliding window off (exact at max_length <= window)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=480)
     Run(p.parse_args()).run()
