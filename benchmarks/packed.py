@@ -17,8 +17,9 @@ benchmarks/arena_lengths.json, as default_path.py):
        padded: prefbench.infer.predict, length-sorted batches of --batches rows, padded to 64,
                one untimed batch per padded shape (the pipeline's warm-up), then --reps passes
        packed: prefbench.packing.predict_packed at each --budgets token budget, --reps passes
-       (--window-off) a packed cell with Gemma2's sliding window off (exact while rows <= window):
-               FA4's causal kernel instead of its local one on packs > 4096 tokens
+       (--window-kept) a packed cell with Gemma2's sliding window handed to flash-attention on packs
+               > 4096 tokens (its local kernel), as transformers does without
+               prefbench.packing.unreachable_window_off: the diagnostic behind that function
      Each cell's logits: against fp32 eager on the 16 rows, and against the padded cell's on all rows.
 MFU = model FLOPs of the real tokens (prefbench/flops.py) / median seconds / peak, against the bf16
 matmul peak measured here and the datasheet's dense bf16 figure (H100 / H200 SXM: 989 TFLOP/s).
@@ -33,7 +34,7 @@ import gc
 import json
 import platform
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -144,10 +145,9 @@ class Run:
         base = None  # the first padded cell: the baseline of the others
         cells = [("padded", {"batch": int(b)}) for b in a.batches.split(",")]
         cells += [("packed", {"budget": int(b)}) for b in a.budgets.split(",")]
-        window = getattr(config, "sliding_window", None)
-        if a.window_off and window and a.max_length <= window:
+        if a.window_kept and getattr(config, "sliding_window", None):
             cells.append(("packed", {"budget": int(a.budgets.split(",")[len(a.budgets.split(",")) // 2]),
-                                     "window_off": True}))
+                                     "window_kept": True}))
         for layout, size in cells:
             cell = self.time_cell(model, name, layout, seqs, picked, ref, flops, attn, kernels, **size)
             if cell is None:
@@ -165,7 +165,7 @@ class Run:
         self.save()
 
     def time_cell(self, model, name, layout, seqs, picked, ref, flops, attn, kernels, batch=None, budget=None,
-                  window_off=False):
+                  window_kept=False):
         a, dev = self.args, self.dev
         if self.left() < 30:
             self.skip("time budget", model=name, layout=layout, batch=batch, token_budget=budget)
@@ -180,7 +180,7 @@ class Run:
             return predict_packed(model, rows, budget, 0, dev, warmup=warm)
 
         try:
-            with no_sliding_window(model, window_off):
+            with keep_sliding_window(window_kept):
                 passes = [once(seqs, True)] + [once(seqs, False) for _ in range(a.reps - 1)]
         except Exception as e:
             self.skip(f"{type(e).__name__}: {e}", model=name, layout=layout, batch=batch, token_budget=budget)
@@ -191,7 +191,7 @@ class Run:
         secs = float(np.median([p["seconds"] for p in passes]))
         n, sheet = len(seqs), self.r["peak_bf16_flops_datasheet"]
         forwards = first["packs"] if layout == "packed" else -(-n // batch)
-        cell = {"model": name, "layout": layout, "attn": attn, "kernels": kernels, "window_off": window_off,
+        cell = {"model": name, "layout": layout, "attn": attn, "kernels": kernels, "window_kept": window_kept,
                 "batch_size": batch,
                 "token_budget": budget, "rows": n, "tokens": first["tokens"],
                 "computed_tokens": first["padded_tokens"], "padding_share": round(1 - first["tokens"] /
@@ -209,7 +209,7 @@ class Run:
         self.r["cells"].append(cell)
         self.save()
         what = f"batch {batch}" if layout == "padded" else f"budget {budget} ({first['packs']} packs)"
-        what += " sliding window off" if window_off else ""
+        what += " sliding window kept (FA4 local kernel)" if window_kept else ""
         print(f"{name} {layout} {what} {attn} kernels={kernels}: {cell['seconds_per_sample']:.4f} s/sample, "
               f"MFU {cell['mfu']:.3f} / datasheet {cell['mfu_datasheet'] or 0:.3f}, padding {cell['padding_share']:.3f}, "
               f"rel.err vs fp32 {err['max_rel_error']:.4f}, mem {cell['peak_memory_gb']} GB", flush=True)
@@ -217,17 +217,19 @@ class Run:
 
 
 @contextmanager
-def no_sliding_window(model, off: bool):
-    """Diagnostic: Gemma2's sliding layers without their window (exact while every row is at most
-    the window: max_length 1024 <= 4096), so FA4 runs its causal kernel instead of the local one."""
-    saved = [(m, m.sliding_window) for m in model.modules() if off and getattr(m, "sliding_window", None)]
-    for m, _ in saved:
-        m.sliding_window = None
+def keep_sliding_window(kept: bool):
+    """Diagnostic: packed forwards as transformers runs them by itself, the sliding window handed to
+    flash-attention whenever the packed row is longer than it (prefbench.packing's
+    unreachable_window_off replaced by a no-op for the block)."""
+    import prefbench.packing as packing
+
+    saved = packing.unreachable_window_off
+    if kept:
+        packing.unreachable_window_off = lambda body, longest: nullcontext()
     try:
         yield
     finally:
-        for m, w in saved:
-            m.sliding_window = w
+        packing.unreachable_window_off = saved
 
 
 def main():
@@ -240,8 +242,8 @@ def main():
     p.add_argument("--budgets", default="8192,16384,32768", help="packed cells: tokens per pack")
     p.add_argument("--check-budget", type=int, default=6144, help="tokens per pack of the fp32 eager check "
                    "(eager attention holds a T x T score matrix per head; > 4096 runs Gemma2's window mask)")
-    p.add_argument("--window-off", action=argparse.BooleanOptionalAction, default=True,
-                   help="also a packed cell with Gemma2's sliding window off (exact at max_length <= window)")
+    p.add_argument("--window-kept", action=argparse.BooleanOptionalAction, default=True,
+                   help="also a packed cell with Gemma2's unreachable sliding window kept (FA4's local kernel)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=480)
     Run(p.parse_args()).run()

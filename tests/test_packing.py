@@ -221,3 +221,25 @@ def test_a_compiled_model_is_refused_with_the_setting_to_change(tiny_llama_tok):
     model = tiny("tiny-llama3", tiny_llama_tok.pad_token_id)
     with pytest.raises(ValueError, match="compile: false"):
         predict_packed(torch.compile(model), rows(tiny_llama_tok, [5]), 10, tiny_llama_tok.pad_token_id, CPU)
+
+
+def test_an_unreachable_sliding_window_is_off_during_the_forward_and_restored(tiny_gemma_tok, tiny_llama_tok):
+    """flash-attention gets Gemma2's window when the packed row is longer than it; while every packed
+    sequence fits the window (64 on the tiny model) the layers run without it (exact), then get it back."""
+    from prefbench.packing import unreachable_window_off
+
+    body, _ = split_classifier(tiny("tiny-gemma2", tiny_gemma_tok.pad_token_id))
+    windows = [m.sliding_window for m in body.layers.modules() if type(m).__name__ == "Gemma2Attention"]
+    assert windows == [64, None, 64, None]  # layer_types: sliding, full, sliding, full
+    current = lambda: [m.sliding_window for m in body.layers.modules() if type(m).__name__ == "Gemma2Attention"]  # noqa: E731
+    with unreachable_window_off(body, 64):
+        assert current() == [None] * 4
+    assert current() == windows
+    with unreachable_window_off(body, 65):  # a sequence longer than the window: it binds, it stays
+        assert current() == windows
+    with pytest.raises(RuntimeError), unreachable_window_off(body, 10):
+        raise RuntimeError("a failing forward")
+    assert current() == windows
+    llama, _ = split_classifier(tiny("tiny-llama3", tiny_llama_tok.pad_token_id))
+    with unreachable_window_off(llama, 1):  # no sliding layers: nothing to change
+        assert all(getattr(m, "sliding_window", None) is None for m in llama.modules())
