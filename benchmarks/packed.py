@@ -120,7 +120,7 @@ class Run:
         lengths = bench_lengths(a.rows, a.max_length)
         seqs = bench_sequences(lengths, config.vocab_size, seed=2)
         # Checked rows: CHECK_ROWS of the timed rows, spread over the lengths, so they sit in every kind
-        # of pack (a pack of > 4096 tokens runs Gemma2's sliding layers through FA4's local kernel).
+        # of pack (packs of > 4096 tokens: where transformers would hand FA4 Gemma2's window).
         picked = np.argsort(lengths, kind="stable")[:: max(1, len(seqs) // CHECK_ROWS)][:CHECK_ROWS]
         check = [seqs[i] for i in picked]
         self.r["models"][name] = {**counts, "family": config.model_type, "attn": attn, "kernels": kernels,
@@ -211,7 +211,8 @@ class Run:
         what = f"batch {batch}" if layout == "padded" else f"budget {budget} ({first['packs']} packs)"
         what += " sliding window kept (FA4 local kernel)" if window_kept else ""
         print(f"{name} {layout} {what} {attn} kernels={kernels}: {cell['seconds_per_sample']:.4f} s/sample, "
-              f"MFU {cell['mfu']:.3f} / datasheet {cell['mfu_datasheet'] or 0:.3f}, padding {cell['padding_share']:.3f}, "
+              f"MFU {cell['mfu']:.3f} / datasheet {cell['mfu_datasheet'] or 0:.3f}, "
+              f"padding {cell['padding_share']:.3f}, "
               f"rel.err vs fp32 {err['max_rel_error']:.4f}, mem {cell['peak_memory_gb']} GB", flush=True)
         return {**cell, "_logits": first["logits"]}
 

@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from prefbench.config import ParamsError, load_params
 from prefbench.models import label_config_kwargs, load_model
 from prefbench.packing import (collate_packed, forward_packed, pack_rows, predict_packed, resolve_packing,
-                               split_classifier, warmup_packs)
+                               split_classifier, unreachable_window_off, warmup_packs)
 from tests.conftest import ROOT
 
 CPU = torch.device("cpu")
@@ -226,12 +226,13 @@ def test_a_compiled_model_is_refused_with_the_setting_to_change(tiny_llama_tok):
 def test_an_unreachable_sliding_window_is_off_during_the_forward_and_restored(tiny_gemma_tok, tiny_llama_tok):
     """flash-attention gets Gemma2's window when the packed row is longer than it; while every packed
     sequence fits the window (64 on the tiny model) the layers run without it (exact), then get it back."""
-    from prefbench.packing import unreachable_window_off
-
     body, _ = split_classifier(tiny("tiny-gemma2", tiny_gemma_tok.pad_token_id))
-    windows = [m.sliding_window for m in body.layers.modules() if type(m).__name__ == "Gemma2Attention"]
+
+    def current():
+        return [m.sliding_window for m in body.layers.modules() if type(m).__name__ == "Gemma2Attention"]
+
+    windows = current()
     assert windows == [64, None, 64, None]  # layer_types: sliding, full, sliding, full
-    current = lambda: [m.sliding_window for m in body.layers.modules() if type(m).__name__ == "Gemma2Attention"]  # noqa: E731
     with unreachable_window_off(body, 64):
         assert current() == [None] * 4
     assert current() == windows
