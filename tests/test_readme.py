@@ -29,8 +29,10 @@ def cpu_repro_sentence() -> str:
     runs = {r["run"]: r for r in map(json.loads, (ROOT / "benchmarks/results/cpu-repro.jsonl").read_text().splitlines())
             if "run" in r}
     f64, f32 = runs["f64-native"], runs["f32-native"]
+    diff = abs(f64["log_loss"] - f32["log_loss"])
+    tolerance = load("metrics/reference.json")["tolerance"]
     return (f"log-loss {f64['log_loss']:.6f} in float64 and {f32['log_loss']:.6f} in float32 "
-            f"({abs(f64['log_loss'] - f32['log_loss']):.4f} apart)")
+            f"({diff:.4f} apart): float32's rounding alone moves it {diff / tolerance:.1f} times the tolerance")
 
 
 def test_default_run_table_matches_the_committed_runs():
