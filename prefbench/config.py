@@ -61,6 +61,8 @@ class ModelParams:
     gradient_checkpointing: bool
     compile: bool  # torch.compile (LoRA merged) for evaluate/predict; for long runs only (params.yaml)
     kernels: str  # auto | liger | none: Liger's fused RMSNorm, RoPE, SwiGLU/GeGLU (auto = liger on CUDA if installed)
+    packing: str  # auto | packed | padded: evaluate/predict rows packed into token-budget forwards (prefbench.packing)
+    token_budget: int  # tokens per packed forward
     name: str = field(default="<model>", init=False)  # its key in `models`, set by parse_params, for messages
 
     def validate(self, key: str) -> None:
@@ -72,7 +74,8 @@ class ModelParams:
         )
         _choice(self.quantization, ("none", "4bit"), f"{key}.quantization")
         _choice(self.kernels, ("auto", "liger", "none"), f"{key}.kernels")
-        for name in ("lora_r", "lora_alpha", "max_length", "train_batch_size", "eval_batch_size"):
+        _choice(self.packing, ("auto", "packed", "padded"), f"{key}.packing")
+        for name in ("lora_r", "lora_alpha", "max_length", "train_batch_size", "eval_batch_size", "token_budget"):
             _positive(getattr(self, name), f"{key}.{name}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ParamsError(f"{key}.lora_dropout must be in [0, 1), got {self.lora_dropout}")

@@ -85,7 +85,7 @@ def inference(n: int, **changes):
     probs = rng.dirichlet(np.ones(3), n)
     info = {"dtype": "float32", "attn_implementation": "sdpa", "kernels": "none", "weights": "pretrained",
             "params_total": 1000, "params_embedding": 100, "params_non_embedding": 900, "params_trainable": 10,
-            "lora_merged": True, "compiled": False, "quantization": "none", "max_length": 256, "device": "cpu",
+            "lora_merged": True, "compiled": False, "packed": False, "quantization": "none", "max_length": 256, "device": "cpu",
             "devices": 2}
     fields = dict(ids=[str(i) for i in range(n)], labels=rng.integers(0, 3, n), probs=probs, seconds=2.0, tokens=3000,
                   padded_tokens=4000, warmup_seconds=0.5, load_seconds=1.5, batch_shapes=3, peak_memory_gb=0.25,
