@@ -290,10 +290,12 @@ def goals(after: dict, names: list[str], evals: dict | None) -> None:
                   f"(goal within {GOAL_EVAL:.0%}: {'met' if off <= GOAL_EVAL else f'missed by {off - GOAL_EVAL:.1%}'})")
 
 
-def packed_path(run: dict, budget: int = 16384) -> None:
+def packed_path(run: dict, budget: int = 16384, evals: dict | None = None) -> None:
     """benchmarks/packed.py: padded batches against packed forwards (prefbench.packing) on one card,
     both models in one process; the packed cell at `budget` tokens is what `packing: auto` runs
-    with flash-attn-4 (models.<name>.token_budget), Gemma2's with its unreachable window off."""
+    with flash-attn-4 (models.<name>.token_budget), Gemma2's with its unreachable window off.
+    `evals`: benchmarks/pipeline_eval.py run on packed.py's JSON (its own run, same rows and card):
+    eval.json's seconds_per_sample against that run's packed cell, and issue 10's 5% goal."""
     names = sorted(run["models"], key=lambda n: n.startswith("gemma"))
     v = run["versions"]
     print(f"\nPacked inference (`benchmarks/packed.py`, `packed-h100`): {run['device']}, {run['date']}, torch "
@@ -335,6 +337,19 @@ def packed_path(run: dict, budget: int = 16384) -> None:
             pv = chk["packed_vs_padded"]
             print(f"- {chk['model']}: packed vs padded logits ({chk['dtype']}, {chk['attn']}, {chk['rows']} rows): "
                   f"max rel. error {pv['max_rel_error']:.1e}")
+    ev = {n: e for n, e in (evals or {}).get("models", {}).items() if "eval_over_bench" in e}
+    if ev:
+        print(f"\nThe evaluate stage with the repo's defaults (`packing: auto`) on the same rows and card "
+              f"(`{evals['name']}`: benchmarks/pipeline_eval.py after benchmarks/packed.py in one call, "
+              f"{evals['device']}):\n")
+        for n, e in ev.items():
+            off = abs(e["eval_over_bench"] - 1)
+            verdict = "met" if off <= GOAL_EVAL else f"missed by {off - GOAL_EVAL:.1%}"
+            print(f"- {n}: eval.json {e['eval']['seconds_per_sample']:.4f} s/sample (packed "
+                  f"{str(e['eval'].get('packed')).lower()}, {e['eval']['attn_implementation']} + "
+                  f"{e['eval']['kernels']}) against the benchmark's packed {e.get('bench_token_budget')}-token cell "
+                  f"{e['bench_seconds_per_sample']:.4f}: {e['eval_over_bench']:.3f}x (goal within {GOAL_EVAL:.0%}: "
+                  f"{verdict})")
 
 
 def main():
@@ -348,6 +363,8 @@ def main():
     p.add_argument("--compiled", nargs="*", default=[], help="default_path.py --compile runs")
     p.add_argument("--kernel-profile", help="profile_attention.py run of the default path")
     p.add_argument("--packed", help="benchmarks/packed.py's JSON: padded against packed, after the default path")
+    p.add_argument("--pipeline-eval-packed", help="benchmarks/pipeline_eval.py's JSON on packed.py's rows (same card; "
+                   "printed with --packed)")
     p.add_argument("--section", action="store_true", help="only the default-path section (README)")
     args = p.parse_args()
     if args.default_path:
@@ -359,7 +376,7 @@ def main():
         if args.compiled:
             compile_table([load(r) for r in args.compiled])
         if args.packed:
-            packed_path(load(args.packed))
+            packed_path(load(args.packed), evals=load(args.pipeline_eval_packed) if args.pipeline_eval_packed else None)
         if args.section:
             return
         print()
