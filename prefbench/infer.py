@@ -112,18 +112,30 @@ def shuffled_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Genera
 
 
 def collate(sequences: list[np.ndarray], pad_token_id: int, pad_to: int | None = None,
-            pad_multiple: int = 1) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sequence rounded up to `pad_multiple` (or to `pad_to`), with the mask.
+            pad_multiple: int = 1, mask_padding: bool = True) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sequence rounded up to `pad_multiple` (or to `pad_to`), with the mask
+    (all ones with `mask_padding=False`: see `masks_padding`).
 
     run_inference passes `pad_multiple_for(device)`: GPU_PAD_MULTIPLE on a GPU (see there), 1 on a CPU.
     """
     width = pad_to or -(-max(len(s) for s in sequences) // pad_multiple) * pad_multiple
     ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long) if mask_padding else torch.ones_like(ids)
     for i, s in enumerate(sequences):
         ids[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
         mask[i, :len(s)] = 1
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def masks_padding(model) -> bool:
+    """False for eager attention with a sliding window (Gemma2 on a CPU or T4): there a pad position
+    more than a window past its row's last token has no key left to attend to, its softmax is nan,
+    and the next layer's 0 x nan carries it into the real tokens (seen: tiny Gemma2, rows 10 and
+    130 tokens in one batch). With right padding and causal attention no real token attends to a
+    later pad position, so leaving the pads unmasked gives the real tokens the same mask, bit for
+    bit, and the pads something to attend to. Classifiers pool the last non-pad token by input id."""
+    config = model.config
+    return not (getattr(config, "sliding_window", None) and config._attn_implementation == "eager")
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -204,7 +216,7 @@ def predict_sharded(models: list, devices: list[torch.device], sequences: list[n
         model.eval()
         with torch.inference_mode():  # thread-local: set inside the worker
             for idx in batches:
-                batch = collate([sequences[i] for i in idx], pad_token_id, pad_to, pad_multiple)
+                batch = collate([sequences[i] for i in idx], pad_token_id, pad_to, pad_multiple, masks_padding(model))
                 padded += batch["input_ids"].numel()
                 with oom_guard("evaluate", len(idx), int(lengths[idx].max()), cfg, name):
                     out = model(**to_device(batch, device))
