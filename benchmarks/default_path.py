@@ -78,7 +78,8 @@ def model_cfg(name: str, attn: str, kernels: str, lora_r: int, max_length: int, 
     return ModelParams(pretrained=name, dtype="bfloat16", attn_implementation=attn, quantization="none",
                        lora_r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, lora_target_modules=LORA_TARGETS,
                        max_length=max_length, train_batch_size=train_batch, eval_batch_size=batch,
-                       gradient_checkpointing=False, compile=False, kernels=kernels)
+                       gradient_checkpointing=False, compile=False, kernels=kernels,
+                       packing="padded", token_budget=16384)  # padded batches: benchmarks/packed.py times packing
 
 
 class Run:

@@ -9,7 +9,7 @@
 # Per model it queues `dvc exp run --queue -S model=M -S train.seed=SEEDS` and the same for
 # data.seed (with the defaults 2 x 5 experiments a model, one of them the default run itself),
 # runs the queue one experiment at a time (`dvc queue start -j 1`), waits until it is empty,
-# then `python -m prefbench.compare --noise-out OUT` writes per model the mean and sample sd of
+# then `python -m prefbench.compare --rev <the commit> --noise-out OUT` writes per model the mean and sample sd of
 # its seed group. Commit OUT: `python -m prefbench.pr_comment` judges changes against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +22,7 @@ POLL_S=${POLL_S:-15}
 JOBS=${JOBS:-1}
 QUEUE_SET=${QUEUE_SET:-}
 
+BASE=$(git rev-parse --short HEAD)  # the queued experiments belong to this commit, wherever HEAD goes meanwhile
 failed() { dvc queue status | grep -c Failed || true; }
 failed_before=$(failed)
 for model in $MODELS; do
@@ -48,4 +49,4 @@ if [ "$(failed)" != "$failed_before" ]; then
   echo "error: an experiment failed: see \`dvc queue logs NAME\` for the Failed ones above" >&2
   exit 1
 fi
-python -m prefbench.compare --noise-out "$OUT"
+python -m prefbench.compare --rev "$BASE" --noise-out "$OUT"

@@ -1,21 +1,27 @@
 """The pipeline's own evaluate stage on the benchmark's rows: does eval.json's seconds_per_sample
-match the benchmark's steady state (benchmarks/default_path.py) for the same rows, batch and card?
+match the benchmark's steady state for the same rows and card? BENCH is either
+benchmarks/default_path.py's JSON (padded batches: its batch size is used) or benchmarks/packed.py's
+(the repo's default `packing: auto` and `token_budget`: compared with the packed cell of that budget).
 
-Usage (GPU, after default_path.py wrote BENCH; see benchmarks/README.md):
+Usage (GPU, after default_path.py or packed.py wrote BENCH; see benchmarks/README.md):
     python -m benchmarks.pipeline_eval --bench results/default-path.json --out results/pipeline-eval.json
+    python -m benchmarks.packed --out packed.json --batches 16 --budgets 16384 --no-window-kept
+    python -m benchmarks.pipeline_eval --bench packed.json --out pipeline-eval-packed.json
 On a CPU (smoke run with the tiny models):
     python -m benchmarks.pipeline_eval --bench /tmp/r.json --out /tmp/pe.json
 
 For each model of BENCH: a params.yaml that is the repo's own with only `model`, its `pretrained`
-(the full-size random-init folder), `max_length`, `eval_batch_size` and `evaluate.devices: 1`
-changed (attention, kernels, dtype, warm-up stay at their defaults), a token cache whose val split
-holds the benchmark's rows (same lengths and ids), and a LoRA adapter saved from the pipeline's
-own `add_lora`; then `python -m stages.evaluate` as `dvc repro` runs it, in its own process.
+(the full-size random-init folder), `max_length`, `eval_batch_size` (default_path.py's BENCH only)
+and `evaluate.devices: 1` changed (attention, kernels, dtype, warm-up, packing, token_budget stay at
+their defaults), a token cache whose val split holds the benchmark's rows (same lengths and ids:
+default_path.py and packed.py draw them alike), and a LoRA adapter saved from the pipeline's own
+`add_lora`; then `python -m stages.evaluate` as `dvc repro` runs it, in its own process.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import subprocess
@@ -43,11 +49,13 @@ def setup(tmp: Path, name: str, bench: dict, device: torch.device) -> None:
     key = KEYS[config.model_type]
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["model"] = key
-    raw["models"][key].update(pretrained=f"models/{name}", max_length=bench["max_length"],
-                              eval_batch_size=bench["batch_size"])
+    raw["models"][key].update(pretrained=f"models/{name}", max_length=bench["max_length"])
+    if not is_packed(bench):  # default_path.py's padded batches; packed.py's BENCH keeps the defaults
+        raw["models"][key]["eval_batch_size"] = bench["batch_size"]
     raw["evaluate"]["devices"] = 1
     (tmp / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    # The benchmark's rows: the same lengths and token ids (default_path.bench_sequences, seed 2).
+    # The benchmark's rows: the same lengths and token ids (default_path.bench_sequences, seed 2, as
+    # default_path.py and packed.py draw them).
     seqs = bench_sequences(bench_lengths(bench["rows"], bench["max_length"]), config.vocab_size, seed=2)
     params = load_params(tmp / "params.yaml")
     tok = load_tokenizer(str(ROOT / params.selected.pretrained))
@@ -62,9 +70,28 @@ def setup(tmp: Path, name: str, bench: dict, device: torch.device) -> None:
                     tmp / "tokens" / f"{split}.arrow")
     model = load_model(params.selected, tok.pad_token_id, device, seed=params.train.seed)[0]
     add_lora(model, params.selected).save_pretrained(tmp / "adapter")
+    # As the train stage writes it: evaluate rebuilds the random-init base from the adapter's train.seed.
+    resolved = {"model": key, "models": dataclasses.asdict(params.selected), "train": dataclasses.asdict(params.train)}
+    (tmp / "adapter" / "resolved_params.json").write_text(json.dumps(resolved, indent=2) + "\n")
     del model
     gc.collect()
     torch.cuda.empty_cache() if device.type == "cuda" else None
+
+
+def is_packed(bench: dict) -> bool:
+    """benchmarks/packed.py's JSON (cells with a `layout`), not default_path.py's."""
+    return any("layout" in c for c in bench["cells"])
+
+
+def bench_cell(bench: dict, name: str, token_budget: int) -> dict | None:
+    """The benchmark's cell of what evaluate runs by default: default_path.py's `default` cell, or
+    packed.py's packed cell at `token_budget` tokens with packing.py's own window handling (not the
+    --window-kept diagnostic; in older runs the `window_off` cell where both exist)."""
+    if not is_packed(bench):
+        return next((c for c in bench["cells"] if c["model"] == name and c.get("path") == "default"), None)
+    found = [c for c in bench["cells"] if c["model"] == name and c["layout"] == "packed"
+             and c["token_budget"] == token_budget and not c.get("window_kept")]
+    return max(found, key=lambda c: bool(c.get("window_off")), default=None)
 
 
 def evaluate(tmp: Path) -> dict:
@@ -81,7 +108,7 @@ def evaluate(tmp: Path) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bench", required=True, help="default_path.py's JSON (same card)")
+    p.add_argument("--bench", required=True, help="default_path.py's or packed.py's JSON (same card)")
     p.add_argument("--out", required=True)
     p.add_argument("--models", help="default: every model of --bench")
     args = p.parse_args()
@@ -91,16 +118,19 @@ def main():
     for name in (args.models.split(",") if args.models else bench["models"]):
         with tempfile.TemporaryDirectory() as d:
             setup(Path(d), name, bench, device)
+            params = load_params(Path(d) / "params.yaml")
             metrics = evaluate(Path(d))
-        cell = next((c for c in bench["cells"] if c["model"] == name and c.get("path") == "default"), None)
+        cell = bench_cell(bench, name, params.selected.token_budget)
         entry = {"eval": metrics}
         if cell and "seconds_per_sample" in metrics:
             entry.update(bench_seconds_per_sample=cell["seconds_per_sample"],
                          bench_attn=cell["attn"], bench_kernels=cell["kernels"],
                          eval_over_bench=metrics["seconds_per_sample"] / cell["seconds_per_sample"])
+            if is_packed(bench):
+                entry.update(bench_layout=cell["layout"], bench_token_budget=cell["token_budget"])
             print(f"{name}: eval.json {metrics['seconds_per_sample']:.4f} s/sample ({metrics['attn_implementation']}, "
-                  f"kernels {metrics['kernels']}) vs benchmark steady state {cell['seconds_per_sample']:.4f}: "
-                  f"{entry['eval_over_bench']:.3f}x", flush=True)
+                  f"kernels {metrics['kernels']}, packed {metrics.get('packed')}) vs benchmark steady state "
+                  f"{cell['seconds_per_sample']:.4f}: {entry['eval_over_bench']:.3f}x", flush=True)
         result["models"][name] = entry
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
 

@@ -4,7 +4,8 @@ Usage (report.md; SECTION is the README's generated block):
     R=benchmarks/results
     SECTION="--default-path $R/default-path-h100.json --pipeline-eval $R/pipeline-eval-h100.json \
         --kernel-profile $R/profile-default-h100.json \
-        --compiled $R/default-path-compile-h100.json $R/default-path-compile-nokernels-h100.json"
+        --compiled $R/default-path-compile-h100.json $R/default-path-compile-nokernels-h100.json \
+        --packed $R/packed-h100.json"
     python -m benchmarks.report $SECTION --section          # the README block (a test compares them)
     python -m benchmarks.report $SECTION --main $R/bench-side-by-side-3.json \
         --runs $R/bench-side-by-side-2.json $R/bench-side-by-side-1.json \
@@ -289,6 +290,68 @@ def goals(after: dict, names: list[str], evals: dict | None) -> None:
                   f"(goal within {GOAL_EVAL:.0%}: {'met' if off <= GOAL_EVAL else f'missed by {off - GOAL_EVAL:.1%}'})")
 
 
+def packed_path(run: dict, budget: int = 16384, evals: dict | None = None) -> None:
+    """benchmarks/packed.py: padded batches against packed forwards (prefbench.packing) on one card,
+    both models in one process; the packed cell at `budget` tokens is what `packing: auto` runs
+    with flash-attn-4 (models.<name>.token_budget), Gemma2's with its unreachable window off.
+    `evals`: benchmarks/pipeline_eval.py run on packed.py's JSON (its own run, same rows and card):
+    eval.json's seconds_per_sample against that run's packed cell, and issue 10's 5% goal."""
+    names = sorted(run["models"], key=lambda n: n.startswith("gemma"))
+    v = run["versions"]
+    print(f"\nPacked inference (`benchmarks/packed.py`, `packed-h100`): {run['device']}, {run['date']}, torch "
+          f"{v['torch']}, transformers {v['transformers']}, flash-attn-4 {v.get('flash-attn-4')}, liger-kernel "
+          f"{v.get('liger-kernel')}; {run['rows']} real-length rows at max_length {run['max_length']}; flash_attention_4 "
+          f"+ Liger; MFU against the measured bf16 matmul peak ({run['peak_bf16_flops'] / 1e12:.0f} TFLOP/s) / the "
+          f"datasheet's ({run['peak_bf16_flops_datasheet'] / 1e12:.0f}).\n")
+    print("| layout | " + " | ".join(f"{n} s/sample (MFU)" for n in names) + " | padding | Gemma2 / Llama3 |")
+    print("|---|" + "---|" * len(names) + "---|---|")
+
+    def cell(n, layout, size):
+        key = "batch_size" if layout == "padded" else "token_budget"
+        found = [c for c in run["cells"] if c["model"] == n and c["layout"] == layout and c[key] == size]
+        return max(found, key=lambda c: c["window_off"]) if found else None  # the window-off cell: packing.py's
+
+    rows = [("padded", b) for b in sorted({c["batch_size"] for c in run["cells"] if c["layout"] == "padded"})]
+    rows += [("packed", b) for b in sorted({c["token_budget"] for c in run["cells"] if c["layout"] == "packed"})]
+    chosen = {}
+    for layout, size in rows:
+        cells = {n: cell(n, layout, size) for n in names}
+        if not all(cells.values()):
+            continue
+        label = f"padded, batch {size}" if layout == "padded" else f"packed, {size} tokens"
+        if layout == "packed" and size == budget:
+            label, chosen = f"**{label} (`packing: auto`)**", cells
+        ratio = cells[names[1]]["seconds_per_sample"] / cells[names[0]]["seconds_per_sample"]
+        print(f"| {label} | " + " | ".join(mfu_pair(c) for c in cells.values())
+              + f" | {cells[names[0]]['padding_share']:.1%} | {ratio:.2f} |")
+    if chosen:
+        print("\nGoals (issue 10) with `packing: auto` (packed, "
+              f"{budget} tokens; Gemma2's window off where no row reaches it):\n")
+        for n, c in chosen.items():
+            verdict = "met" if c["mfu"] >= GOAL_MFU else f"missed by {GOAL_MFU - c['mfu']:.2f}"
+            print(f"- {n}: MFU {c['mfu']:.2f} against the measured peak (goal >= {GOAL_MFU:.2f}: {verdict})")
+        ratio = chosen[names[1]]["seconds_per_sample"] / chosen[names[0]]["seconds_per_sample"]
+        verdict = "met" if ratio <= GOAL_RATIO else f"missed by {ratio - GOAL_RATIO:.2f}"
+        print(f"- Gemma2 / Llama3: {ratio:.2f} (goal <= {GOAL_RATIO}: {verdict}; FLOP ratio 1.19)")
+        for chk in run.get("checks", []):
+            pv = chk["packed_vs_padded"]
+            print(f"- {chk['model']}: packed vs padded logits ({chk['dtype']}, {chk['attn']}, {chk['rows']} rows): "
+                  f"max rel. error {pv['max_rel_error']:.1e}")
+    ev = {n: e for n, e in (evals or {}).get("models", {}).items() if "eval_over_bench" in e}
+    if ev:
+        print(f"\nThe evaluate stage with the repo's defaults (`packing: auto`) on the same rows and card "
+              f"(`{evals['name']}`: benchmarks/pipeline_eval.py after benchmarks/packed.py in one call, "
+              f"{evals['device']}):\n")
+        for n, e in ev.items():
+            off = abs(e["eval_over_bench"] - 1)
+            verdict = "met" if off <= GOAL_EVAL else f"missed by {off - GOAL_EVAL:.1%}"
+            print(f"- {n}: eval.json {e['eval']['seconds_per_sample']:.4f} s/sample (packed "
+                  f"{str(e['eval'].get('packed')).lower()}, {e['eval']['attn_implementation']} + "
+                  f"{e['eval']['kernels']}) against the benchmark's packed {e.get('bench_token_budget')}-token cell "
+                  f"{e['bench_seconds_per_sample']:.4f}: {e['eval_over_bench']:.3f}x (goal within {GOAL_EVAL:.0%}: "
+                  f"{verdict})")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--main", help="side-by-side run: both models in one process")
@@ -299,6 +362,9 @@ def main():
     p.add_argument("--pipeline-eval", help="benchmarks/pipeline_eval.py's JSON for the same card")
     p.add_argument("--compiled", nargs="*", default=[], help="default_path.py --compile runs")
     p.add_argument("--kernel-profile", help="profile_attention.py run of the default path")
+    p.add_argument("--packed", help="benchmarks/packed.py's JSON: padded against packed, after the default path")
+    p.add_argument("--pipeline-eval-packed", help="benchmarks/pipeline_eval.py's JSON on packed.py's rows (same card; "
+                   "printed with --packed)")
     p.add_argument("--section", action="store_true", help="only the default-path section (README)")
     args = p.parse_args()
     if args.default_path:
@@ -309,6 +375,8 @@ def main():
             kernel_profile_table(load(args.kernel_profile), load(args.default_path))
         if args.compiled:
             compile_table([load(r) for r in args.compiled])
+        if args.packed:
+            packed_path(load(args.packed), evals=load(args.pipeline_eval_packed) if args.pipeline_eval_packed else None)
         if args.section:
             return
         print()

@@ -131,10 +131,12 @@ def noise_floor(groups: list[dict], command: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="output of `dvc exp show --json` (default: run it)")
+    parser.add_argument("--rev", help="the experiments of this commit (`dvc exp show --rev`; default: HEAD's): "
+                        "queued experiments belong to the commit they were queued on")
     parser.add_argument("--noise-out", help="write the noise floor (per model: its largest seed group) here, "
                         "e.g. metrics/noise.json")
     args = parser.parse_args()
-    text = Path(args.json).read_text() if args.json else dvc("exp", "show", "--json")
+    text = Path(args.json).read_text() if args.json else dvc("exp", "show", "--json", *(["--rev", args.rev] if args.rev else []))
     exps = experiments(json.loads(text))
     groups = seed_groups(exps)
     if not groups:

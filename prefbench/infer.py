@@ -27,9 +27,10 @@ import transformers
 
 from prefbench import tfidf
 from prefbench.cli import progress
-from prefbench.config import ModelParams, Params, by_kind
+from prefbench.config import ModelParams, Params, ParamsError, by_kind
 from prefbench.metrics import accuracy, device_name, log_loss, peak_memory_gb, prior_log_loss, softmax
 from prefbench.models import adapter_seed, load_copies, load_tokenizer, pick_devices
+from prefbench.packing import predict_packed, resolve_packing
 from prefbench.tokenize import encode_rows, read_tokens
 
 __all__ = ["softmax"]  # re-exported: it lives in prefbench.metrics (prefbench.tfidf needs it too)
@@ -111,18 +112,30 @@ def shuffled_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Genera
 
 
 def collate(sequences: list[np.ndarray], pad_token_id: int, pad_to: int | None = None,
-            pad_multiple: int = 1) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sequence rounded up to `pad_multiple` (or to `pad_to`), with the mask.
+            pad_multiple: int = 1, mask_padding: bool = True) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sequence rounded up to `pad_multiple` (or to `pad_to`), with the mask
+    (all ones with `mask_padding=False`: see `masks_padding`).
 
     run_inference passes `pad_multiple_for(device)`: GPU_PAD_MULTIPLE on a GPU (see there), 1 on a CPU.
     """
     width = pad_to or -(-max(len(s) for s in sequences) // pad_multiple) * pad_multiple
     ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long) if mask_padding else torch.ones_like(ids)
     for i, s in enumerate(sequences):
         ids[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
         mask[i, :len(s)] = 1
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def masks_padding(model) -> bool:
+    """False for eager attention with a sliding window (Gemma2 on a CPU or T4): there a pad position
+    more than a window past its row's last token has no key left to attend to, its softmax is nan,
+    and the next layer's 0 x nan carries it into the real tokens (seen: tiny Gemma2, rows 10 and
+    130 tokens in one batch). With right padding and causal attention no real token attends to a
+    later pad position, so leaving the pads unmasked gives the real tokens the same mask, bit for
+    bit, and the pads something to attend to. Classifiers pool the last non-pad token by input id."""
+    config = model.config
+    return not (getattr(config, "sliding_window", None) and config._attn_implementation == "eager")
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -203,7 +216,7 @@ def predict_sharded(models: list, devices: list[torch.device], sequences: list[n
         model.eval()
         with torch.inference_mode():  # thread-local: set inside the worker
             for idx in batches:
-                batch = collate([sequences[i] for i in idx], pad_token_id, pad_to, pad_multiple)
+                batch = collate([sequences[i] for i in idx], pad_token_id, pad_to, pad_multiple, masks_padding(model))
                 padded += batch["input_ids"].numel()
                 with oom_guard("evaluate", len(idx), int(lengths[idx].max()), cfg, name):
                     out = model(**to_device(batch, device))
@@ -300,8 +313,9 @@ class LLMRunner:
 
     def load(self) -> None:
         self.models, info = load_copies(self.cfg, self.adapter, self.tok.pad_token_id, self.devices, seed=self.seed)
+        self.packed = packs(self.cfg, info["attn_implementation"], len(self.devices), self.params.model)
         self.info = {**info, "quantization": self.cfg.quantization, "max_length": self.cfg.max_length,
-                     "device": device_name(self.devices[0]), "devices": len(self.devices)}
+                     "device": device_name(self.devices[0]), "devices": len(self.devices), "packed": self.packed}
 
     def encode(self, rows: Rows, swap: bool) -> tuple:
         """Encoded's fields: ids, labels (None for test rows), token-id arrays, tokens."""
@@ -317,9 +331,27 @@ class LLMRunner:
         return ids, labels, seqs, sum(len(s) for s in seqs)
 
     def predict(self, enc: Encoded) -> dict:
+        if self.packed:
+            result = predict_packed(self.models[0], enc.x, self.cfg.token_budget, self.tok.pad_token_id,
+                                    self.devices[0], warmup=self.section.warmup_batches > 0 or self.section.warmup_shapes)
+            return {**result, "batch_shapes": result["pack_shapes"]}
         return predict_sharded(self.models, self.devices, enc.x, self.cfg.eval_batch_size, self.tok.pad_token_id,
                                warmup_batches=self.section.warmup_batches, warmup_shapes=self.section.warmup_shapes,
                                pad_multiple=pad_multiple_for(self.devices[0]), cfg=self.cfg, name=self.params.model)
+
+
+def packs(cfg: ModelParams, attn_implementation: str, devices: int, name: str) -> bool:
+    """Whether evaluate/predict pack rows (prefbench.packing) or pad batches: `models.<name>.packing`
+    resolved for the attention that loaded. Packing runs one model copy, uncompiled: `auto` pads
+    otherwise, `packed` says what to change."""
+    key = f"models.{name}.packing"
+    packed = resolve_packing(cfg.packing, attn_implementation, key)
+    if cfg.packing == "auto":
+        return packed and devices == 1 and not cfg.compile
+    if packed and (devices > 1 or cfg.compile):
+        raise ParamsError(f"{key}: packed inference runs one uncompiled model copy; set evaluate.devices and "
+                          f"predict.devices to 1 and models.{name}.compile to false, or {key} to padded")
+    return packed
 
 
 def run_inference(params: Params, stage: str, adapter: str | Path, rows: Rows, swap_tta: bool = False) -> Inference:
@@ -360,7 +392,7 @@ def run_inference(params: Params, stage: str, adapter: str | Path, rows: Rows, s
 PARAM_COUNTS = ("params_total", "params_embedding", "params_non_embedding", "params_trainable")
 # The model's description, as eval.json ends
 DESCRIPTION = ("device", "devices", "dtype", "attn_implementation", "kernels", "lora_merged", "compiled",
-               "quantization", "weights")
+               "packed", "quantization", "weights")
 # metrics/speed_accuracy.json's fields (a DVC plot: one point per revision)
 SPEED_ACCURACY = ("model", "seconds_per_sample", "log_loss", "accuracy", "weights", "device", "devices", "dtype",
                   "attn_implementation", "quantization", "max_length")
@@ -425,6 +457,7 @@ def prediction_metrics(params: Params, inf: Inference, repaired: dict) -> dict:
         "fits_kaggle_limit": hours + (inf.load_seconds + inf.warmup_seconds) / 3600 < pp.kaggle_hours,
         "peak_memory_gb": inf.peak_memory_gb, "device": info["device"], "devices": info["devices"],
         "repaired": dict(repaired),
-        **{k: info[k] for k in ("dtype", "attn_implementation", "kernels", "lora_merged", "weights", "compiled")},
+        **{k: info[k] for k in ("dtype", "attn_implementation", "kernels", "lora_merged", "weights", "compiled",
+                                "packed")},
         **({"featurise_seconds": inf.featurise_seconds} if inf.featurise_seconds is not None else {}),
     }

@@ -42,14 +42,14 @@ class PackOutOfMemoryError(RuntimeError):
 
 
 def resolve_packing(name: str, attn_implementation: str, key: str = "models.<model>.packing") -> bool:
-    """`auto`: pack where the attention is a varlen kernel (flash_attention_*), else pad. `true` packs
-    with any attention (sdpa and eager build a T x T block-diagonal mask: correct, quadratic in
-    memory), `false` never packs."""
+    """`auto`: pack where the attention is a varlen kernel (flash_attention_*), else pad. `packed`
+    packs with any attention (sdpa and eager build a T x T block-diagonal mask: correct, quadratic
+    in memory), `padded` never packs. (Not yes/no or on/off: YAML would read those as booleans.)"""
     if name == "auto":
         return attn_implementation in VARLEN_ATTENTION
-    if name in ("true", "false") or isinstance(name, bool):
-        return name in ("true", True)
-    raise ParamsError(f"{key} must be one of auto, true, false; got {name!r}")
+    if name in ("packed", "padded"):
+        return name == "packed"
+    raise ParamsError(f"{key} must be one of auto, packed, padded; got {name!r}")
 
 
 def pack_rows(lengths, token_budget: int) -> list[np.ndarray]:

@@ -245,8 +245,8 @@ def predict_timed(clf: Classifier, x: sp.csr_matrix, batch_size: int, warmup_bat
 # The LLMs' descriptive keys, with the values that hold for a scikit-learn model: no attention, no
 # fused kernels, no adapter to merge.
 INFO = {"device": "cpu", "devices": 1, "dtype": np.dtype(DTYPE).name, "attn_implementation": "none",
-        "kernels": "none", "lora_merged": False, "compiled": False, "quantization": "none", "weights": "fitted",
-        "max_length": None}
+        "kernels": "none", "lora_merged": False, "compiled": False, "packed": False, "quantization": "none",
+        "weights": "fitted", "max_length": None}
 
 
 class Runner:

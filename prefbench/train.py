@@ -38,7 +38,7 @@ from transformers import get_cosine_schedule_with_warmup
 from prefbench.checkpoints import TrainState, fingerprint, load_checkpoint, save_checkpoint, trainable_only
 from prefbench.cli import progress
 from prefbench.config import ModelParams, Params, TrainParams
-from prefbench.infer import collate, oom_guard, shuffled_batches, synchronize, to_device
+from prefbench.infer import collate, masks_padding, oom_guard, shuffled_batches, synchronize, to_device
 from prefbench.lora import add_lora
 from prefbench.metrics import device_name
 from prefbench.models import count_parameters, load_model, load_tokenizer, resolve_dtype
@@ -110,15 +110,18 @@ class Batch:
 class ShardCollate:
     """collate_fn: a global batch of row indices -> this process's share of it (`shard`), padded."""
 
-    def __init__(self, sequences: list[np.ndarray], labels: np.ndarray, pad_token_id: int, rank: int, world: int):
+    def __init__(self, sequences: list[np.ndarray], labels: np.ndarray, pad_token_id: int, rank: int, world: int,
+                 mask_padding: bool = True):
         self.sequences, self.pad_token_id, self.rank, self.world = sequences, pad_token_id, rank, world
+        self.mask_padding = mask_padding  # prefbench.infer.masks_padding
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.lengths = np.array([len(s) for s in sequences])
 
     def __call__(self, rows: list[int]) -> Batch:
         idx = np.asarray(rows, dtype=np.int64)
         local, weight = shard(idx, self.rank, self.world)
-        return Batch(collate([self.sequences[i] for i in local], self.pad_token_id), self.labels[local], weight,
+        return Batch(collate([self.sequences[i] for i in local], self.pad_token_id, mask_padding=self.mask_padding),
+                     self.labels[local], weight,
                      len(idx), int(self.lengths[idx].sum()), int(self.lengths[local].max()))
 
 
@@ -165,7 +168,7 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
     # Its own generator: DataLoader draws a base seed per iteration, which must not move the global
     # torch RNG that dropout uses (the numbers of the loop before accelerate).
     loader = DataLoader(range(len(sequences)), batch_sampler=batches, generator=torch.Generator(),
-                        collate_fn=ShardCollate(sequences, labels, pad_token_id, rank, world))
+                        collate_fn=ShardCollate(sequences, labels, pad_token_id, rank, world, masks_padding(model)))
     dtype = resolve_dtype(cfg.dtype, device.type)
     checkpointing = checkpoint_dir is not None and tp.checkpoint_every > 0
 

@@ -96,7 +96,7 @@ def test_readme_section_is_the_report_of_the_committed_results():
     md = run("benchmarks.report", "--default-path", str(r / "default-path-h100.json"),
              "--pipeline-eval", str(r / "pipeline-eval-h100.json"), "--kernel-profile", str(r / "profile-default-h100.json"),
              "--compiled", str(r / "default-path-compile-h100.json"), str(r / "default-path-compile-nokernels-h100.json"),
-             "--section")
+             "--packed", str(r / "packed-h100.json"), "--section")
     readme = (ROOT / "README.md").read_text()
     block = readme.split("<!-- generated: benchmarks/report.py --section -->\n")[1].split("<!-- end of generated block -->")[0]
     assert block == md
@@ -104,6 +104,32 @@ def test_readme_section_is_the_report_of_the_committed_results():
     default = {c["model"]: c for c in run_["cells"] if c.get("path") == "default"}
     ratio = default["gemma2-9b"]["seconds_per_sample"] / default["llama3-8b"]["seconds_per_sample"]
     assert f"- Gemma2 / Llama3: {ratio:.2f} (goal <= 1.25" in md
+
+
+def test_report_states_the_packed_eval_goal_from_the_pipeline_eval_file(tmp_path):
+    """--pipeline-eval-packed: the report prints each model's eval.json / benchmark ratio and the 5%
+    verdict computed from the file (a pipeline_eval.py JSON shaped as it writes it; the eval numbers
+    are the committed packed cells scaled, one inside the goal and one outside)."""
+    r = ROOT / "benchmarks" / "results"
+    bench = json.loads((r / "packed-h100.json").read_text())
+    scale = {"llama3-8b": 1.03, "gemma2-9b": 0.90}
+    models = {}
+    for n, k in scale.items():
+        cell = max((c for c in bench["cells"] if c["model"] == n and c["layout"] == "packed" and c["token_budget"] == 16384),
+                   key=lambda c: c["window_off"])
+        ev = {"seconds_per_sample": cell["seconds_per_sample"] * k, "packed": True,
+              "attn_implementation": "flash_attention_4", "kernels": "liger"}
+        models[n] = {"eval": ev, "bench_seconds_per_sample": cell["seconds_per_sample"], "bench_layout": "packed",
+                     "bench_token_budget": 16384, "eval_over_bench": k}
+    pe = tmp_path / "pe.json"
+    pe.write_text(json.dumps({"bench": "packed.json", "device": bench["device"], "models": models}))
+    md = run("benchmarks.report", "--default-path", str(r / "default-path-h100.json"), "--packed", str(r / "packed-h100.json"),
+             "--pipeline-eval-packed", str(pe), "--section")
+    assert "- llama3-8b: eval.json" in md and "1.030x (goal within 5%: met)" in md
+    assert "0.900x (goal within 5%: missed by 5.0%)" in md
+    without = run("benchmarks.report", "--default-path", str(r / "default-path-h100.json"), "--packed",
+                  str(r / "packed-h100.json"), "--section")
+    assert "goal within 5%" not in without.split("Packed inference")[1]
 
 
 def test_default_path_is_the_fastest_correct_choice_on_the_committed_h100_run():

@@ -85,7 +85,7 @@ def inference(n: int, **changes):
     probs = rng.dirichlet(np.ones(3), n)
     info = {"dtype": "float32", "attn_implementation": "sdpa", "kernels": "none", "weights": "pretrained",
             "params_total": 1000, "params_embedding": 100, "params_non_embedding": 900, "params_trainable": 10,
-            "lora_merged": True, "compiled": False, "quantization": "none", "max_length": 256, "device": "cpu",
+            "lora_merged": True, "compiled": False, "packed": False, "quantization": "none", "max_length": 256, "device": "cpu",
             "devices": 2}
     fields = dict(ids=[str(i) for i in range(n)], labels=rng.integers(0, 3, n), probs=probs, seconds=2.0, tokens=3000,
                   padded_tokens=4000, warmup_seconds=0.5, load_seconds=1.5, batch_shapes=3, peak_memory_gb=0.25,
@@ -128,3 +128,28 @@ def test_predict_metrics_count_loading_and_warmup_against_the_kaggle_limit():
     assert prediction_metrics(params, late, {})["fits_kaggle_limit"] is False
     tfidf = prediction_metrics(params, dataclasses.replace(late, featurise_seconds=3.0), {})
     assert tfidf["featurise_seconds"] == 3.0 and set(tfidf) - set(fits) == {"featurise_seconds"}
+
+
+def test_rows_a_window_shorter_than_their_batch_stay_finite_with_sliding_window_eager(tiny_gemma_tok):
+    """Gemma2 with eager attention and a sliding window (the tiny model's is 64 tokens): a row more
+    than a window shorter than its batch's longest once got nan logits (its trailing pads had no key
+    left to attend to). Batched, every row's logits are the row's own, computed alone."""
+    from transformers import AutoConfig
+
+    from prefbench.infer import masks_padding
+    from prefbench.models import classifier_class
+
+    path = str(ROOT / "models" / "tiny-gemma2")
+    config = AutoConfig.from_pretrained(path, num_labels=3, pad_token_id=tiny_gemma_tok.pad_token_id)
+    model = classifier_class(type(config)).from_pretrained(path, config=config, dtype=torch.float64,
+                                                          attn_implementation="eager").eval()
+    assert config.sliding_window == 64 and not masks_padding(model)
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(10, 500, n) for n in (10, 40, 130)]  # 130 - 10 > 64
+    with torch.no_grad():
+        batched = model(**collate(seqs, tiny_gemma_tok.pad_token_id, mask_padding=masks_padding(model))).logits
+        alone = torch.cat([model(input_ids=torch.as_tensor(s)[None]).logits for s in seqs])
+        masked = model(**collate(seqs, tiny_gemma_tok.pad_token_id)).logits  # the old mask: the failure
+    assert torch.isfinite(batched).all()
+    torch.testing.assert_close(batched, alone, rtol=0, atol=1e-9)
+    assert not torch.isfinite(masked[0]).all()  # the test sees the failure it guards against

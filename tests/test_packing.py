@@ -212,7 +212,7 @@ def test_warmup_covers_largest_smallest_and_both_divisibility_classes():
 def test_resolve_packing():
     assert resolve_packing("auto", "flash_attention_4") and resolve_packing("auto", "flash_attention_2")
     assert not resolve_packing("auto", "sdpa") and not resolve_packing("auto", "eager")
-    assert resolve_packing("true", "eager") and not resolve_packing("false", "flash_attention_4")
+    assert resolve_packing("packed", "eager") and not resolve_packing("padded", "flash_attention_4")
     with pytest.raises(ParamsError, match="models.gemma2.packing"):
         resolve_packing("yes", "eager", key="models.gemma2.packing")
 

@@ -13,6 +13,7 @@ import math
 import sys
 import time
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -96,3 +97,45 @@ def test_collate_is_timed_model_load_and_warmup_are_not(monkeypatch, adapter, to
     assert warmup * PER_BATCH <= m["warmup_seconds"] < (warmup + 0.5) * PER_BATCH
     # the load is in load_seconds, and nothing of the predict loop is
     assert LOAD <= m["load_seconds"] < LOAD + 0.5 * PER_BATCH
+
+
+def test_packed_evaluate_predicts_like_padded_batches_and_says_so(monkeypatch, adapter, tokens):  # noqa: F811
+    """`packing: packed` (prefbench.packing: rows back to back in token-budget forwards, no padding)
+    through the evaluate stage gives the padded batches' predictions and metrics, and eval.json says
+    which ran. On a CPU `auto` pads (no varlen attention kernel), so the committed run is padded."""
+    params, out = adapter
+    path = out / "params.yaml"
+    runs = {}
+    for packing in ("auto", "packed"):
+        raw = yaml.safe_load(path.read_text())
+        raw["models"][raw["model"]].update(packing=packing, token_budget=200)  # several packs of the 30 rows
+        path.write_text(yaml.safe_dump(raw))
+        runs[packing] = (run_evaluate(monkeypatch, params, tokens, out), pd.read_csv(out / "pred.csv"))
+    (padded, padded_pred), (packed, packed_pred) = runs["auto"], runs["packed"]
+    assert padded["packed"] is False and packed["packed"] is True
+    assert packed["padding_share"] == 0 < padded["padding_share"]
+    assert packed["log_loss"] == pytest.approx(padded["log_loss"], abs=1e-7)  # float64: measured <= 3e-9 per logit
+    # every row's probabilities as written (rounded to 6 decimals: a last-digit flip at most)
+    assert packed_pred["id"].tolist() == padded_pred["id"].tolist()
+    cols = ["p_a", "p_b", "p_tie"]
+    assert (packed_pred[cols] - padded_pred[cols]).abs().max().max() <= 1.01e-6
+
+
+def test_packing_that_cannot_run_says_what_to_change():
+    from prefbench.config import ParamsError
+    from prefbench.infer import packs
+    cfg = load_params_dict({"packing": "packed", "compile": True})
+    with pytest.raises(ParamsError, match=r"models.llama3.packing: .*models.llama3.compile to false"):
+        packs(cfg, "sdpa", 1, "llama3")
+    with pytest.raises(ParamsError, match=r"evaluate.devices"):
+        packs(load_params_dict({"packing": "packed"}), "flash_attention_4", 2, "llama3")
+    assert not packs(load_params_dict({"packing": "auto"}), "flash_attention_4", 2, "llama3")  # auto pads there
+    assert packs(load_params_dict({"packing": "auto"}), "flash_attention_4", 1, "llama3")
+
+
+def load_params_dict(changes: dict):
+    from prefbench.config import parse_params
+    from tests.conftest import ROOT
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["models"]["llama3"].update(changes)
+    return parse_params(raw).selected
