@@ -85,21 +85,22 @@ def experiments(show: list) -> dict[str, dict]:
 
 # ---------------------------------------------------------------- tests
 
-def test_two_runs_give_identical_outputs_metrics_and_predictions(workspace):
-    """The same default pipeline on two copies (other kernels, other PYTHONHASHSEED): every
-    DVC-cached output byte-identical as dvc.lock records it, so `dvc status`, the run cache and the
-    remote see one version, not one per run; the same metrics and predictions."""
+def test_two_runs_give_identical_data_and_tokens(workspace):
+    """The same default pipeline in two copies with another PYTHONHASHSEED (and other float
+    kernels): the data stages' DVC-cached outputs (no float math before train) are byte-identical
+    as dvc.lock records them, so `dvc status`, the run cache and the remote see one version, not one
+    per run. (The float stages agree within the tolerance across kernels: tests/test_e2e.py; on
+    one machine the adapter is the committed one bit for bit, which is why evaluate may skip.)"""
     native, portable = workspace["native"], workspace["portable"]
+    data_outs = ("data/sample/train.csv", "data/prepared", "data/tokens")
     for copy in (native, portable):
         for stage in STAGES[:4]:
             assert f"Running stage '{stage}'" in copy.log("1-repro")
     for model in ("llama3", "gemma2"):
-        a, b = native.logs / model, portable.logs / model
-        assert lock_outs(native.repo, a / "dvc.lock") == lock_outs(native.repo, b / "dvc.lock"), model
-        ea, eb = json.loads((a / "metrics" / "eval.json").read_text()), json.loads((b / "metrics" / "eval.json").read_text())
-        assert (ea["log_loss"], ea["accuracy"], ea["n_samples"]) == (eb["log_loss"], eb["accuracy"], eb["n_samples"])
-        assert (a / "metrics" / "predictions.csv").read_bytes() == (b / "metrics" / "predictions.csv").read_bytes()
-        assert (a / "submission.csv").read_bytes() == (b / "submission.csv").read_bytes()
+        a = lock_outs(native.repo, native.logs / model / "dvc.lock")
+        b = lock_outs(native.repo, portable.logs / model / "dvc.lock")
+        assert {k: a[k] for k in data_outs} == {k: b[k] for k in data_outs}, model
+        assert md5_files(native.logs / model / "tokens") == md5_files(portable.logs / model / "tokens")
 
 
 def test_push_then_pull_restores_every_output_in_a_fresh_clone(workspace):
@@ -112,7 +113,7 @@ def test_push_then_pull_restores_every_output_in_a_fresh_clone(workspace):
     clone = ws.top / "clone"
     for out in cached_outs(clone):
         assert (clone / out).exists(), f"dvc pull did not restore {out}: {pull}"
-    assert md5_files(clone / "models" / "adapter") == md5_files(ws.logs / "llama3" / "adapter")
+    assert md5_files(ws.logs / "clone-pulled-adapter") == md5_files(ws.logs / "llama3" / "adapter")
 
 
 def test_experiment_pushed_to_git_remote_is_pulled_with_its_outputs(workspace):

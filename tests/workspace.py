@@ -76,11 +76,13 @@ def script(native: bool) -> str:
         lines += [f"{dvc} push > ../logs/3-push.log 2>&1",
                   f"{dvc} status --cloud > ../logs/3-cloud.log 2>&1",
                   "git clone -q . ../clone && ln -s \"$(readlink -f .venv)\" ../clone/.venv",
-                  f"(cd ../clone && {dvc} pull && {dvc} status && {dvc} repro) > ../logs/3-pull.log 2>&1"]
+                  f"(cd ../clone && {dvc} pull && {dvc} status && {dvc} repro) > ../logs/3-pull.log 2>&1",
+                  "cp -r ../clone/models/adapter ../logs/clone-pulled-adapter"]
     lines += [f"{dvc} exp run -S model=gemma2 --name gemma2-exp > ../logs/4-gemma2.log 2>&1", snap("gemma2")]
     if native:
         lines += [f"{dvc} exp run -S model=tfidf --name tfidf-exp > ../logs/5-tfidf.log 2>&1", snap("tfidf"),
                   f"{dvc} exp run -S model=llama3 --name llama3-again > ../logs/6-back.log 2>&1",
+                  "cp dvc.lock ../logs/back.lock",
                   f"{dvc} exp show --json > ../logs/exp-show.json",
                   f"{dvc} metrics diff HEAD gemma2-exp > ../logs/7-diff.log 2>&1",
                   # experiments shared through a git remote, with their DVC-cached outputs
