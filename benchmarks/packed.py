@@ -1,6 +1,6 @@
 """Padded vs packed (padding-free) inference, side by side, one process, one card.
 
-Usage (GPU; benchmarks/README.md has the device-tool calls):
+Usage (GPU; benchmarks/README.md has the commands for a GPU machine without network):
     python -m benchmarks.packed --out packed.json [--rows 256] [--max-length 1024] [--batches 16,32] \
         [--budgets 8192,16384,32768] [--reps 3]
 On a CPU (a smoke run of the same code with the tiny models; flash-attn-4 and Liger are skipped):
@@ -29,82 +29,40 @@ Results are written after every cell, so a run cut short keeps what it measured.
 from __future__ import annotations
 
 import argparse
-import datetime
-import gc
-import json
-import platform
-import time
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from benchmarks.default_path import _version, bench_lengths, bench_sequences, errors
-from benchmarks.gpu_bench import ROOT, cast_parameters_, datasheet_peak, measure_peak
+from benchmarks import default_path
+from benchmarks.default_path import bench_lengths, bench_sequences, errors
+from benchmarks.gpu_bench import ROOT, cast_parameters_
 from prefbench.flops import forward_flops, mfu
+from prefbench.infer import GPU_PAD_MULTIPLE as PAD_MULTIPLE  # as evaluate and predict pad on a GPU
 from prefbench.infer import predict
 from prefbench.models import apply_kernels, count_parameters, label_config_kwargs, resolve_attention, resolve_kernels
 from prefbench.packing import predict_packed
 
-PAD_MULTIPLE = 64  # as evaluate and predict pad on a GPU
 CHECK_ROWS = 16  # timed rows also checked against fp32 eager
 
 
-class Run:
+class Run(default_path.Run):
+    """default_path.Run's bookkeeping (the result file, skips, each model's share of the time budget,
+    the loop over models) with this benchmark's cells (`suite`)."""
+
     def __init__(self, args):
-        self.args = args
-        self.dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.start = time.perf_counter()
-        cuda = self.dev.type == "cuda"
-        self.capability = torch.cuda.get_device_capability() if cuda else None
-        name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
-        self.r = {
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": name, "capability": list(self.capability) if cuda else None,
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                         "cuda": torch.version.cuda, "python": platform.python_version(),
-                         **{pkg: _version(pkg) for pkg in ("flash-attn-4", "liger-kernel")}},
-            "rows": args.rows, "max_length": args.max_length, "pad_multiple": PAD_MULTIPLE,
-            "peak_bf16_flops_datasheet": datasheet_peak(name), "models": {}, "checks": [], "cells": [],
-            "skipped": [],
-            "notes": ["random-init weights: timings are real, logits are not a trained model's",
-                      "seconds: median of the timed passes; padded cells warm every padded shape first "
-                      "(prefbench.infer.predict warmup_shapes), packed cells the largest and smallest pack "
-                      "and both length classes mod 16 (prefbench.packing.warmup_packs)",
-                      "computed_tokens: tokens the forwards compute (padding included); MFU counts real "
-                      "tokens only"]}
-
-    def save(self):
-        Path(self.args.out).write_text(json.dumps(self.r, indent=1) + "\n")
-
-    def skip(self, reason: str, **tags):
-        self.r["skipped"].append({**tags, "reason": reason[:400]})
-        print(f"skipped {tags}: {reason[:200]}", flush=True)
-        self.save()
-
-    def left(self) -> float:
-        return self.deadline - time.perf_counter()
-
-    def run(self):
-        self.r["peak_bf16_flops"] = measure_peak(self.dev)
-        print(f"{self.r['device']}: bf16 matmul {self.r['peak_bf16_flops'] / 1e12:.0f} TFLOP/s measured, "
-              f"datasheet {self.r['peak_bf16_flops_datasheet']}", flush=True)
-        names = self.args.models.split(",")
-        for k, name in enumerate(names):
-            now = time.perf_counter()
-            self.deadline = now + (self.args.budget_s - (now - self.start)) / (len(names) - k)
-            try:
-                self.suite(name)
-            except Exception as e:  # one model's failure must not lose the other's cells
-                self.skip(f"{type(e).__name__}: {e}", model=name, stage="suite")
-            gc.collect()
-            torch.cuda.empty_cache() if self.dev.type == "cuda" else None
-        self.r["seconds_total"] = round(time.perf_counter() - self.start, 1)
-        self.save()
-        print(f"done in {self.r['seconds_total']:.0f} s", flush=True)
+        args.batch = None  # default_path's single batch size: here every padded cell has its own
+        super().__init__(args)
+        for key in ("batch_size", "train"):
+            del self.r[key]
+        self.r["checks"] = []
+        self.r["notes"] = ["random-init weights: timings are real, logits are not a trained model's",
+                           "seconds: median of the timed passes; padded cells warm every padded shape first "
+                           "(prefbench.infer.predict warmup_shapes), packed cells the largest and smallest pack "
+                           "and both length classes mod 16 (prefbench.packing.warmup_packs)",
+                           "computed_tokens: tokens the forwards compute (padding included); MFU counts real "
+                           "tokens only"]
 
     def suite(self, name: str):
         a, dev = self.args, self.dev

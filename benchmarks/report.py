@@ -272,17 +272,22 @@ def kernel_profile_table(prof: dict, run: dict) -> None:
               f"{eff:.2f} | {1 - p['tokens'] / p['padded_tokens']:.1%} |")
 
 
+def speed_goals(cells: dict, names: list[str]) -> None:
+    """Issue 10's MFU and Gemma2 / Llama3 goals for one cell per model, met or missed by how much."""
+    for n, c in cells.items():
+        verdict = "met" if c["mfu"] >= GOAL_MFU else f"missed by {GOAL_MFU - c['mfu']:.2f}"
+        print(f"- {n}: MFU {c['mfu']:.2f} against the measured peak (goal >= {GOAL_MFU:.2f}: {verdict})")
+    ratio = cells[names[1]]["seconds_per_sample"] / cells[names[0]]["seconds_per_sample"]
+    verdict = "met" if ratio <= GOAL_RATIO else f"missed by {ratio - GOAL_RATIO:.2f}"
+    print(f"- Gemma2 / Llama3: {ratio:.2f} (goal <= {GOAL_RATIO}: {verdict}; FLOP ratio 1.19)")
+
+
 def goals(after: dict, names: list[str], evals: dict | None) -> None:
     """Issue 10's goals on the default path, met or missed by how much."""
     if not all(after.values()) or len(after) != 2:
         return
     print("\nGoals (issue 10) on the default path:\n")
-    for n, c in after.items():
-        verdict = "met" if c["mfu"] >= GOAL_MFU else f"missed by {GOAL_MFU - c['mfu']:.2f}"
-        print(f"- {n}: MFU {c['mfu']:.2f} against the measured peak (goal >= {GOAL_MFU:.2f}: {verdict})")
-    ratio = after[names[1]]["seconds_per_sample"] / after[names[0]]["seconds_per_sample"]
-    verdict = "met" if ratio <= GOAL_RATIO else f"missed by {ratio - GOAL_RATIO:.2f}"
-    print(f"- Gemma2 / Llama3: {ratio:.2f} (goal <= {GOAL_RATIO}: {verdict}; FLOP ratio 1.19)")
+    speed_goals(after, names)
     for n, e in (evals or {}).get("models", {}).items():
         if "eval_over_bench" in e:
             off = abs(e["eval_over_bench"] - 1)
@@ -327,12 +332,7 @@ def packed_path(run: dict, budget: int = 16384, evals: dict | None = None) -> No
     if chosen:
         print("\nGoals (issue 10) with `packing: auto` (packed, "
               f"{budget} tokens; Gemma2's window off where no row reaches it):\n")
-        for n, c in chosen.items():
-            verdict = "met" if c["mfu"] >= GOAL_MFU else f"missed by {GOAL_MFU - c['mfu']:.2f}"
-            print(f"- {n}: MFU {c['mfu']:.2f} against the measured peak (goal >= {GOAL_MFU:.2f}: {verdict})")
-        ratio = chosen[names[1]]["seconds_per_sample"] / chosen[names[0]]["seconds_per_sample"]
-        verdict = "met" if ratio <= GOAL_RATIO else f"missed by {ratio - GOAL_RATIO:.2f}"
-        print(f"- Gemma2 / Llama3: {ratio:.2f} (goal <= {GOAL_RATIO}: {verdict}; FLOP ratio 1.19)")
+        speed_goals(chosen, names)
         for chk in run.get("checks", []):
             pv = chk["packed_vs_padded"]
             print(f"- {chk['model']}: packed vs padded logits ({chk['dtype']}, {chk['attn']}, {chk['rows']} rows): "
