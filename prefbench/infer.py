@@ -214,9 +214,10 @@ def predict_sharded(models: list, devices: list[torch.device], sequences: list[n
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)  # this thread's current device (streams, allocator)
         model.eval()
+        mask_padding = masks_padding(model)  # once per worker, not per batch
         with torch.inference_mode():  # thread-local: set inside the worker
             for idx in batches:
-                batch = collate([sequences[i] for i in idx], pad_token_id, pad_to, pad_multiple, masks_padding(model))
+                batch = collate([sequences[i] for i in idx], pad_token_id, pad_to, pad_multiple, mask_padding)
                 padded += batch["input_ids"].numel()
                 with oom_guard("evaluate", len(idx), int(lengths[idx].max()), cfg, name):
                     out = model(**to_device(batch, device))
