@@ -8,6 +8,9 @@
 #   bash benchmarks/gpu_fused.sh eval         # pipeline_eval.py: the evaluate stage on the bench's rows
 #   bash benchmarks/gpu_fused.sh more W2      # (instead of bench) profile of the default path, then
 #                                             # default_path.py --only-default --compile (break-even)
+#   bash benchmarks/gpu_fused.sh packed-eval W2  # (instead of bench) per model: packed.py's packed cell
+#                                             # at the default token_budget, then pipeline_eval.py on
+#                                             # its rows (eval.json of the packed path vs the benchmark)
 # Unpack the library after the wheels: `pip install --target --upgrade` replaces whole package folders.
 set -uo pipefail  # no -e: a step cut by its timeout keeps what it wrote
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/keep
@@ -38,6 +41,16 @@ case $what in
       tee "$OUT/profile-default.log"
     timeout "${BENCH_TIMEOUT:-360}" python3 -m benchmarks.default_path --out "$OUT/default-path-compile.json" \
       --only-default --compile --no-train --budget-s "${BUDGET_S:-340}" 2>&1 | tee "$OUT/default-path-compile.log" ;;
+  packed-eval)
+    cat /tmp/cu13.tar.xz.part-a "$W"/cu13.tar.xz.part-b | xz -d | tar -x -C /tmp/site || exit 1
+    check || exit 1
+    R=$OUT/pipeline-eval-packed-h100
+    for m in ${MODELS:-llama3-8b gemma2-9b}; do  # one model at a time: a cut run keeps complete pairs
+      timeout "${BENCH_TIMEOUT:-200}" python3 -m benchmarks.packed --out "$R.bench-$m.json" --models "$m" \
+        --batches 16 --budgets 16384 --no-window-kept --budget-s "${BUDGET_S:-110}" 2>&1 | tee "$R.bench-$m.log"
+      timeout "${EVAL_TIMEOUT:-200}" python3 -m benchmarks.pipeline_eval --bench "$R.bench-$m.json" \
+        --out "$R.$m.json" 2>&1 | tee "$R.$m.log"
+    done ;;
   eval)
     [[ -f /tmp/keep/default-path.json ]] || { echo "no /tmp/keep/default-path.json: a fresh machine (run install, bench first)"; exit 1; }
     check || exit 1

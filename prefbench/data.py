@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 TEXT_COLUMNS = ("prompt", "response_a", "response_b")
 LABEL_COLUMNS = ("winner_model_a", "winner_model_b", "winner_tie")
@@ -234,12 +233,22 @@ def split_by_prompt(labels: np.ndarray, groups: np.ndarray, val_fraction: float,
     StratifiedGroupKFold with round(1/val_fraction) folds; the first fold is validation, so
     the realised share is close to, not exactly, val_fraction (it is reported in the metrics).
     """
+    from sklearn.model_selection import StratifiedGroupKFold  # here: every stage imports this module
+
     n_splits = max(2, round(1.0 / val_fraction))
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     _, val_idx = next(folds.split(np.zeros(len(labels)), labels, groups))
     mask = np.zeros(len(labels), dtype=bool)
     mask[val_idx] = True
     return mask
+
+
+def deal_round_robin(lengths: np.ndarray, n: int) -> list[np.ndarray]:
+    """Row indices sorted by length (longest first) and dealt to `n` workers in turn: each worker
+    gets the same mix of long and short rows, so all finish at about the same time (the Kaggle
+    2xT4 pattern: one model per GPU)."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i::n] for i in range(n)]
 
 
 def label_balance(labels: pd.Series) -> dict[str, float]:

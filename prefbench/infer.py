@@ -28,6 +28,7 @@ import transformers
 from prefbench import tfidf
 from prefbench.cli import progress
 from prefbench.config import ModelParams, Params, ParamsError, by_kind
+from prefbench.data import deal_round_robin
 from prefbench.metrics import accuracy, device_name, log_loss, peak_memory_gb, prior_log_loss, softmax
 from prefbench.models import adapter_seed, load_copies, load_tokenizer, pick_devices
 from prefbench.packing import predict_packed, resolve_packing
@@ -147,14 +148,6 @@ def synchronize(*devices: torch.device) -> None:
     for device in set(devices):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-
-
-def deal_round_robin(lengths: np.ndarray, n: int) -> list[np.ndarray]:
-    """Row indices sorted by length (longest first) and dealt to `n` workers in turn: each worker
-    gets the same mix of long and short rows, so all finish at about the same time (the Kaggle
-    2xT4 pattern: one model per GPU)."""
-    order = np.argsort(-lengths, kind="stable")
-    return [order[i::n] for i in range(n)]
 
 
 def padded_shape(lengths: np.ndarray, pad_to: int | None, pad_multiple: int) -> tuple[int, int]:

@@ -6,7 +6,7 @@ Usage (in the notebook, after installing the bundle's wheel):
 
 One `python -m stages.predict` process per GPU (--devices, default: every visible GPU, at least
 one process), each seeing only its GPU: the test rows are dealt to them by length, longest first,
-in turn (prefbench.infer.deal_round_robin, as the predict stage deals rows to GPUs), so each gets
+in turn (prefbench.data.deal_round_robin, as the predict stage deals rows to GPUs), so each gets
 the same mix of long and short rows. The parts are merged back into the input's row order. With
 one process the test file is handed over whole: the submission is byte for byte the predict
 stage's. At the end it prints the hours the hidden test set (predict.kaggle_rows) would take.
@@ -81,9 +81,9 @@ def main(bundle: Path | None = None, argv: list[str] | None = None) -> dict:
     parser.add_argument("--pretrained", help="the base weights (LLMs), if not where params.yaml says")
     parser.add_argument("--work", type=Path, help="folder for the parts (default: a temporary one)")
     args = parser.parse_args(argv)
-    import torch  # after argparse: --help stays quick
+    import torch  # after argparse: --help stays quick (the GPU count; the stages import the rest)
 
-    from prefbench.infer import deal_round_robin
+    from prefbench.data import deal_round_robin
 
     gpus = torch.cuda.device_count()
     n = args.devices or max(gpus, 1)

@@ -1,18 +1,22 @@
-"""Scores and small helpers for the metrics files."""
+"""Scores and small helpers for the metrics files.
+
+torch and scikit-learn are imported where used: the data stages write their metrics with this
+module and need neither (about 5 s of imports per stage process on a CPU machine).
+"""
 
 from __future__ import annotations
 
 import json
 import resource
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from sklearn.calibration import calibration_curve
-from sklearn.metrics import accuracy_score
-from sklearn.metrics import log_loss as sk_log_loss
 
 from prefbench.data import LABEL_NAMES
+
+if TYPE_CHECKING:
+    import torch
 
 # Kaggle's log-loss clips probabilities to [eps, 1 - eps] and renormalises each row.
 EPS = 1e-15
@@ -26,6 +30,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    from sklearn.metrics import log_loss as sk_log_loss
+
     probs = np.clip(probs, EPS, 1 - EPS)
     probs = probs / probs.sum(axis=1, keepdims=True)
     return float(sk_log_loss(labels, probs, labels=list(range(len(LABEL_NAMES)))))
@@ -38,11 +44,15 @@ def prior_log_loss(train_labels: np.ndarray, val_labels: np.ndarray) -> float:
 
 
 def accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
+    from sklearn.metrics import accuracy_score
+
     return float(accuracy_score(labels, probs.argmax(axis=1)))
 
 
 def calibration_rows(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> list[dict]:
     """One-vs-rest reliability points per class, for `dvc plots` (x: predicted, y: observed)."""
+    from sklearn.calibration import calibration_curve
+
     rows = []
     for k, name in enumerate(LABEL_NAMES):
         observed, predicted = calibration_curve(labels == k, probs[:, k], n_bins=bins, strategy="quantile")
@@ -56,12 +66,18 @@ def peak_memory_gb(*devices: torch.device) -> float:
     set of this process."""
     gpus = [d for d in devices if d.type == "cuda"]
     if gpus:
+        import torch
+
         return round(max(torch.cuda.max_memory_allocated(d) for d in gpus) / 1e9, 3)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)  # Linux: KiB
 
 
 def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    if device.type != "cuda":
+        return "cpu"
+    import torch
+
+    return torch.cuda.get_device_name(device)
 
 
 def round_floats(d: dict, digits: int = 6) -> dict:

@@ -2,13 +2,12 @@
 counted drop; never a silent loss and never a stack trace as the only message."""
 
 import json
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import yaml
 
+from tests import forked
 from tests.conftest import ROOT
 
 GOOD = {"model_a": "m1", "model_b": "m2", "response_a": '["A fine answer."]',
@@ -30,11 +29,8 @@ def params(tmp_path, **data):
 
 
 def prepare(tmp_path, csv, **data):
-    proc = subprocess.run(
-        [sys.executable, "-m", "stages.prepare", "--params", str(params(tmp_path, **data)), "--csv", str(csv),
-         "--out", str(tmp_path / "prepared"), "--metrics", str(tmp_path / "data.json")],
-        cwd=ROOT, capture_output=True, text=True)
-    return proc
+    return forked.run("-m", "stages.prepare", "--params", params(tmp_path, **data), "--csv", csv,
+                      "--out", tmp_path / "prepared", "--metrics", tmp_path / "data.json")
 
 
 def write(path, rows, **to_csv):
@@ -151,8 +147,7 @@ def test_unknown_model_lists_valid_ones_through_a_stage(tmp_path):
     raw["model"] = "mistral"
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
-    proc = subprocess.run([sys.executable, "-m", "stages.tokenize", "--params", str(path), "--prepared", "x",
-                           "--out", str(tmp_path / "t"), "--metrics", str(tmp_path / "t.json")],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = forked.run("-m", "stages.tokenize", "--params", path, "--prepared", "x", "--out", tmp_path / "t",
+                      "--metrics", tmp_path / "t.json")
     assert proc.returncode == 2
     assert "error: model: unknown model 'mistral'; valid: gemma2, llama3" in proc.stderr

@@ -2,16 +2,15 @@
 the report is built from the committed results."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
+from tests import forked
 from tests.conftest import ROOT
 
 
 def run(*args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True)
+    proc = forked.run("-m", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 

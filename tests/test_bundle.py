@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests import forked
 from tests.conftest import ROOT
 from tests.test_stages import run_stage
 
@@ -91,9 +92,8 @@ def bundled(trained):
 def make_bundle(trained, out: Path) -> Path:
     name, tmp = trained
     extra = ["--copy-base"] if name == "llama3" else []
-    proc = subprocess.run([sys.executable, "-m", "prefbench.bundle", "--out", str(out), "--params",
-                           str(tmp / "params.yaml"), "--adapter", str(tmp / "adapter"), *extra],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = forked.run("-m", "prefbench.bundle", "--out", out, "--params", tmp / "params.yaml", "--adapter",
+                      tmp / "adapter", *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 

@@ -9,6 +9,7 @@ import pytest
 from prefbench.compare import experiments, groups_markdown, noise_floor, seed_groups
 from tests.conftest import ROOT
 from tests.gitcopy import git_commit, git_copy, run, sh
+from tests.workspace import QUEUE_EPOCHS
 
 
 def real_exp_show():
@@ -100,7 +101,7 @@ def test_noise_floor_script_feeds_the_pr_comment(workspace, tmp_path):
         for exp in commit.get("experiments") or []:
             data = exp["revs"][0]["data"]
             params = data["params"]["params.yaml"]["data"]
-            if params["sample"]["rows"] == 200:  # the queued ones (QUEUE_SET)
+            if params["train"]["epochs"] == QUEUE_EPOCHS:  # the queued ones (QUEUE_SET)
                 evals[params["train"]["seed"]] = data["metrics"]["metrics/eval.json"]["data"]
     assert sorted(evals) == [1, 2]
     noise = ws.json("noise.json")

@@ -1,6 +1,4 @@
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -9,6 +7,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from prefbench.config import ParamsError, load_params, parse_params
 from prefbench.models import count_parameters, has_weights, label_config_kwargs, load_model, resolve_dtype
+from tests import forked
 from tests.conftest import ROOT
 
 
@@ -100,7 +99,7 @@ def test_model_loads_are_quiet_unless_something_unexpected_is_missing(tmp_path):
     weights = load_file(damaged / "model.safetensors")
     lost = next(k for k in weights if "layers.0.mlp.up_proj" in k)
     save_file({k: v for k, v in weights.items() if k != lost}, damaged / "model.safetensors")
-    proc = subprocess.run([sys.executable, "-c", LOAD, str(damaged)], cwd=ROOT, capture_output=True, text=True)
+    proc = forked.run("-c", LOAD, damaged)
     assert proc.returncode == 0, proc.stderr[-3000:]
     quiet, damaged_report = proc.stderr.split("--- damaged\n")
     assert quiet == ""  # no LOAD REPORT, no FutureWarning, no "Loading weights" bar

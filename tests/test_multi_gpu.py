@@ -11,8 +11,6 @@ tiny Llama3 (float64, 120 rows, 8-16 optimizer steps): at most 1.4e-15 absolute 
 import json
 import os
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,9 +19,11 @@ import yaml
 from safetensors.torch import load_file
 
 from prefbench.config import ParamsError
-from prefbench.infer import deal_round_robin, predict, predict_sharded
+from prefbench.data import deal_round_robin
+from prefbench.infer import predict, predict_sharded
 from prefbench.models import load_model, pick_devices
 from prefbench.train import shard
+from tests import forked
 from tests.conftest import ROOT
 from tests.test_stages import run_stage
 
@@ -147,15 +147,16 @@ def test_two_machines_train_like_one_process(one_process):
         port = s.getsockname()[1]
     stage = ["-m", "stages.train", "--params", str(tmp / "p1.yaml"), "--tokens", str(tmp / "tokens"),
              "--out", str(tmp / "adapterm"), "--metrics", str(tmp / "trainm.json"), "--live", str(tmp / "livem")]
-    machines = [subprocess.Popen(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
-         "--machine_rank", str(rank), "--num_processes", "2", "--main_process_ip", "127.0.0.1",
-         "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no", *stage],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        for rank in (0, 1)]
-    outputs = [m.communicate(timeout=600) for m in machines]
-    for m, (_, err) in zip(machines, outputs):
-        assert m.returncode == 0, err[-3000:]
+    logs = [(tmp / f"machine{rank}.out", tmp / f"machine{rank}.err") for rank in (0, 1)]
+    machines = [forked.start(  # `python -m accelerate.commands.launch ...`, forked (tests/forked.py)
+        "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2", "--machine_rank", str(rank),
+        "--num_processes", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+        "--mixed_precision", "no", "--dynamo_backend", "no", *stage,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, out=out, err=err) for rank, (out, err) in zip((0, 1), logs)]
+    codes = [m.wait(timeout=600) for m in machines]
+    outputs = [(out.read_text(), err.read_text()) for out, err in logs]
+    for code, (_, err) in zip(codes, outputs):
+        assert code == 0, err[-3000:]
     assert "through accelerate launch" not in outputs[0][0]  # no second launch
     assert "on 2 x cpu" in outputs[0][0]
     assert_trains_like_one_process(tmp, "m")

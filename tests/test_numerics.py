@@ -3,8 +3,6 @@ that says where and what to change; evaluation writes no metrics from non-finite
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from prefbench.tokenize import read_tokens
 from prefbench.lora import add_lora
 from prefbench.train import NonFiniteLossError, non_finite_message, train
 from prefbench.infer import NonFiniteLogitsError, check_finite
+from tests import forked
 from tests.conftest import ROOT
 from tests.test_resume import tokens, train_args, write_params  # noqa: F401  (tokens: a fixture)
 
@@ -65,8 +64,7 @@ def test_non_finite_message_suggests_bf16_or_fp32_for_fp16():
 def test_train_stage_stops_on_nan_loss_with_one_message(tokens, tmp_path):  # noqa: F811
     # A learning rate of 1e30 blows the weights up at the first step: the loss is nan at the second.
     params = write_params(tmp_path / "params.yaml", epochs=1, learning_rate=1e30, warmup_ratio=0.0)
-    proc = subprocess.run([sys.executable, "-m", "stages.train", *train_args(params, tokens, tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = forked.run("-m", "stages.train", *train_args(params, tokens, tmp_path))
     assert proc.returncode == 1
     assert "train: error: training loss is nan at optimizer step 2 of " in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -96,8 +94,7 @@ def test_evaluate_stage_writes_no_metrics_from_nan_logits(tokens, tmp_path):  # 
     args = ["--tokens", str(tokens), "--adapter", str(tmp_path / "adapter"), "--metrics", str(tmp_path / "eval.json"),
             "--predictions", str(tmp_path / "pred.csv"), "--calibration", str(tmp_path / "cal.csv"),
             "--speed-accuracy", str(tmp_path / "sa.json")]
-    proc = subprocess.run([sys.executable, "-m", "stages.evaluate", *params, *args], cwd=ROOT, capture_output=True,
-                          text=True)
+    proc = forked.run("-m", "stages.evaluate", *params, *args)
     assert proc.returncode == 1
     n_val = len(read_tokens(tokens, "val")[0])
     assert f"evaluate: error: {n_val} of {n_val} rows have non-finite logits" in proc.stderr

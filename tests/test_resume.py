@@ -6,8 +6,6 @@ weights in safetensors and nothing that needs unpickling code to load."""
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -17,6 +15,7 @@ from safetensors.torch import load_file
 
 from prefbench.sample import generate_arena_sample
 from prefbench.files import atomic_path
+from tests import forked
 from tests.conftest import ROOT
 from tests.test_stages import run_stage
 
@@ -67,15 +66,14 @@ def curve(out) -> list[list[str]]:
 
 
 def kill_after_first_checkpoint(args: list[str], ckpt) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "stages.train", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = forked.start("-m", "stages.train", *args)
     deadline = time.monotonic() + 600
     while not list(ckpt.glob("step-*")):
         assert proc.poll() is None, "train ended before writing a checkpoint"
         assert time.monotonic() < deadline, "no checkpoint after 600 s"
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL
 
 
 def test_killed_and_resumed_run_equals_uninterrupted_run(tokens, tmp_path):

@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from tests.gitcopy import DVC, ROOT, git_commit, git_copy, shrink_params
+from tests.forked import Server
 from tests.gitcopy import env as child_env
 
 SOURCE_DIRS = ("prefbench", "stages")
@@ -310,8 +311,15 @@ def test_hub_tokens_never_written_by_the_pipeline(tmp_path, monkeypatch):
     load_tokenizer(raw["models"][raw["model"]]["pretrained"])
     assert HF_TOKEN in reads, reads
 
-    proc = subprocess.run([DVC, "repro"], cwd=repo, capture_output=True, text=True,
-                          env=child_env(HF_HUB_CACHE=str(cache), **tokens))
+    # the stages on a warm interpreter server (tests/forked.py) started with the same environment
+    env = child_env(HF_HUB_CACHE=str(cache), **tokens)
+    (tmp_path / "warm").mkdir()
+    server = Server(env=env, folder=tmp_path / "warm", root=repo)
+    try:
+        proc = subprocess.run([DVC, "repro"], cwd=repo, capture_output=True, text=True,
+                              env={**env, "PREFBENCH_PYTHON": str(server.python)})
+    finally:
+        server.close()
     assert proc.returncode == 0, f"dvc repro failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     for stage in stages:

@@ -2,22 +2,22 @@
 (the session's shared run, tests/workspace.py)."""
 
 import json
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 from safetensors import safe_open
 
 from prefbench.sample import COLUMNS
+from tests import forked
 from tests.conftest import ROOT
+from tests.workspace import run_of
 
 pytestmark = pytest.mark.xdist_group("workspace")
 
 
 def run_stage(name: str, *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", f"stages.{name}", *args], cwd=ROOT,
-                          capture_output=True, text=True)
+    """`python -m stages.<name> args` (a forked interpreter: tests/forked.py); its stdout."""
+    proc = forked.run("-m", f"stages.{name}", *args, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -26,7 +26,7 @@ def run_stage(name: str, *args: str) -> str:
 def pipeline(request, workspace):
     """One model's run of every stage, as `make repro` / `dvc exp run` ran them in the session's
     shared run (tests/workspace.py)."""
-    return workspace["native"].run_of(request.param)
+    return run_of(workspace, request.param)
 
 
 def load(path):

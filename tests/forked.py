@@ -1,0 +1,306 @@
+"""`python -m <module> args` for tests, without paying for the interpreter's imports each time.
+
+A stage process spends about 10 s (2-core CPU machine) importing torch, transformers and peft
+before its first line runs; the tests start dozens of them. Here each one is a child forked from a
+server process that imported those libraries once. The server is single-threaded (forking it is
+safe, unlike forking a pytest worker): it accepts a request on a Unix socket (argv, working
+directory, environment, and the caller's stdin/stdout/stderr as file descriptors), forks, and the
+child runs the module as `python -m` does (runpy, `__main__`, sys.argv, the working directory
+first on sys.path), writing straight to the caller's descriptors; the server sends back the
+child's pid at once and its exit status when it ends (negative: killed by that signal, as
+subprocess reports it). It is a separate process: a crash, a SIGKILL or `sys.exit` in the child
+leaves the caller alone.
+
+Two callers:
+- tests, through `run` and `start` (like subprocess.run / Popen), on the pytest worker's server;
+- DVC's stage commands in the session's shared run (tests/workspace.py): `scripts/python.sh` runs
+  $PREFBENCH_PYTHON when set, and `Server.python` is a two-line client script for it
+  (`python tests/forked.py client -m stages.train ...`, stdlib only, started in milliseconds).
+
+What a fork cannot give: settings the libraries read while being imported (ATEN_CPU_CAPABILITY,
+the hub's offline switch and cache folder) are the server's, so a server is started with the
+environment it serves (`Server(env=...)`). The `python -m` command line itself, as a user's `dvc
+repro` runs it, is tested with real interpreters (the shared run's native `make repro`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# What the stages and benchmarks import; the model classes are imported lazily by transformers.
+PRELOAD = ("torch", "transformers", "peft", "accelerate", "dvclive", "sklearn.linear_model",
+           "sklearn.feature_extraction.text", "sklearn.model_selection", "sklearn.calibration",
+           "transformers.models.llama.modeling_llama", "transformers.models.gemma2.modeling_gemma2",
+           "prefbench.models", "prefbench.train", "prefbench.infer", "prefbench.tfidf", "prefbench.packing")
+
+
+# ---------------------------------------------------------------- wire format: length-prefixed JSON
+
+def _send(sock: socket.socket, data: dict, fds: list[int] | None = None) -> None:
+    payload = json.dumps(data).encode()
+    header = struct.pack("!I", len(payload))
+    if fds:
+        socket.send_fds(sock, [header], fds)
+    else:
+        sock.sendall(header)
+    sock.sendall(payload)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    return buf
+
+
+def _recv(sock: socket.socket, nfds: int = 0) -> tuple[dict, list[int]]:
+    fds: list[int] = []
+    if nfds:
+        header, fds, _, _ = socket.recv_fds(sock, 4, nfds)
+        header += _recv_exact(sock, 4 - len(header))
+    else:
+        header = _recv_exact(sock, 4)
+    (n,) = struct.unpack("!I", header)
+    return json.loads(_recv_exact(sock, n)), fds
+
+
+# ---------------------------------------------------------------- server
+
+def _run_child(request: dict, fds: list[int]) -> None:
+    """In the forked child: become `python -m module args` (or `python -c code args`) and exit."""
+    import atexit
+    import runpy
+
+    for target, fd in zip((0, 1, 2), fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    argv = request["argv"]
+    sys.path.insert(0, request["cwd"])  # as `python -m` puts the working directory first
+    code = 0
+    try:
+        if argv[0] == "-c":
+            sys.argv = ["-c", *argv[2:]]
+            exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})  # noqa: S102  (python -c)
+        else:
+            sys.argv = [argv[1], *argv[2:]]
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    except SystemExit as e:  # as the interpreter turns sys.exit's argument into a status
+        if isinstance(e.code, int) or e.code is None:
+            code = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+            code = 1
+    except BaseException:  # noqa: BLE001  (an uncaught exception: traceback and status 1, as python does)
+        import traceback
+        traceback.print_exc()
+        code = 1
+    finally:
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+    os._exit(code)
+
+
+def serve(path: str) -> None:
+    """The server's loop (`python tests/forked.py serve SOCKET`): import PRELOAD, then fork one child
+    per request; report each child's pid at once and its exit status when it ends."""
+    import importlib
+
+    sys.path[0] = os.getcwd()  # the repo it serves (not tests/, this file's folder)
+    for name in PRELOAD:
+        importlib.import_module(name)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path + ".tmp")
+    listener.listen(64)
+    os.rename(path + ".tmp", path)  # ready: clients wait for the socket to appear
+    waiting: dict[int, socket.socket] = {}  # child pid -> its caller's connection
+    listener.settimeout(0.02)
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            conn = None
+        if conn is not None:
+            conn.settimeout(None)
+            request, fds = _recv(conn, 3)
+            pid = os.fork()
+            if pid == 0:
+                for other in (listener, conn, *waiting.values()):
+                    other.close()
+                _run_child(request, fds)
+            for fd in fds:
+                os.close(fd)
+            _send(conn, {"pid": pid})
+            waiting[pid] = conn
+        while waiting:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            conn = waiting.pop(pid)
+            try:
+                _send(conn, {"status": os.waitstatus_to_exitcode(status)})
+            except OSError:
+                pass  # the caller is gone
+            conn.close()
+
+
+class Server:
+    """A warm interpreter server for the repo at `root`, started with `env` (default: this
+    process's environment); its socket, log and client script in `folder` (default: a temporary one)."""
+
+    def __init__(self, env: dict[str, str] | None = None, folder: Path | None = None, root: Path = ROOT):
+        self._tmp = None if folder else tempfile.TemporaryDirectory(prefix="warm-")
+        folder = Path(folder or self._tmp.name)
+        self.socket = str(folder / "server.sock")
+        self.python = folder / "python"  # a client for $PREFBENCH_PYTHON
+        self.python.write_text(f"#!/bin/sh\nexec {sys.executable} {Path(__file__).resolve()} client {self.socket} "
+                               "\"$@\"\n")
+        self.python.chmod(0o755)
+        self._log = open(folder / "server.log", "w")  # noqa: SIM115  (open while the server runs)
+        self._proc = subprocess.Popen([sys.executable, __file__, "serve", self.socket], cwd=root,
+                                      env=os.environ if env is None else env, stdin=subprocess.DEVNULL,
+                                      stdout=self._log, stderr=subprocess.STDOUT)
+
+    def ready(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(self.socket):
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"warm server exited {self._proc.returncode}: "
+                                   f"{Path(self._log.name).read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"warm server not ready after {timeout} s")
+            time.sleep(0.05)
+
+    def start(self, argv: list[str], cwd: Path | str, env: dict[str, str] | None, stdin: int, stdout: int,
+              stderr: int) -> Child:
+        self.ready()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(self.socket)
+        _send(sock, {"argv": argv, "cwd": str(cwd), "env": dict(os.environ if env is None else env)},
+              [stdin, stdout, stderr])
+        return Child(argv, sock, _recv(sock)[0]["pid"])
+
+    def close(self) -> None:
+        self._proc.kill()
+        self._proc.wait()
+        self._log.close()
+        if self._tmp:
+            self._tmp.cleanup()
+
+
+class Child:
+    """A started child, like subprocess.Popen: pid, poll(), wait(), kill()."""
+
+    def __init__(self, args: list[str], sock: socket.socket, pid: int):
+        self.args, self._sock, self.pid = args, sock, pid
+        self.returncode: int | None = None
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self._sock.settimeout(timeout)
+            try:
+                self.returncode = _recv(self._sock)[0]["status"]
+            except TimeoutError:
+                raise subprocess.TimeoutExpired(self.args, timeout) from None
+            self._sock.close()
+        return self.returncode
+
+    def poll(self) -> int | None:
+        try:
+            return self.wait(0.001)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# ---------------------------------------------------------------- the tests' side
+
+_server: Server | None = None
+
+
+def server() -> Server:
+    """This process's server (one per pytest worker), started at the first call."""
+    global _server
+    if _server is None:
+        _server = Server()
+        import atexit
+        atexit.register(_server.close)
+    return _server
+
+
+def start(*argv, cwd: Path | str = ROOT, env: dict[str, str] | None = None,
+          out: str = os.devnull, err: str = os.devnull) -> Child:
+    """Start `python -m module args` (argv = ("-m", module, *args)) or `python -c code args`,
+    stdout and stderr to the files `out` and `err`."""
+    assert argv[0] in ("-m", "-c"), argv
+    fds = [os.open(os.devnull, os.O_RDONLY), os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+           os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)]
+    try:
+        return server().start([str(a) for a in argv], cwd, env, *fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def run(*argv, cwd: Path | str = ROOT, env: dict[str, str] | None = None,
+        timeout: float | None = 1800) -> subprocess.CompletedProcess:
+    """Run `python -m module args` to the end, as subprocess.run(..., capture_output=True, text=True)."""
+    with tempfile.TemporaryDirectory(prefix="forked-") as tmp:
+        out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+        child = start(*argv, cwd=cwd, env=env, out=out, err=err)
+        try:
+            code = child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            raise
+        stdout, stderr = (Path(p).read_text(errors="replace") for p in (out, err))
+    return subprocess.CompletedProcess([sys.executable, *map(str, argv)], code, stdout, stderr)
+
+
+# ---------------------------------------------------------------- the client script
+
+def client(path: str, argv: list[str]) -> int:
+    """`python tests/forked.py client SOCKET -m module args`: run it on the server with this
+    process's stdin/stdout/stderr, working directory and environment; exit with its status."""
+    deadline = time.monotonic() + 600
+    while not os.path.exists(path):  # the server is still importing (started beside the first stage)
+        if time.monotonic() > deadline:
+            sys.exit(f"tests/forked.py client: no server at {path} after 600 s")
+        time.sleep(0.05)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    _send(sock, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}, [0, 1, 2])
+    _recv(sock)  # the pid
+    status = _recv(sock)[0]["status"]
+    return 128 - status if status < 0 else status  # killed by a signal: as a shell reports it
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "serve":
+        serve(sys.argv[2])
+    elif sys.argv[1] == "client":
+        sys.exit(client(sys.argv[2], sys.argv[3:]))
