@@ -41,8 +41,13 @@ case $what in
       tee "$OUT/profile-default.log"
     timeout "${BENCH_TIMEOUT:-360}" python3 -m benchmarks.default_path --out "$OUT/default-path-compile.json" \
       --only-default --compile --no-train --budget-s "${BUDGET_S:-340}" 2>&1 | tee "$OUT/default-path-compile.log" ;;
-  packed-eval)
-    cat /tmp/cu13.tar.xz.part-a "$W"/cu13.tar.xz.part-b | xz -d | tar -x -C /tmp/site || exit 1
+  packed-eval)  # W: part b of the library, or (the library unpacked already) wheels to add
+    if [[ -f "$W"/cu13.tar.xz.part-b ]]; then
+      cat /tmp/cu13.tar.xz.part-a "$W"/cu13.tar.xz.part-b | xz -d | tar -x -C /tmp/site || exit 1
+    fi
+    if compgen -G "$W/*.whl" > /dev/null; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$W"/*.whl
+    fi
     check || exit 1
     R=$OUT/pipeline-eval-packed-h100
     for m in ${MODELS:-llama3-8b gemma2-9b}; do  # one model at a time: a cut run keeps complete pairs

@@ -23,7 +23,8 @@ if [[ "${1:-}" == fused ]]; then
   W=.whl/fused1
   for req in transformers==5.24.0 peft==0.21.2 liger-kernel==0.8.5 flash-attn-4==4.0.0b36 nvidia-cutlass-dsl==4.8.1 \
              nvidia-cutlass-dsl-libs-base==4.8.1 nvidia-cutlass-dsl-libs-core==4.8.1 quack-kernels==0.6.5 \
-             "apache-tvm-ffi<0.2" torch-c-dlpack-ext; do get "$req"; done
+             "apache-tvm-ffi<0.2" torch-c-dlpack-ext pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+             typing-inspection==0.4.5 typing-extensions==4.16.0; do get "$req"; done  # pydantic: prefbench.config
   tmp=$(mktemp -d)
   python3 -m pip download -q --no-deps --only-binary=:all: "${PLAT[@]}" -d "$tmp" nvidia-cutlass-dsl-libs-cu13==4.8.1
   (cd "$tmp" && mkdir t && python3 -m zipfile -e nvidia_cutlass_dsl_libs_cu13-*.whl t && tar -C t -cf - . | xz -9 -T0 > cu13.tar.xz &&

@@ -5,7 +5,7 @@ Usage (report.md; SECTION is the README's generated block):
     SECTION="--default-path $R/default-path-h100.json --pipeline-eval $R/pipeline-eval-h100.json \
         --kernel-profile $R/profile-default-h100.json \
         --compiled $R/default-path-compile-h100.json $R/default-path-compile-nokernels-h100.json \
-        --packed $R/packed-h100.json"
+        --packed $R/packed-h100.json --pipeline-eval-packed $R/pipeline-eval-packed-h100.json"
     python -m benchmarks.report $SECTION --section          # the README block (a test compares them)
     python -m benchmarks.report $SECTION --main $R/bench-side-by-side-3.json \
         --runs $R/bench-side-by-side-2.json $R/bench-side-by-side-1.json \

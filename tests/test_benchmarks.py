@@ -95,7 +95,8 @@ def test_readme_section_is_the_report_of_the_committed_results():
     md = run("benchmarks.report", "--default-path", str(r / "default-path-h100.json"),
              "--pipeline-eval", str(r / "pipeline-eval-h100.json"), "--kernel-profile", str(r / "profile-default-h100.json"),
              "--compiled", str(r / "default-path-compile-h100.json"), str(r / "default-path-compile-nokernels-h100.json"),
-             "--packed", str(r / "packed-h100.json"), "--section")
+             "--packed", str(r / "packed-h100.json"), "--pipeline-eval-packed", str(r / "pipeline-eval-packed-h100.json"),
+             "--section")
     readme = (ROOT / "README.md").read_text()
     block = readme.split("<!-- generated: benchmarks/report.py --section -->\n")[1].split("<!-- end of generated block -->")[0]
     assert block == md
