@@ -82,7 +82,8 @@ def script(native: bool, warm_python: Path) -> str:
     if not native:  # the data stages, then the gemma2 experiment on them
         return "\n".join(["set -ex", warm, f"{dvc} repro tokenize > ../logs/1-repro.log 2>&1",
                           "mkdir -p ../logs/llama3 && cp -r data/tokens dvc.lock ../logs/llama3/",
-                          "git add -A && git commit -qm 'data stages'",
+                          # (nothing new when the committed dvc.lock already holds these data stages)
+                          "git add -A && git commit -qm 'data stages' --allow-empty",
                           f"{dvc} exp run -S model=gemma2 --name gemma2-exp > ../logs/4-gemma2.log 2>&1",
                           snap("gemma2")]) + "\n"
     return "\n".join([
