@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import struct
@@ -168,12 +169,14 @@ class Server:
     process's environment); its socket, log and client script in `folder` (default: a temporary one)."""
 
     def __init__(self, env: dict[str, str] | None = None, folder: Path | None = None, root: Path = ROOT):
-        self._tmp = None if folder else tempfile.TemporaryDirectory(prefix="warm-")
+        # The socket in a short folder of its own: a Unix socket's path is limited to ~107 bytes,
+        # which a deep pytest temporary folder can exceed.
+        self._tmp = tempfile.TemporaryDirectory(prefix="warm-")
         folder = Path(folder or self._tmp.name)
-        self.socket = str(folder / "server.sock")
+        self.socket = os.path.join(self._tmp.name, "server.sock")
         self.python = folder / "python"  # a client for $PREFBENCH_PYTHON
-        self.python.write_text(f"#!/bin/sh\nexec {sys.executable} {Path(__file__).resolve()} client {self.socket} "
-                               "\"$@\"\n")
+        command = " ".join(shlex.quote(str(a)) for a in (sys.executable, Path(__file__).resolve(), "client", self.socket))
+        self.python.write_text(f"#!/bin/sh\nexec {command} \"$@\"\n")
         self.python.chmod(0o755)
         self._log = open(folder / "server.log", "w")  # noqa: SIM115  (open while the server runs)
         self._proc = subprocess.Popen([sys.executable, __file__, "serve", self.socket], cwd=root,
@@ -203,8 +206,7 @@ class Server:
         self._proc.kill()
         self._proc.wait()
         self._log.close()
-        if self._tmp:
-            self._tmp.cleanup()
+        self._tmp.cleanup()
 
 
 class Child:

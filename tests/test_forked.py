@@ -1,0 +1,46 @@
+"""tests/forked.py, the warm interpreter server most tests start stages on: a child behaves as
+`python -m` / `python -c` would, as seen by subprocess (exit status, stdout, stderr, signals), and
+so does the client script that DVC's stage commands reach through $PREFBENCH_PYTHON."""
+
+import os
+import signal
+import subprocess
+import time
+
+from tests import forked
+
+
+def test_exit_status_and_output_as_a_fresh_interpreter_gives_them():
+    ok = forked.run("-c", "import sys; print('out'); print('err', file=sys.stderr)")
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "out\n", "err\n")
+    assert forked.run("-c", "import sys; sys.exit(3)").returncode == 3
+    message = forked.run("-c", "import sys; sys.exit('stopped: reason')")
+    assert (message.returncode, message.stderr) == (1, "stopped: reason\n")
+    crash = forked.run("-c", "raise ValueError('boom')")
+    assert crash.returncode == 1 and crash.stderr.startswith("Traceback") and "ValueError: boom" in crash.stderr
+    help_ = forked.run("-m", "stages.prepare", "--help")  # a module run as __main__, argv as given
+    assert help_.returncode == 0 and help_.stdout.startswith("usage: prepare.py")
+
+
+def test_cwd_environment_and_atexit_are_the_callers(tmp_path):
+    code = ("import atexit, os, sys; atexit.register(lambda: print('atexit ran'));"
+            "print(os.getcwd(), os.environ.get('PROBE'), sys.path[0], sys.argv[1:])")
+    proc = forked.run("-c", code, "a", "b", cwd=tmp_path, env={**os.environ, "PROBE": "x"})
+    assert proc.stdout.splitlines() == [f"{tmp_path} x {tmp_path} ['a', 'b']", "atexit ran"]
+    assert "PROBE" not in forked.run("-c", "import os; print(sorted(os.environ))").stdout  # not left behind
+
+
+def test_a_killed_child_reports_the_signal(tmp_path):
+    child = forked.start("-c", "import time; time.sleep(60)")
+    time.sleep(0.2)
+    assert child.poll() is None
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait(10) == -signal.SIGKILL
+
+
+def test_client_script_passes_stdin_and_exit_status_through():
+    server = forked.server()
+    server.ready()
+    proc = subprocess.run([str(server.python), "-c", "import sys; print(sys.stdin.read().upper()); sys.exit(4)"],
+                          input="piped", capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (4, "PIPED\n")
