@@ -1,5 +1,5 @@
 """The one pipeline run the DVC tests share: the README's commands, run once per test session in
-fresh git copies of the repo with nothing activated.
+fresh git copies of the repo.
 
 Two copies run side by side, one core each. NATIVE uses this CPU's kernels and runs the README and
 the pull-request workflow through: `make repro`, `dvc repro` again (nothing to do), `dvc push` /
