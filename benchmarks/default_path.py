@@ -18,7 +18,11 @@ Per model (full-size architecture, random-init weights; lengths of real arena ro
        and every attention {legacy, flash_attention_4} x kernels {none, liger}.
      The cell whose attention and kernels are what `auto` resolves to on this card is marked
      `"path": "default"`: that is what evaluate and predict run.
-  3. (--train) a LoRA step loop through `prefbench.train.train` on the default path, real lengths.
+  3. (--train) a LoRA step loop through `prefbench.train.train` on the default path, real lengths:
+     --train-packing as models.<m>.packing (auto: packed on flash_attention_*, one packed row per
+     step), --train-token-budget as models.<m>.train_token_budget (0: --train-batch rows a step), on
+     the first min(--rows, --train-batch x --train-steps) rows; e.g. packed steps of 16384 tokens:
+     `--rows 256 --train-batch 16 --train-steps 16 --train-token-budget 16384`.
 MFU = model FLOPs (prefbench/flops.py, real tokens) / s / peak, against both the bf16 matmul peak
 measured here and the datasheet's dense bf16 figure (H100 / H200 SXM: 989 TFLOP/s).
 Results are written after every cell, so a run cut short keeps what it measured.
@@ -47,6 +51,7 @@ from prefbench.infer import GPU_PAD_MULTIPLE as PAD_MULTIPLE  # as evaluate and 
 from prefbench.infer import predict
 from prefbench.models import (apply_kernels, count_parameters, label_config_kwargs, prepare_for_inference,
                               resolve_attention, resolve_kernels)
+from prefbench.packing import resolve_packing
 from prefbench.lora import add_lora
 from prefbench.train import train
 
@@ -74,12 +79,14 @@ def bench_sequences(lengths, vocab: int, seed: int) -> list[np.ndarray]:
 
 
 def model_cfg(name: str, attn: str, kernels: str, lora_r: int, max_length: int, batch: int,
-              train_batch: int = 4) -> ModelParams:
+              train_batch: int = 4, packing: str = "padded", train_token_budget: int = 0) -> ModelParams:
+    """`packing` is read by training only here: the inference cells time padded batches
+    (benchmarks/packed.py times packed inference)."""
     return ModelParams(pretrained=name, dtype="bfloat16", attn_implementation=attn, quantization="none",
                        lora_r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, lora_target_modules=LORA_TARGETS,
-                       max_length=max_length, train_batch_size=train_batch, eval_batch_size=batch,
-                       gradient_checkpointing=False, compile=False, kernels=kernels,
-                       packing="padded", token_budget=16384)  # padded batches: benchmarks/packed.py times packing
+                       max_length=max_length, train_batch_size=train_batch, train_token_budget=train_token_budget,
+                       eval_batch_size=batch, gradient_checkpointing=False, compile=False, kernels=kernels,
+                       packing=packing, token_budget=16384)
 
 
 class Run:
@@ -303,9 +310,12 @@ class Run:
 
     def train_cell(self, model, config, n_non_emb, name, attn, kernels):
         """LoRA r=16 training steps through prefbench.train.train on real-length rows (the train stage's
-        own batching: length-bucketed shuffled batches, dynamic padding), on the default path."""
+        own batching: length-bucketed shuffled batches of --train-batch rows, dynamic padding; or
+        token-budget batches), on the default path, packed or padded as --train-packing resolves."""
         a, dev = self.args, self.dev
-        cfg = model_cfg(name, attn, kernels, 16, a.train_length, a.batch, a.train_batch)
+        cfg = model_cfg(name, attn, kernels, 16, a.train_length, a.batch, a.train_batch, a.train_packing,
+                        a.train_token_budget)
+        packed = resolve_packing(a.train_packing, attn, "--train-packing")
         tp = TrainParams(epochs=1, learning_rate=1e-4, warmup_ratio=0.0, weight_decay=0.0, grad_accum_steps=1,
                          max_grad_norm=1.0, seed=0, log_every=1000, checkpoint_every=0, devices=1)
         lengths = self.lengths(a.train_length, seed=3)[: a.train_batch * a.train_steps]
@@ -326,17 +336,21 @@ class Run:
             lora.unload()  # peft's own removal of the LoRA layers: the base model is left as it was
         fl = lora_train_flops(config, n_non_emb, lengths)
         sheet = self.r["peak_bf16_flops_datasheet"]
+        batch = f"up to {a.train_token_budget} tokens" if a.train_token_budget else f"{a.train_batch} rows"
         cell = {"model": name, "attn": attn, "kernels": kernels, "path": "default", "lora_r": 16,
-                "batch": f"{a.train_batch} rows, real lengths <= {a.train_length}", "steps": r["steps"],
+                "batch": f"{batch}, real lengths <= {a.train_length}", "steps": r["steps"],
+                "packing": "packed" if packed else "padded", "token_budget": a.train_token_budget,
                 "warmup": "one untimed pass over the same batches (every shape compiled first)",
-                "tokens": int(lengths.sum()), "final_loss": r["final_loss"],
+                "tokens": int(lengths.sum()), "tokens_per_step": r["tokens"] / r["steps"],
+                "final_loss": r["final_loss"],
                 "seconds_per_step": r["train_seconds"] / r["steps"], "tokens_per_second": r["tokens_per_second"],
                 "mfu": mfu(fl, r["train_seconds"], self.r["peak_bf16_flops"]),
                 "mfu_datasheet": mfu(fl, r["train_seconds"], sheet) if sheet else None,
                 "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if dev.type == "cuda" else None}
         self.r["train"].append(cell)
         self.save()
-        print(f"train {name} {attn} kernels={kernels}: {cell['seconds_per_step']:.3f} s/step, "
+        print(f"train {name} {attn} kernels={kernels} {cell['packing']}: {cell['seconds_per_step']:.3f} s/step, "
+              f"{cell['tokens_per_step']:.0f} tokens/step, "
               f"{cell['tokens_per_second']:.0f} tokens/s, MFU {cell['mfu']:.2f}, loss {r['final_loss']:.3f}", flush=True)
 
 
@@ -359,7 +373,12 @@ def main():
     p.add_argument("--train", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--train-length", type=int, default=1024)
     p.add_argument("--train-batch", type=int, default=4)
-    p.add_argument("--train-steps", type=int, default=6)
+    p.add_argument("--train-steps", type=int, default=6,
+                   help="the train cell trains on the first --train-batch x this many of the --rows rows")
+    p.add_argument("--train-packing", choices=["auto", "packed", "padded"], default="auto",
+                   help="as models.<m>.packing for the train cell (auto: packed on flash_attention_*)")
+    p.add_argument("--train-token-budget", type=int, default=0,
+                   help="as models.<m>.train_token_budget: tokens per step (0: --train-batch rows per step)")
     p.add_argument("--budget-s", type=float, default=520)
     p.add_argument("--only-default", action="store_true", help="only the default cell (with --compile: the compile "
                    "break-even)")

@@ -322,8 +322,8 @@ class Bench:
             return None
         cfg = ModelParams(pretrained=name, dtype="bfloat16", attn_implementation=attn, quantization="none",
                           lora_r=16, lora_alpha=32, lora_dropout=0.0, lora_target_modules=LORA_TARGETS,
-                          max_length=a.train_length, train_batch_size=a.train_batch, eval_batch_size=8,
-                          gradient_checkpointing=checkpointing, compile=False, kernels="none",
+                          max_length=a.train_length, train_batch_size=a.train_batch, train_token_budget=0,
+                          eval_batch_size=8, gradient_checkpointing=checkpointing, compile=False, kernels="none",
                           packing="padded", token_budget=16384)
         tp = TrainParams(epochs=1, learning_rate=1e-4, warmup_ratio=0.0, weight_decay=0.0, grad_accum_steps=1,
                          max_grad_norm=1.0, seed=0, log_every=1000, checkpoint_every=0, devices=1)

@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from prefbench.packing import PackedClassifier
+
 FORMAT = 2  # 1: the hand-written format before accelerate; such checkpoints are ignored (deleted)
 WEIGHTS = "model.safetensors"  # accelerate's name for the first model's weights
 
@@ -81,16 +83,23 @@ def remove_checkpoints(folder: str | Path, keep: Path | None = None) -> None:
         folder.rmdir()
 
 
+def classifier(accelerator, model):
+    """The peft model inside accelerate's wrappers and packed training's PackedClassifier: its
+    parameter names are the checkpoint's, so a run resumes whether it pads or packs."""
+    model = accelerator.unwrap_model(model)
+    return model.classifier if isinstance(model, PackedClassifier) else model
+
+
 def trainable_only(accelerator):
     """Register accelerate save/load hooks that keep only the trainable parameters in a checkpoint
     (see the module doc); returns their handles, to `.remove()` when training ends."""
     def save_hook(models, weights, output_dir):
         for i, model in enumerate(models):
-            named = accelerator.unwrap_model(model).named_parameters()
+            named = classifier(accelerator, model).named_parameters()
             weights[i] = {n: p.detach().contiguous() for n, p in named if p.requires_grad}
 
     def load_hook(models, input_dir):
-        model = accelerator.unwrap_model(models.pop())  # popped: accelerate loads no whole-model state
+        model = classifier(accelerator, models.pop())  # popped: accelerate loads no whole-model state
         named = {n: p for n, p in model.named_parameters() if p.requires_grad}
         saved = load_file(Path(input_dir) / WEIGHTS)
         if set(saved) != set(named):

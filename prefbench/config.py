@@ -86,12 +86,14 @@ class ModelParams:
     # tokens per row: prompt + response A + response B, markers included
     max_length: Annotated[int, Positive, _at_least(16, " tokens")]
     train_batch_size: PosInt
+    # tokens per global training batch (rows taken while they fit); 0 = batches of train_batch_size rows
+    train_token_budget: Annotated[int, _at_least(0, " (0 = batches of train_batch_size rows)")]
     eval_batch_size: PosInt
     gradient_checkpointing: bool
     compile: bool  # torch.compile (LoRA merged) for evaluate/predict; for long runs only (params.yaml)
     # Liger's fused RMSNorm, RoPE, SwiGLU/GeGLU (auto = liger on CUDA if installed)
     kernels: _choice("auto", "liger", "none")
-    # evaluate/predict rows packed into token-budget forwards (prefbench.packing)
+    # rows packed back to back, no padding (prefbench.packing): evaluate/predict forwards, training batches
     packing: _choice("auto", "packed", "padded")
     token_budget: PosInt  # tokens per packed forward
     name: str = field(default="<model>", init=False)  # its key in `models`, set by parse_params, for messages

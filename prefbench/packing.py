@@ -21,6 +21,10 @@ base model (`model.model`) gives the hidden states and the score head runs on ea
 pooled token only. Gemma2's `final_logit_softcapping` belongs to its causal-LM head; the
 classifier does not apply it, so neither do we (its attention softcap runs inside the attention
 layers, packed or not).
+
+Training packs too (prefbench.train, `models.<model>.packing`): each process's share of a batch is
+one packed row through `PackedClassifier`, the module that accelerate wraps (DDP, autocast) in the
+peft model's place, with gradients.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from prefbench.config import ParamsError
 
@@ -58,21 +64,29 @@ def pack_rows(lengths, token_budget: int) -> list[np.ndarray]:
     rows of similar length; a pack wastes less than one row of its budget, so at most
     max_length / token_budget of it. A row longer than the budget gets a pack of its own."""
     lengths = np.asarray(lengths, dtype=np.int64)
+    return next_fit(np.argsort(-lengths, kind="stable"), lengths, token_budget)
+
+
+def next_fit(order, lengths, token_budget: int) -> list[np.ndarray]:
+    """Row indices cut into groups in the given `order`: each group takes rows until the next would
+    take it past `token_budget` tokens; a row longer than the budget is a group of its own. Packs
+    (`pack_rows`: longest first) and token-budget training batches (prefbench.train: shuffled)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
     if isinstance(token_budget, bool) or not isinstance(token_budget, (int, np.integer)) or token_budget < 1:
         raise ValueError(f"token_budget must be a positive number of tokens, got {token_budget!r}")
     if len(lengths) and lengths.min() < 1:
         raise ValueError(f"row {int(np.argmin(lengths))} has no tokens: nothing to pool on")
-    packs, current, used = [], [], 0
-    for i in np.argsort(-lengths, kind="stable").tolist():
+    groups, current, used = [], [], 0
+    for i in np.asarray(order, dtype=np.int64).tolist():
         n = int(lengths[i])
         if current and used + n > token_budget:
-            packs.append(np.array(current))
+            groups.append(np.array(current))
             current, used = [], 0
         current.append(i)
         used += n
     if current:
-        packs.append(np.array(current))
-    return packs
+        groups.append(np.array(current))
+    return groups
 
 
 def pooled_index(seq: np.ndarray, pad_token_id: int | None) -> int:
@@ -133,19 +147,50 @@ def unreachable_window_off(body, longest: int):
             m.sliding_window = window
 
 
-def forward_packed(body, head, pack: dict, device: torch.device, varlen: bool) -> torch.Tensor:
-    """Score-head logits (n, labels) of one packed row's sequences."""
+def forward_packed(body, head, pack: dict, device: torch.device, varlen: bool, window_off: bool = True) -> torch.Tensor:
+    """Score-head logits (n, labels) of one packed row's sequences. `window_off`: the sliding window
+    off for this forward where no sequence of the pack reaches it (`unreachable_window_off`; training
+    turns it off for the whole run instead: a checkpointed layer recomputes its forward in backward)."""
     kwargs = {}
     if varlen:
         cu = pack["cu_seq_lens"].to(device, non_blocking=True)
         kwargs = {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": pack["max_length"],
                   "max_length_k": pack["max_length"]}
     # use_cache=False: with a cache, transformers skips the packed-sequence detection (sdpa, eager).
-    with unreachable_window_off(body, pack["max_length"]) if varlen else nullcontext():
+    with unreachable_window_off(body, pack["max_length"]) if varlen and window_off else nullcontext():
         hidden = body(input_ids=pack["input_ids"].to(device, non_blocking=True),
                       position_ids=pack["position_ids"].to(device, non_blocking=True),
                       attention_mask=None, use_cache=False, **kwargs).last_hidden_state
     return head(hidden[0, pack["pooled"].to(device, non_blocking=True)])
+
+
+class PackedClassifier(torch.nn.Module):
+    """A `*ForSequenceClassification` (or its peft wrapper) on packed rows, with gradients: what
+    packed training hands accelerate in the model's place. DDP syncs gradients only for forwards
+    through the module it wraps, and accelerate's autocast wraps that module's forward, so this
+    forward, not the peft model's, is the one they must see. The model is a submodule: its
+    parameters are this module's (optimizer, DDP), trained in place.
+
+    forward(**collate_packed(rows), labels=...) -> SequenceClassifierOutput: the pooled tokens'
+    logits (n, labels), and with labels their mean cross-entropy, as the stock classifier's loss."""
+
+    def __init__(self, model):
+        super().__init__()
+        split_classifier(model)  # fails now, not at the first step, on a model packing cannot run
+        self.classifier = model
+        self.varlen = model.config._attn_implementation in VARLEN_ATTENTION
+        # What accelerate's prepare reads to leave a bitsandbytes base where it was loaded (no .to())
+        for attr in ("is_loaded_in_4bit", "is_loaded_in_8bit", "hf_device_map"):
+            if getattr(model, attr, None):
+                setattr(self, attr, getattr(model, attr))
+
+    def forward(self, input_ids, position_ids, pooled, cu_seq_lens, max_length: int, labels=None):
+        body, head = split_classifier(self.classifier)
+        pack = {"input_ids": input_ids, "position_ids": position_ids, "pooled": pooled, "cu_seq_lens": cu_seq_lens,
+                "max_length": max_length}
+        logits = forward_packed(body, head, pack, input_ids.device, self.varlen, window_off=False)
+        loss = F.cross_entropy(logits, labels.to(logits.device)) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
 def warmup_packs(totals: list[int]) -> list[int]:

@@ -12,6 +12,14 @@ train_batch_size is the global batch and N processes take the optimizer steps of
 with split_batches cuts each batch evenly, dropping or repeating rows of a batch whose size the
 process count does not divide.)
 
+Token-budget batches (`models.<model>.train_token_budget` > 0): each global batch takes rows in
+the epoch's shuffled order until the next would take it past the budget (`budget_batches`), so a
+step trains on about the same number of tokens whatever the rows' lengths, and the processes split
+each batch by tokens (`shard_tokens`). Packed training (`models.<model>.packing`, resolved as for
+inference: prefbench.packing.resolve_packing): each process's share of a batch is one packed row,
+no padding, through prefbench.packing.PackedClassifier (the module accelerate prepares); on a
+varlen flash-attention kernel that is the kernel's packed path.
+
 Training can be killed and resumed: every `train.checkpoint_every` optimizer steps all processes
 write a checkpoint (prefbench.checkpoints, accelerate's save_state) and a new run with the same
 params and data continues from the latest one (load_state, the seeded shuffles replayed and
@@ -23,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,10 +47,12 @@ from transformers import get_cosine_schedule_with_warmup
 from prefbench.checkpoints import TrainState, fingerprint, load_checkpoint, save_checkpoint, trainable_only
 from prefbench.cli import progress
 from prefbench.config import ModelParams, Params, TrainParams
-from prefbench.infer import collate, masks_padding, oom_guard, shuffled_batches, synchronize, to_device
+from prefbench.infer import BatchOutOfMemoryError, collate, masks_padding, oom_guard, shuffled_batches, synchronize
 from prefbench.lora import add_lora
 from prefbench.metrics import device_name
 from prefbench.models import count_parameters, load_model, load_tokenizer, resolve_dtype
+from prefbench.packing import (VARLEN_ATTENTION, PackedClassifier, collate_packed, next_fit, resolve_packing,
+                               split_classifier, unreachable_window_off)
 from prefbench.tokenize import read_tokens
 
 
@@ -76,53 +87,98 @@ def make_accelerator(cfg: ModelParams, tp: TrainParams, device_type: str | None 
                        dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
-class EpochBatches(Sampler):
-    """Batch sampler: each iteration is one epoch, a fresh shuffle from the generator seeded once
-    (prefbench.infer.shuffled_batches), taken last batch first (the order of the loop before
-    accelerate, which popped them off the list: the same numbers)."""
+def budget_batches(lengths: np.ndarray, token_budget: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch of token-budget batches: the rows in a fresh random order, each batch taking them in
+    that order until the next would take it past `token_budget` tokens (a longer row is a batch of
+    its own). Not sorted by length, as shuffled_batches' are: packed batches have no padding to save."""
+    return next_fit(rng.permutation(len(lengths)), lengths, token_budget)
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int):
-        self.lengths, self.batch_size = lengths, batch_size
+
+class EpochBatches(Sampler):
+    """Batch sampler: each iteration is one epoch, a fresh shuffle from the generator seeded once:
+    batches of `batch_size` rows (prefbench.infer.shuffled_batches) taken last batch first (the order
+    of the loop before accelerate, which popped them off the list: the same numbers), or with
+    `token_budget` > 0 `budget_batches`, whose count differs between epochs."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, token_budget: int = 0):
+        self.lengths, self.batch_size, self.seed, self.token_budget = lengths, batch_size, seed, token_budget
         self.rng = np.random.default_rng(seed)  # the same seed in every process: the same batches everywhere
+        self.next = None  # the coming epoch, when drawn before it is iterated (`__len__`, `skip`)
+
+    def draw(self) -> list[np.ndarray]:
+        """The next epoch's batches, in training order (moves the generator)."""
+        if self.token_budget:
+            return budget_batches(self.lengths, self.token_budget, self.rng)
+        return shuffled_batches(self.lengths, self.batch_size, self.rng)[::-1]
 
     def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+        """Batches in the coming epoch (drawn now if need be: the generator moves as iterating would)."""
+        if self.next is None:
+            self.next = self.draw()
+        return len(self.next)
 
     def __iter__(self):
-        yield from reversed(shuffled_batches(self.lengths, self.batch_size, self.rng))
+        epoch, self.next = self.next if self.next is not None else self.draw(), None
+        yield from epoch
 
-    def skip_epochs(self, n: int) -> None:
-        """Draw (and drop) n epochs' shuffles: where a resumed run's generator stood."""
-        for _ in range(n):
-            shuffled_batches(self.lengths, self.batch_size, self.rng)
+    def skip(self, micro: int) -> int:
+        """Draw (and drop) the epochs that `micro` batches completed: where a resumed run's generator
+        stood. Returns how many batches of the coming epoch are done (for skip_first_batches)."""
+        while micro >= len(self):
+            micro -= len(self)
+            self.next = None
+        return micro
+
+    def optimizer_steps(self, grad_accum: int, epochs: float) -> int:
+        """Optimizer steps of `epochs` epochs (fractional: that share of the last epoch's batches).
+        Token-budget epochs differ in their number of batches: these are counted on the epochs that
+        training will draw (a generator seeded the same; this one does not move)."""
+        if not self.token_budget:
+            return optimizer_steps(len(self.lengths), self.batch_size, grad_accum, epochs)
+        plan = EpochBatches(self.lengths, self.batch_size, self.seed, self.token_budget)
+        sizes = [len(plan.draw()) for _ in range(math.ceil(epochs))]
+        whole = int(epochs)
+        batches = sum(sizes[:whole]) + (epochs - whole) * sizes[whole] if epochs > whole else sum(sizes)
+        return max(1, math.ceil(batches / grad_accum))
 
 
 @dataclass
 class Batch:
-    inputs: dict[str, torch.Tensor]  # this process's rows, padded: input_ids, attention_mask
+    # this process's rows: padded (input_ids, attention_mask) or one packed row (prefbench.packing.collate_packed)
+    inputs: dict
     labels: torch.Tensor
     weight: float  # of this process's mean loss (`shard`)
     rows: int  # of the global batch
     tokens: int  # of the global batch
     longest: int  # tokens of this process's longest row
+    local_tokens: int  # tokens of this process's rows
 
 
 class ShardCollate:
-    """collate_fn: a global batch of row indices -> this process's share of it (`shard`), padded."""
+    """collate_fn: a global batch of row indices -> this process's share of it (`shard`, or with
+    `by_tokens` `shard_tokens`), padded or (`packed`) one packed row."""
 
     def __init__(self, sequences: list[np.ndarray], labels: np.ndarray, pad_token_id: int, rank: int, world: int,
-                 mask_padding: bool = True):
+                 mask_padding: bool = True, packed: bool = False, by_tokens: bool = False):
         self.sequences, self.pad_token_id, self.rank, self.world = sequences, pad_token_id, rank, world
         self.mask_padding = mask_padding  # prefbench.infer.masks_padding
+        self.packed, self.by_tokens = packed, by_tokens
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.lengths = np.array([len(s) for s in sequences])
 
     def __call__(self, rows: list[int]) -> Batch:
         idx = np.asarray(rows, dtype=np.int64)
-        local, weight = shard(idx, self.rank, self.world)
-        return Batch(collate([self.sequences[i] for i in local], self.pad_token_id, mask_padding=self.mask_padding),
-                     self.labels[local], weight,
-                     len(idx), int(self.lengths[idx].sum()), int(self.lengths[local].max()))
+        if self.by_tokens:
+            local, weight = shard_tokens(idx, self.lengths, self.rank, self.world)
+        else:
+            local, weight = shard(idx, self.rank, self.world)
+        seqs = [self.sequences[i] for i in local]
+        if self.packed:
+            inputs = collate_packed(seqs, self.pad_token_id)
+        else:
+            inputs = collate(seqs, self.pad_token_id, mask_padding=self.mask_padding)
+        return Batch(inputs, self.labels[local], weight, len(idx), int(self.lengths[idx].sum()),
+                     int(self.lengths[local].max()), int(self.lengths[local].sum()))
 
 
 def shard(idx: np.ndarray, rank: int, world: int) -> tuple[np.ndarray, float]:
@@ -137,6 +193,56 @@ def shard(idx: np.ndarray, rank: int, world: int) -> tuple[np.ndarray, float]:
     return local, len(local) * world / len(idx)
 
 
+def shard_tokens(idx: np.ndarray, lengths: np.ndarray, rank: int, world: int) -> tuple[np.ndarray, float]:
+    """`shard` for token-budget batches, whose rows' lengths are mixed (not length-sorted, so every
+    world-th row could leave one rank twice the tokens of another): rows dealt longest first, each
+    to the rank with the fewest tokens so far (ties: fewer rows, then the lower rank). The same
+    weights (local rows * world / batch rows; 1.0 on one device, the batch as it is) and the same
+    rule for a rank left without a row."""
+    if world == 1:
+        return idx, 1.0
+    tokens, parts = [0] * world, [[] for _ in range(world)]
+    for i in idx[np.argsort(-lengths[idx], kind="stable")].tolist():
+        r = min(range(world), key=lambda k: (tokens[k], len(parts[k]), k))
+        parts[r].append(i)
+        tokens[r] += int(lengths[i])
+    local = np.array(parts[rank], dtype=idx.dtype)
+    if len(local) == 0:
+        return idx[:1], 0.0
+    return local, len(local) * world / len(idx)
+
+
+def on_device(inputs: dict, device: torch.device) -> dict:
+    """A batch's tensors on `device` (a packed row's max_length stays a Python int: no host sync)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in inputs.items()}
+
+
+@contextmanager
+def train_oom_guard(batch: Batch, cfg: ModelParams, name: str, step: int):
+    """prefbench.infer.oom_guard for one training batch. Token-budget batches name the budget, the
+    setting to lower, where batches of train_batch_size rows name that."""
+    if not cfg.train_token_budget:
+        with oom_guard("train", len(batch.labels), batch.longest, cfg, name, step=step):
+            yield
+        return
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        raise BatchOutOfMemoryError(budget_oom_message(batch, cfg, name, step)) from err
+
+
+def budget_oom_message(batch: Batch, cfg: ModelParams, name: str, step: int) -> str:
+    key = f"models.{name}"
+    extra = [] if cfg.gradient_checkpointing else [f"{key}.gradient_checkpointing: true"]
+    if cfg.quantization == "none":
+        extra.append(f"{key}.quantization: 4bit (CUDA, bitsandbytes)")
+    return (f"out of memory in training (optimizer step {step}) on a batch of {len(batch.labels)} rows, "
+            f"{batch.local_tokens} tokens on this process, the longest {batch.longest} (max_length {cfg.max_length}). "
+            f"Lower {key}.train_token_budget (now {cfg.train_token_budget}; raise train.grad_accum_steps to keep "
+            f"the tokens per optimizer step) or {key}.max_length" + (", or set " + " or ".join(extra) if extra else "")
+            + ".")
+
+
 def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelParams, tp: TrainParams,
           pad_token_id: int, device: torch.device | None = None, log=None, checkpoint_dir=None,
           fingerprint: str = "", name: str = "<model>", accelerator: Accelerator | None = None) -> dict:
@@ -148,6 +254,11 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
     its share of each; losses are weighted (`shard`) so DDP's gradient average is the gradient of
     the whole batch's mean loss: the optimizer steps of one process, up to float summation order.
 
+    Batches: `cfg.train_batch_size` rows, or with `cfg.train_token_budget` > 0 rows up to that many
+    tokens (`budget_batches`). Packed (`cfg.packing` resolved for the model's attention): each
+    process's rows as one packed row through a PackedClassifier around `model` (what accelerate
+    prepares); `model` itself is trained in place either way.
+
     With `checkpoint_dir`, training resumes from the latest checkpoint there whose `fingerprint`
     (params and data, see `run_fingerprint`) matches, and writes one every `tp.checkpoint_every`
     optimizer steps (0: none); on resume the points logged before it are passed to `log` again, so
@@ -157,18 +268,27 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
     lengths = np.array([len(s) for s in sequences])
-    total_steps = optimizer_steps(len(sequences), cfg.train_batch_size, tp.grad_accum_steps, tp.epochs)
+    attn = model.config._attn_implementation
+    packed = resolve_packing(cfg.packing, attn, f"models.{name}.packing")
+    batches = EpochBatches(lengths, cfg.train_batch_size, tp.seed, cfg.train_token_budget)
+    total_steps = batches.optimizer_steps(tp.grad_accum_steps, tp.epochs)
     micro_batches = total_steps * tp.grad_accum_steps
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=tp.learning_rate, weight_decay=tp.weight_decay)
     sched = get_cosine_schedule_with_warmup(optim, int(tp.warmup_ratio * total_steps), total_steps)
-    net, optim, sched = accelerator.prepare(model, optim, sched)
+    net, optim, sched = accelerator.prepare(PackedClassifier(model) if packed else model, optim, sched)
     hooks = trainable_only(accelerator)
-    batches = EpochBatches(lengths, cfg.train_batch_size, tp.seed)
     # Its own generator: DataLoader draws a base seed per iteration, which must not move the global
     # torch RNG that dropout uses (the numbers of the loop before accelerate).
+    collate_fn = ShardCollate(sequences, labels, pad_token_id, rank, world, masks_padding(model), packed=packed,
+                              by_tokens=cfg.train_token_budget > 0)
     loader = DataLoader(range(len(sequences)), batch_sampler=batches, generator=torch.Generator(),
-                        collate_fn=ShardCollate(sequences, labels, pad_token_id, rank, world, masks_padding(model)))
+                        collate_fn=collate_fn)
+    # Varlen kernels get a sliding window no packed row can reach turned off for the whole run, not
+    # per forward: gradient checkpointing recomputes each layer's forward in backward, after a
+    # per-forward switch would have put the window (another kernel) back.
+    window_off = packed and attn in VARLEN_ATTENTION
+    window = unreachable_window_off(split_classifier(model)[0], int(lengths.max())) if window_off else nullcontext()
     dtype = resolve_dtype(cfg.dtype, device.type)
     checkpointing = checkpoint_dir is not None and tp.checkpoint_every > 0
 
@@ -186,19 +306,17 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
         return value
 
     net.train()
-    epoch, done = divmod(st.micro, len(batches))
-    batches.skip_epochs(epoch)
+    done = batches.skip(st.micro)
     synchronize(device)
     start = time.perf_counter()
-    with progress(total=total_steps, initial=st.step, desc="train", unit="step",
-                  disable=not accelerator.is_main_process) as bar:
+    with window, progress(total=total_steps, initial=st.step, desc="train", unit="step",
+                          disable=not accelerator.is_main_process) as bar:
         while st.micro < micro_batches:
             epoch_loader = accelerator.skip_first_batches(loader, done) if done else loader
             done = 0
             for batch in epoch_loader:
-                with accelerator.accumulate(net), oom_guard("train", len(batch.labels), batch.longest, cfg, name,
-                                                            step=st.step + 1):
-                    out = net(**to_device(batch.inputs, device), labels=batch.labels.to(device))
+                with accelerator.accumulate(net), train_oom_guard(batch, cfg, name, step=st.step + 1):
+                    out = net(**on_device(batch.inputs, device), labels=batch.labels.to(device))
                     # the whole batch's mean loss, the same in every process: a non-finite loss
                     # stops them all at the same step
                     loss = ensure_finite("loss", accelerator.reduce(out.loss.detach() * batch.weight, "mean").item())
@@ -235,7 +353,8 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
     seconds = st.seconds + time.perf_counter() - start
     for hook in hooks:
         hook.remove()
-    accelerator.unwrap_model(net, keep_fp32_wrapper=False)  # `model` runs without the autocast wrapper again
+    # `model` runs without the autocast wrapper again (packed: the wrapper had it; `model` trained in place)
+    accelerator.unwrap_model(net, keep_fp32_wrapper=False)
     return {"final_loss": st.final_loss, "train_seconds": round(seconds, 3), "steps": st.step, "samples": st.seen,
             "tokens": st.tokens, "seconds_per_sample": seconds / max(st.seen, 1),
             "tokens_per_second": st.tokens / seconds}
@@ -283,7 +402,8 @@ def fine_tune(accelerator: Accelerator, params: Params, tokens: str, checkpoint_
     attn = model.config._attn_implementation  # `auto` resolved (prefbench.models.resolve_attention)
     model = add_lora(model, cfg)
     trainable = count_parameters(model)["params_trainable"]
-    accelerator.print(f"train: {params.model} ({weights}, {dtype}, {attn}) on {accelerator.num_processes} x "
+    packed = ", packed" if resolve_packing(cfg.packing, attn, f"models.{params.model}.packing") else ""
+    accelerator.print(f"train: {params.model} ({weights}, {dtype}, {attn}{packed}) on {accelerator.num_processes} x "
                       f"{device_name(accelerator.device)}: {len(seqs)} rows, {total:,} parameters, "
                       f"{trainable:,} trainable", flush=True)
     result = train(model, seqs, labels, cfg, tp, tok.pad_token_id, log=log, checkpoint_dir=checkpoint_dir,

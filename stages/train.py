@@ -3,7 +3,7 @@
 Usage: python -m stages.train --params params.yaml --tokens data/tokens --out models/adapter \
            --metrics metrics/train.json --live dvclive [--checkpoints models/adapter.ckpt]
 Reads params: model, models.<model>.{pretrained, dtype, attn_implementation, quantization,
-lora_*, train_batch_size, gradient_checkpointing}, train.*
+lora_*, train_batch_size, train_token_budget, packing, gradient_checkpointing}, train.*
 (`kind: tfidf`: models.<model>.{C, max_iter}: a logistic regression, prefbench.tfidf).
 Writes the adapter and score head (safetensors) and resolved_params.json to --out, per-step
 loss and learning rate to --live (dvclive, for `dvc plots show`), and metrics/train.json; the
@@ -20,9 +20,10 @@ With train.devices > 1 (or 0: all visible GPUs, when there are several) the stag
 again through `accelerate launch`, one process per device (prefbench.launch; on a machine without
 GPUs, CPU processes over gloo), and waits: the dvc.yaml command stays one line. Started by
 `accelerate launch` itself (several machines: README "Several GPUs") it trains at once, in the
-launcher's processes. Every process takes its share of each batch of train_batch_size rows, so the
-optimizer steps are those of one device (prefbench.train.shard), and the main process writes the
-outputs. seconds_per_sample is wall time; `devices` says how many processes ran.
+launcher's processes. Every process takes its share of each batch (train_batch_size rows, or rows
+up to train_token_budget tokens), so the optimizer steps are those of one device
+(prefbench.train.shard, shard_tokens), and the main process writes the outputs. seconds_per_sample
+is wall time; `devices` says how many processes ran.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ the report is built from the committed results."""
 
 import json
 
+import numpy as np
 import pytest
 
 from tests import forked
@@ -86,6 +87,20 @@ def test_default_path_smoke_on_cpu(tmp_path):
         assert c["batch_shapes"] >= 1 and c["mfu"] > 0 and c["mfu_datasheet"] is None  # no datasheet for a CPU
     assert "seconds_per_sample_old_warmup" in cells[("sdpa", "none", "unmerged")]
     assert {s.get("attn") or s.get("kernels") for s in r["skipped"]} == {"flash_attention_4", "liger"}
+
+
+def test_default_path_train_cell_runs_packed_token_budget_steps_on_cpu(tmp_path):
+    """The train cell on the packed path (--train-packing packed: sdpa's block-diagonal mask on a CPU,
+    flash-attn-4's varlen kernel on a GPU) with token-budget batches: recorded as such, with the
+    tokens per step its MFU is of."""
+    out = tmp_path / "dp.json"
+    run("benchmarks.default_path", "--out", str(out), "--models", "tiny-llama3", "--rows", "8", "--max-length", "64",
+        "--batch", "4", "--reps", "1", "--only-default", "--train-length", "64", "--train-batch", "4",
+        "--train-steps", "2", "--train-packing", "packed", "--train-token-budget", "100")
+    (cell,) = json.loads(out.read_text())["train"]
+    assert cell["packing"] == "packed" and cell["token_budget"] == 100 and cell["batch"].startswith("up to 100 tokens")
+    assert cell["steps"] >= 2 and cell["tokens_per_step"] == pytest.approx(cell["tokens"] / cell["steps"])
+    assert cell["mfu"] > 0 and np.isfinite(cell["final_loss"])
 
 
 def test_readme_section_is_the_report_of_the_committed_results():

@@ -28,6 +28,10 @@ def test_shipped_params_load():
     (("data", "val_fraction"), 0, "data.val_fraction must be in (0, 1)"),
     (("train", "learning_rate"), "fast", "train.learning_rate: expected float"),
     (("models", "gemma2", "gradient_checkpointing"), "yes", "models.gemma2.gradient_checkpointing: expected bool"),
+    (("models", "llama3", "train_token_budget"), -1, "models.llama3.train_token_budget must be >= 0"),
+    (("models", "gemma2", "train_token_budget"), 4096.5, "models.gemma2.train_token_budget: expected int"),
+    (("models", "gemma2", "train_token_budget"), "16k", "models.gemma2.train_token_budget: expected int"),
+    (("models", "llama3", "train_token_budget"), True, "models.llama3.train_token_budget: expected int"),
 ])
 def test_bad_values_name_the_key(raw, path, value, message):
     node = raw
@@ -57,6 +61,13 @@ def test_unknown_model_lists_valid_ones(raw):
     raw["model"] = "mistral"
     with pytest.raises(ParamsError, match="unknown model 'mistral'; valid: gemma2, llama3"):
         parse_params(raw)
+
+
+def test_train_token_budget_is_read_per_model(raw):
+    """0 (the shipped value: batches of train_batch_size rows) and a budget are both valid."""
+    assert parse_params(raw).models["llama3"].train_token_budget == 0
+    raw["models"]["gemma2"]["train_token_budget"] = 16384
+    assert parse_params(raw).models["gemma2"].train_token_budget == 16384
 
 
 def test_float_written_as_yaml_string_is_accepted(raw):

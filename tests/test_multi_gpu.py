@@ -6,7 +6,9 @@ the same code paths as two GPUs, checked against one device.
 Training tolerance: the processes all-reduce (sum) their weighted gradients where one process sums
 them in one pass, so the weights differ by float64 summation order only. Measured on the default
 tiny Llama3 (float64, 120 rows, 8-16 optimizer steps): at most 1.4e-15 absolute on weights of up to
-0.13; the tests allow 1e-12 (three orders of magnitude above, far below any real difference)."""
+0.13; the tests allow 1e-12 (three orders of magnitude above, far below any real difference). Packed
+training with token-budget batches, 2 processes against 1 (ranks split each batch by tokens, so
+their packed rows differ from the one process's): 2.8e-15 measured, the same 1e-12 allowed."""
 
 import json
 import os
@@ -89,6 +91,12 @@ def tokens(tmp_path_factory):
     for k in (1, 2):
         raw["train"]["devices"] = raw["evaluate"]["devices"] = k
         (tmp / f"p{k}.yaml").write_text(yaml.safe_dump(raw))
+    # packed training, token-budget batches (about 8 rows of the 96-token rows), half an epoch: p{b1,b2}.yaml
+    raw["models"][raw["model"]].update(packing="packed", train_token_budget=600)
+    raw["train"]["epochs"] = 0.5
+    for k in (1, 2):
+        raw["train"]["devices"] = raw["evaluate"]["devices"] = k
+        (tmp / f"pb{k}.yaml").write_text(yaml.safe_dump(raw))
     p = ["--params", str(tmp / "p1.yaml")]
     run_stage("sample", *p, "--out", str(tmp / "train.csv"), "--test-out", str(tmp / "test.csv"))
     run_stage("prepare", *p, "--csv", str(tmp / "train.csv"), "--out", str(tmp / "prepared"),
@@ -115,19 +123,23 @@ def one_process(tokens):
     return tokens
 
 
-def assert_trains_like_one_process(tmp, k):
-    one, other = (json.loads((tmp / f"train{j}.json").read_text()) for j in (1, k))
+def assert_trains_like_one_process(tmp, k, one_k=1):
+    """Run `k` (2 processes) against run `one_k` (1 process): the same steps, rows and tokens, the
+    same loss curve and adapter up to float64 summation order."""
+    one, other = (json.loads((tmp / f"train{j}.json").read_text()) for j in (one_k, k))
     assert one["devices"] == 1 and other["devices"] == 2
     assert (other["steps"], other["samples"], other["tokens"]) == (one["steps"], one["samples"], one["tokens"])
     assert other["final_loss"] == pytest.approx(one["final_loss"], abs=1e-9)
-    a = load_file(tmp / "adapter1" / "adapter_model.safetensors")
+    a = load_file(tmp / f"adapter{one_k}" / "adapter_model.safetensors")
     b = load_file(tmp / f"adapter{k}" / "adapter_model.safetensors")
     assert set(a) == set(b)
+    print(f"{k} vs {one_k}: weights {max((a[n] - b[n]).abs().max().item() for n in a):.1e} apart")
     for name in a:
         torch.testing.assert_close(b[name], a[name], atol=WEIGHTS_ATOL, rtol=0)
     assert any(a[n].abs().max() > 0 for n in a if "lora_B" in n)  # trained (B starts at 0): a real comparison
-    loss = (tmp / f"live{k}" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
-    assert len(loss) == len((tmp / "live1" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines())
+    curves = [(tmp / f"live{j}" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+              for j in (k, one_k)]
+    assert len(curves[0]) == len(curves[1])
 
 
 def test_ddp_training_takes_the_steps_of_one_device(one_process):
@@ -135,6 +147,18 @@ def test_ddp_training_takes_the_steps_of_one_device(one_process):
     out, _ = train(one_process, 2)
     assert "2 processes through accelerate launch" in out and "on 2 x cpu" in out
     assert_trains_like_one_process(one_process, 2)
+
+
+def test_ddp_packed_token_budget_training_takes_the_steps_of_one_device(tokens):
+    """`packing: packed` with token-budget batches on 2 processes: each rank's share of a batch split
+    by tokens (prefbench.train.shard_tokens), packed into one row through PackedClassifier (the
+    module DDP wraps, so its gradients are all-reduced), against the same params on one process."""
+    train(tokens, "b1")
+    out, metrics = train(tokens, "b2")
+    assert "2 processes through accelerate launch" in out
+    one = json.loads((tokens / "trainb1.json").read_text())
+    assert one["steps"] > 3 and one["samples"] < one["steps"] * 32  # budget batches, not 32 rows each
+    assert_trains_like_one_process(tokens, "b2", one_k="b1")
 
 
 def test_two_machines_train_like_one_process(one_process):
