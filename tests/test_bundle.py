@@ -125,9 +125,16 @@ def test_bundle_contents(trained, bundled):
         assert params["models"]["llama3"]["pretrained"] == "base" and (bundle / "base" / "config.json").is_file()
 
 
-@pytest.mark.parametrize("devices", [1, 2])
-def test_bundle_in_a_fresh_venv_gives_the_predict_stage_submission(trained, bundled, venv, tmp_path, devices):
+# predict.py's two paths, one model each: the LLM on one process (the test file handed over whole:
+# the predict stage's own batches) and tfidf on two (the rows dealt by length and the parts merged
+# back; tfidf rows are independent, so still the stage's bytes). Sharding an LLM's rows over
+# devices changes only its batches' padding: tests/test_multi_gpu.py compares those logits.
+DEVICES = {"llama3": 1, "tfidf": 2}
+
+
+def test_bundle_in_a_fresh_venv_gives_the_predict_stage_submission(trained, bundled, venv, tmp_path):
     name, tmp = trained
+    devices = DEVICES[name]
     bundle = bundled
     outside = tmp_path / "kaggle-working"
     outside.mkdir()
@@ -137,13 +144,7 @@ def test_bundle_in_a_fresh_venv_gives_the_predict_stage_submission(trained, bund
     assert all(str(venv.parents[1]) in w for w in where), where  # the wheel's copy, not this checkout
     proc = in_venv(venv, str(bundle / "predict.py"), "--test-csv", str(tmp / "test.csv"), "--out",
                    str(outside / "submission.csv"), "--devices", str(devices), cwd=outside)
-    ours, stage = outside / "submission.csv", tmp / "submission.csv"
-    if devices == 1 or name == "tfidf":  # tfidf rows are independent: split and merged, still the same bytes
-        assert ours.read_bytes() == stage.read_bytes()
-    else:  # the LLM's rows are batched (and padded) differently in two processes: float rounding
-        a, b = pd.read_csv(ours), pd.read_csv(stage)
-        assert a["id"].tolist() == b["id"].tolist()
-        assert (a.iloc[:, 1:] - b.iloc[:, 1:]).abs().max().max() <= 2e-6
+    assert (outside / "submission.csv").read_bytes() == (tmp / "submission.csv").read_bytes()
     summary = json.loads(proc.stdout.split("predict.py summary: ")[1].splitlines()[0])
     assert summary["processes"] == devices and summary["rows"] == len(pd.read_csv(tmp / "test.csv"))
     assert summary["model"] == name and summary["projected_hours"] > 0 and "T4" in proc.stdout

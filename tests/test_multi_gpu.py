@@ -91,12 +91,11 @@ def tokens(tmp_path_factory):
     for k in (1, 2):
         raw["train"]["devices"] = raw["evaluate"]["devices"] = k
         (tmp / f"p{k}.yaml").write_text(yaml.safe_dump(raw))
-    # packed training, token-budget batches (about 8 rows of the 96-token rows), half an epoch: p{b1,b2}.yaml
+    # packed training, token-budget batches (about 8 rows of the 96-token rows), half an epoch: pb1.yaml
     raw["models"][raw["model"]].update(packing="packed", train_token_budget=600)
     raw["train"]["epochs"] = 0.5
-    for k in (1, 2):
-        raw["train"]["devices"] = raw["evaluate"]["devices"] = k
-        (tmp / f"pb{k}.yaml").write_text(yaml.safe_dump(raw))
+    raw["train"]["devices"] = raw["evaluate"]["devices"] = 1  # two "machines" launch it (the test below)
+    (tmp / "pb1.yaml").write_text(yaml.safe_dump(raw))
     p = ["--params", str(tmp / "p1.yaml")]
     run_stage("sample", *p, "--out", str(tmp / "train.csv"), "--test-out", str(tmp / "test.csv"))
     run_stage("prepare", *p, "--csv", str(tmp / "train.csv"), "--out", str(tmp / "prepared"),
@@ -116,14 +115,7 @@ def train(tmp, k):
 WEIGHTS_ATOL = 1e-12  # see the module doc: measured 1.4e-15
 
 
-@pytest.fixture(scope="module")
-def one_process(tokens):
-    """The one-process run the multi-process ones are compared with."""
-    train(tokens, 1)
-    return tokens
-
-
-def assert_trains_like_one_process(tmp, k, one_k=1):
+def assert_trains_like_one_process(tmp, k, one_k):
     """Run `k` (2 processes) against run `one_k` (1 process): the same steps, rows and tokens, the
     same loss curve and adapter up to float64 summation order."""
     one, other = (json.loads((tmp / f"train{j}.json").read_text()) for j in (one_k, k))
@@ -142,34 +134,23 @@ def assert_trains_like_one_process(tmp, k, one_k=1):
     assert len(curves[0]) == len(curves[1])
 
 
-def test_ddp_training_takes_the_steps_of_one_device(one_process):
-    """train.devices: 2 on one machine: the stage starts itself again through accelerate launch."""
-    out, _ = train(one_process, 2)
-    assert "2 processes through accelerate launch" in out and "on 2 x cpu" in out
-    assert_trains_like_one_process(one_process, 2)
-
-
-def test_ddp_packed_token_budget_training_takes_the_steps_of_one_device(tokens):
-    """`packing: packed` with token-budget batches on 2 processes: each rank's share of a batch split
-    by tokens (prefbench.train.shard_tokens), packed into one row through PackedClassifier (the
-    module DDP wraps, so its gradients are all-reduced), against the same params on one process."""
-    train(tokens, "b1")
-    out, metrics = train(tokens, "b2")
-    assert "2 processes through accelerate launch" in out
-    one = json.loads((tokens / "trainb1.json").read_text())
-    assert one["steps"] > 3 and one["samples"] < one["steps"] * 32  # budget batches, not 32 rows each
-    assert_trains_like_one_process(tokens, "b2", one_k="b1")
-
-
-def test_two_machines_train_like_one_process(one_process):
+def test_two_machines_train_packed_budget_batches_like_one_process(tokens):
     """Several machines (README "Several GPUs"): one `accelerate launch --num_machines 2
     --machine_rank R` per machine, here two "machines" of one CPU process each on 127.0.0.1; the
-    stage, already launched, trains in the launcher's processes whatever train.devices says."""
-    tmp = one_process
+    stage, already launched, trains in the launcher's processes whatever train.devices says. The
+    params are packed training with token-budget batches (pb1.yaml): each rank's share of a batch
+    split by tokens (prefbench.train.shard_tokens), packed into one row through PackedClassifier
+    (the module DDP wraps, so its gradients are all-reduced), against the same params on one
+    process. (Padded batches under DDP, and the stage's own relaunch for train.devices: 2, run in
+    tests/test_resume.py's resume under DDP.)"""
+    tmp = tokens
+    train(tmp, "b1")
+    one = json.loads((tmp / "trainb1.json").read_text())
+    assert one["steps"] > 3 and one["samples"] < one["steps"] * 32  # budget batches, not 32 rows each
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    stage = ["-m", "stages.train", "--params", str(tmp / "p1.yaml"), "--tokens", str(tmp / "tokens"),
+    stage = ["-m", "stages.train", "--params", str(tmp / "pb1.yaml"), "--tokens", str(tmp / "tokens"),
              "--out", str(tmp / "adapterm"), "--metrics", str(tmp / "trainm.json"), "--live", str(tmp / "livem")]
     logs = [(tmp / f"machine{rank}.out", tmp / f"machine{rank}.err") for rank in (0, 1)]
     machines = [forked.start(  # `python -m accelerate.commands.launch ...`, forked (tests/forked.py)
@@ -183,7 +164,7 @@ def test_two_machines_train_like_one_process(one_process):
         assert code == 0, err[-3000:]
     assert "through accelerate launch" not in outputs[0][0]  # no second launch
     assert "on 2 x cpu" in outputs[0][0]
-    assert_trains_like_one_process(tmp, "m")
+    assert_trains_like_one_process(tmp, "m", one_k="b1")
 
 
 def test_sharded_evaluate_gives_the_same_predictions(tokens):

@@ -47,9 +47,9 @@ PORTABLE = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
 # posting the comment needs GitHub).
 WORKFLOW_STEPS = ("Reproduce the default pipeline (CPU)", "Build the review comment", "Plots against the base")
 # The queue's two experiments are made small: they check the queue and the noise-floor script, not
-# the default run's numbers (those are checked above). A quarter epoch: the data stages are the
+# the default run's numbers (those are checked above). A tenth of an epoch (6 steps): the data stages are the
 # committed run's (restored from the cache), and train, evaluate and predict run.
-QUEUE_EPOCHS = 0.25
+QUEUE_EPOCHS = 0.1
 QUEUE_SET = f"-S train.epochs={QUEUE_EPOCHS}"
 SNAPSHOT = ("metrics", "data/tokens", "models/adapter", "dvclive", "data/submission.csv", "params.yaml", "dvc.lock")
 MODEL_LOGS = {"llama3": "1-repro", "gemma2": "4-gemma2", "tfidf": "5-tfidf"}  # the command that ran each model
@@ -113,7 +113,7 @@ def script(native: bool, warm_python: Path) -> str:
         "cp -r ../clone/models/adapter ../logs/clone-adapter",
         # the noise floor of two seeds through the queue, two workers in parallel
         f"git reset -q --hard && {dvc} checkout --force > /dev/null",
-        (f"QUEUE_SET='{QUEUE_SET}' MODELS=llama3 SEED_PARAMS=train.seed SEEDS=1,2 JOBS=2 POLL_S=2 "
+        (f"QUEUE_SET='{QUEUE_SET}' MODELS=llama3 SEED_PARAMS=train.seed SEEDS=1,2 JOBS=2 POLL_S=5 "
          "bash benchmarks/noise_floor.sh > ../logs/9-noise.log 2>&1"),
         "cp metrics/noise.json ../logs/noise.json",
         f"{dvc} exp show --json > ../logs/exp-show-queue.json",
