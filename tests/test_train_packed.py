@@ -4,18 +4,21 @@ CPU, tiny models, float64, `packing: packed`: sdpa (Llama3) and eager (Gemma2: s
 attention softcap) build the block-diagonal mask from the restarting position_ids, so each row
 attends to itself only, as in its padded batch.
 
-Tolerances, measured on this project's 2-core AMD EPYC machine, with 1 and 2 threads (a float64
-model still computes RMSNorm and RoPE's cos / sin in float32: a last-bit float64 difference between
-the padded and the packed shapes can round a float32 value the other way, about 6e-8 relative,
-seen on Gemma2 with 1 thread only):
+Tolerances, measured on this project's 2-core AMD EPYC machine with 1 and 2 threads, this CPU's
+kernels and PyTorch's portable ones (ATEN_CPU_CAPABILITY=default, as another CPU rounds; also with
+MKL_CBWR=COMPATIBLE) and avx2. A float64 Gemma2 still computes RMSNorm and RoPE's cos / sin in
+float32: where the padded and the packed shapes take other vector paths, a float32 value rounds the
+other way, about 1e-7 relative. Llama3 stays at float64's 1e-15.
 - gradients of one batch, packed through PackedClassifier vs the stock classifier on the padded
-  batch: at most 2.1e-10 of the largest gradient (Gemma2, 1 thread; Llama3 1.5e-16), losses equal;
-  allowed GRAD_TOL. A row attending to the rows before it, or pooling one token early, moves them
-  by more than 1e-2 (test_a_leak_or_a_pooling_slip_is_caught).
-- one optimizer step through `train`, packed vs padded: losses equal, the LoRA weights and score
-  head 1.1e-10 apart (Gemma2, 1 thread; else at most 2.1e-15); allowed STEP_TOL. AdamW's first step
-  moves a weight by about the learning rate times the sign of its gradient (3e-3 here), so a wrong
-  gradient shows as weights 3e-3 to 6e-3 apart, and in the loss.
+  batch: at most 1.4e-7 of the largest gradient (Gemma2, portable kernels; 2.1e-10 on this CPU's,
+  1 thread), losses 1.2e-9 apart; allowed GRAD_TOL and LOSS_TOL. A row attending to the rows before it, or
+  pooling one token early, moves them by more than 1e-2 (test_a_leak_or_a_pooling_slip_is_caught).
+- one optimizer step through `train`, packed vs padded: losses at most 4.6e-9 apart, the LoRA
+  weights and score head 5.6e-7 (Gemma2, portable kernels; 1.1e-10 on this CPU's, 1 thread; Llama3
+  8.6e-15); allowed LOSS_TOL and WEIGHT_TOL. AdamW's first step moves a weight by about the learning
+  rate times the sign of its gradient (3e-3 here), so a wrong gradient shows as weights 3e-3 to
+  6e-3 apart, and in the loss; the same normalisation lifts a float32-level gradient difference on
+  a near-zero gradient to the 1e-7 seen above.
 """
 
 import dataclasses
@@ -34,8 +37,9 @@ from tests.conftest import ROOT
 
 CPU = torch.device("cpu")
 LENGTHS = [150, 3, 97, 64, 65, 12, 130, 1, 40, 88, 7, 129]  # around Gemma2's tiny window (64), shuffled
-GRAD_TOL = 2e-7  # relative to the largest gradient; measured <= 2.1e-10 (module doc)
-STEP_TOL = 1e-7  # loss and weights after one step; measured 0.0 and <= 1.1e-10
+GRAD_TOL = 1e-5  # relative to the largest gradient; measured <= 1.4e-7 (module doc)
+LOSS_TOL = 1e-6  # of one batch, and after one step; measured <= 4.6e-9
+WEIGHT_TOL = 2e-5  # after one step; measured <= 5.6e-7, a wrong gradient >= 3e-3
 
 
 def rows(tok, lengths, seed=0):
@@ -108,7 +112,7 @@ def test_packed_gradients_equal_padded(name):
     diff = max_rel_diff(ref, got)
     print(f"{name}: loss {abs(loss - ref_loss):.1e} apart, gradients {diff:.1e} of the largest")
     assert set(got) == set(ref) and all(g.abs().max() > 0 for g in ref.values())
-    assert abs(loss - ref_loss) < GRAD_TOL and diff < GRAD_TOL
+    assert abs(loss - ref_loss) < LOSS_TOL and diff < GRAD_TOL
 
 
 def test_a_leak_or_a_pooling_slip_is_caught():
@@ -122,7 +126,7 @@ def test_a_leak_or_a_pooling_slip_is_caught():
 
     for hook in (leak, slip):
         ref_loss, loss, ref, got = packed_and_padded_gradients("llama3", hook)
-        assert max_rel_diff(ref, got) > 1e-2 and abs(loss - ref_loss) > 1e-6, hook.__name__
+        assert max_rel_diff(ref, got) > 1e-2 and abs(loss - ref_loss) > 1e-3, hook.__name__
 
 
 def one_step(name, packing, **cfg_overrides):
@@ -147,7 +151,7 @@ def test_one_packed_step_equals_a_padded_step(name, checkpointing):
           f"apart, weights {weights:.1e}")
     assert set(after) == set(before)
     assert any(v.abs().max() > 1e-3 for k, v in after.items() if "lora_B" in k)  # it trained (B starts at 0)
-    assert abs(packed["final_loss"] - padded["final_loss"]) < STEP_TOL and weights < STEP_TOL
+    assert abs(packed["final_loss"] - padded["final_loss"]) < LOSS_TOL and weights < WEIGHT_TOL
     assert packed["tokens"] == padded["tokens"] == sum(LENGTHS)  # real tokens, no padding counted
 
 
