@@ -18,19 +18,30 @@ Per model (full-size architecture, random-init weights; lengths of real arena ro
        and every attention {legacy, flash_attention_4} x kernels {none, liger}.
      The cell whose attention and kernels are what `auto` resolves to on this card is marked
      `"path": "default"`: that is what evaluate and predict run.
-  3. (--train) a LoRA step loop through `prefbench.train.train` on the default path, real lengths:
-     --train-packing as models.<m>.packing (auto: packed on flash_attention_*, one packed row per
-     step), --train-token-budget as models.<m>.train_token_budget (0: --train-batch rows a step), on
-     the first min(--rows, --train-batch x --train-steps) rows; e.g. packed steps of 16384 tokens:
-     `--rows 256 --train-batch 16 --train-steps 16 --train-token-budget 16384`.
-MFU = model FLOPs (prefbench/flops.py, real tokens) / s / peak, against both the bf16 matmul peak
-measured here and the datasheet's dense bf16 figure (H100 / H200 SXM: 989 TFLOP/s).
+  3. (--train) LoRA r=16 step loops through `prefbench.train.train` on the default path, real
+     lengths <= --train-length: one cell, --train-packing as models.<m>.packing (auto: packed on
+     flash_attention_*, one packed row per step) and --train-token-budget as
+     models.<m>.train_token_budget (0: --train-batch rows a step); or with --train-grid one cell per
+     setting, e.g. `padded:rows4,packed:4096,packed:16384:gc` (packing, then rowsN or a token
+     budget, then `gc` for gradient checkpointing, applied as the pipeline does: prefbench.lora.add_lora;
+     `exp`: the CUDA allocator's expandable segments for that cell).
+     Each cell trains on the first of the --rows rows that make --train-steps steps (N x steps rows,
+     or rows summing to at least steps x budget tokens: at least that many steps), one untimed pass
+     first (every shape compiled), then the timed pass (on the same batches; --train-timed-seed N:
+     on other batches of the same rows, as a long run meets them). A cell that runs out of memory
+     is recorded as skipped (`oom`), and larger budgets without checkpointing are not tried.
+     --no-infer: the train cells only (no fp32 reference, no inference cells), e.g.
+     `--no-infer --rows 512 --train-steps 8 --train-grid padded:rows4,packed:4096,packed:8192:gc`.
+MFU = model FLOPs (prefbench/flops.py, real tokens; in training never the forward that gradient
+checkpointing recomputes: that lowers MFU) / s / peak, against both the bf16 matmul peak measured
+here and the datasheet's dense bf16 figure (H100 / H200 SXM: 989 TFLOP/s).
 Results are written after every cell, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import gc
 import json
@@ -78,14 +89,96 @@ def bench_sequences(lengths, vocab: int, seed: int) -> list[np.ndarray]:
     return [rng.integers(10, min(vocab - 10, 100_000), int(n)) for n in lengths]
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainSetting:
+    """One train cell: `packing` as models.<m>.packing, `token_budget` as train_token_budget (0:
+    `rows` rows a step), `gradient_checkpointing` as models.<m>.gradient_checkpointing."""
+    packing: str
+    token_budget: int
+    rows: int
+    gradient_checkpointing: bool
+    expandable_segments: bool = False  # the CUDA caching allocator's expandable_segments for this cell
+
+    @property
+    def label(self) -> str:
+        size = str(self.token_budget) if self.token_budget else f"rows{self.rows}"
+        return (f"{self.packing}:{size}" + (":gc" if self.gradient_checkpointing else "")
+                + (":exp" if self.expandable_segments else ""))
+
+
+def parse_grid(text: str) -> list[TrainSetting]:
+    """`padded:rows4,packed:4096,packed:16384:gc` -> one TrainSetting per item: packing (auto,
+    packed, padded), then rowsN (N rows a step) or a token budget, then optionally `gc` (gradient
+    checkpointing) and `exp` (the allocator's expandable segments), in that order."""
+    settings = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        parts = item.split(":")
+        flags = parts[2:]
+        ok = (len(parts) >= 2 and parts[0] in ("auto", "packed", "padded")
+              and flags in ([], ["gc"], ["exp"], ["gc", "exp"]))
+        size = parts[1] if len(parts) > 1 else ""
+        rows = size.removeprefix("rows")
+        if not ok or not (rows if size.startswith("rows") else size).isdigit() or int(rows or size) < 1:
+            raise ValueError(f"--train-grid item {item!r}: expected PACKING:(rowsN|TOKENS)[:gc][:exp], "
+                             "PACKING one of auto, packed, padded")
+        budget = 0 if size.startswith("rows") else int(size)
+        settings.append(TrainSetting(parts[0], budget, int(rows) if budget == 0 else 0, "gc" in flags,
+                                     "exp" in flags))
+    return settings
+
+
+def set_expandable_segments(on: bool) -> None:
+    """The CUDA caching allocator's expandable_segments (as PYTORCH_CUDA_ALLOC_CONF sets it), for the
+    blocks allocated from now on: the cache emptied first."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    setting = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
+    setting(f"expandable_segments:{on}")
+
+
+def allocator_counts() -> dict:
+    """Cumulative counts of the caching allocator: cudaMalloc calls and retries (a retry frees every
+    cached block and synchronises the device: what fragmentation costs)."""
+    if not torch.cuda.is_available():
+        return {}
+    st = torch.cuda.memory_stats()
+    return {k: st.get(k, 0) for k in ("num_alloc_retries", "num_device_alloc", "num_device_free")}
+
+
+def train_rows(lengths: np.ndarray, setting: TrainSetting, steps: int) -> np.ndarray:
+    """The first of `lengths` that make at least `steps` steps of `setting` (fewer if there are
+    not enough rows): rows x steps rows, or rows summing to steps x token_budget tokens (a batch
+    holds at most the budget, so that is at least `steps` batches)."""
+    if not setting.token_budget:
+        return lengths[: setting.rows * steps]
+    enough = np.searchsorted(np.cumsum(lengths), steps * setting.token_budget) + 1
+    return lengths[:enough]
+
+
+def base_problems(model) -> list[str]:
+    """What a train cell may have left on the base model that the next cell must not inherit."""
+    found = []
+    if any("lora_" in n for n, _ in model.named_modules()):
+        found.append("LoRA layers left")
+    if any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()):  # the layers' flag
+        found.append("gradient checkpointing still on")
+    if hasattr(model, "_require_grads_hook"):
+        found.append("input-require-grads hook left")
+    if hasattr(model, "peft_config"):
+        found.append("peft_config left")
+    return found
+
+
 def model_cfg(name: str, attn: str, kernels: str, lora_r: int, max_length: int, batch: int,
-              train_batch: int = 4, packing: str = "padded", train_token_budget: int = 0) -> ModelParams:
+              train_batch: int = 4, packing: str = "padded", train_token_budget: int = 0,
+              gradient_checkpointing: bool = False) -> ModelParams:
     """`packing` is read by training only here: the inference cells time padded batches
     (benchmarks/packed.py times packed inference)."""
     return ModelParams(pretrained=name, dtype="bfloat16", attn_implementation=attn, quantization="none",
                        lora_r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, lora_target_modules=LORA_TARGETS,
                        max_length=max_length, train_batch_size=train_batch, train_token_budget=train_token_budget,
-                       eval_batch_size=batch, gradient_checkpointing=False, compile=False, kernels=kernels,
+                       eval_batch_size=batch, gradient_checkpointing=gradient_checkpointing, compile=False,
+                       kernels=kernels,
                        packing=packing, token_budget=16384)
 
 
@@ -176,6 +269,20 @@ class Run:
             auto_kernels, self.not_default = a.kernels, True
         self.r["models"][name] = {**counts, "layers": config.num_hidden_layers, "family": family,
                                   "auto": {"attn": auto_attn, "kernels": auto_kernels}, "legacy_attn": legacy}
+        if not a.infer:  # train cells only: no fp32 reference, no inference cells
+            cast_parameters_(model, torch.bfloat16)
+            kernels = "none"
+            if auto_kernels == "liger":
+                try:
+                    apply_kernels(model, "liger")
+                    kernels = "liger"
+                except Exception as e:
+                    self.skip(f"{type(e).__name__}: {e}", model=name, kernels="liger")
+            if a.train and self.set_attn(model, auto_attn, name):
+                self.train_grid(model, config, n_non_emb, name, auto_attn, kernels)
+            del model
+            self.save()
+            return
         lengths = self.lengths(a.max_length)
         check = self.sequences(lengths[:8], config.vocab_size, seed=1)
         seqs = self.sequences(lengths, config.vocab_size, seed=2)
@@ -222,7 +329,7 @@ class Run:
             self.compile_cell(merged, name, auto_attn, auto_kernels, flops, seqs, logits, ref)
         if a.train and self.left() > 90:
             self.set_attn(merged, auto_attn, name)
-            self.train_cell(merged, config, n_non_emb, name, auto_attn,
+            self.train_grid(merged, config, n_non_emb, name, auto_attn,
                             auto_kernels if auto_kernels == "liger" and self.cells_with(name, "liger") else "none")
         del model, lora, merged
         self.save()
@@ -308,50 +415,114 @@ class Run:
               f"rel.err {check_err.get('max_rel_error', float('nan')):.4f}, mem {cell['peak_memory_gb']} GB", flush=True)
         return cell
 
-    def train_cell(self, model, config, n_non_emb, name, attn, kernels):
+    def train_grid(self, model, config, n_non_emb, name, attn, kernels):
+        """One train cell per setting of --train-grid (or the one of --train-packing,
+        --train-token-budget, --train-batch), in order. A setting without checkpointing whose
+        tokens per step are at least those of one that ran out of memory is not tried; one whose
+        estimated time (twice its tokens at the last cell's rate, 1.5x slower with checkpointing
+        after a cell without) exceeds what is left is skipped."""
+        a = self.args
+        settings = parse_grid(a.train_grid) if a.train_grid else [
+            TrainSetting(a.train_packing, a.train_token_budget, 0 if a.train_token_budget else a.train_batch, False)]
+        oom_at, rate, rate_gc = None, None, False
+        all_lengths = self.lengths(a.train_length, seed=3)
+        for s in settings:
+            tags = {"model": name, "train": True, "setting": s.label,
+                    "gradient_checkpointing": s.gradient_checkpointing}
+            lengths = train_rows(all_lengths, s, a.train_steps)
+            step_tokens = s.token_budget or s.rows * a.train_length
+            if oom_at is not None and not s.gradient_checkpointing and step_tokens >= oom_at:
+                self.skip(f"not tried: {oom_at} tokens a step ran out of memory without checkpointing", **tags)
+                continue
+            slower = 1.5 if s.gradient_checkpointing and not rate_gc else 1.0
+            estimate = 2 * lengths.sum() / rate * slower if rate else 30.0
+            if self.left() < estimate + 10:
+                self.skip(f"time budget: {self.left():.0f} s left, about {estimate:.0f} s needed", **tags)
+                continue
+            cell = self.train_cell(model, config, n_non_emb, name, attn, kernels, s, lengths)
+            if cell is None:
+                continue
+            if cell.get("oom"):
+                oom_at = min(oom_at or step_tokens, step_tokens)
+                continue
+            rate, rate_gc = cell["tokens_per_second"], s.gradient_checkpointing
+
+    def train_cell(self, model, config, n_non_emb, name, attn, kernels, s: TrainSetting, lengths) -> dict | None:
         """LoRA r=16 training steps through prefbench.train.train on real-length rows (the train stage's
-        own batching: length-bucketed shuffled batches of --train-batch rows, dynamic padding; or
-        token-budget batches), on the default path, packed or padded as --train-packing resolves."""
+        own batching: length-bucketed shuffled batches of `s.rows` rows with dynamic padding, or
+        token-budget batches), packed or padded as `s.packing` resolves, gradient checkpointing as
+        the pipeline applies it (add_lora). The base is left as it was: peft's unload removes the
+        adapter, checkpointing and the input-grad hook that add_lora turned on are turned off.
+        Returns the cell, {"oom": True} when it ran out of memory, None on another failure."""
         a, dev = self.args, self.dev
-        cfg = model_cfg(name, attn, kernels, 16, a.train_length, a.batch, a.train_batch, a.train_packing,
-                        a.train_token_budget)
-        packed = resolve_packing(a.train_packing, attn, "--train-packing")
+        cfg = model_cfg(name, attn, kernels, 16, a.train_length, a.batch, s.rows or 1, s.packing, s.token_budget,
+                        s.gradient_checkpointing)
+        packed = resolve_packing(s.packing, attn, "--train-grid packing")
         tp = TrainParams(epochs=1, learning_rate=1e-4, warmup_ratio=0.0, weight_decay=0.0, grad_accum_steps=1,
                          max_grad_norm=1.0, seed=0, log_every=1000, checkpoint_every=0, devices=1)
-        lengths = self.lengths(a.train_length, seed=3)[: a.train_batch * a.train_steps]
         seqs = self.sequences(lengths, config.vocab_size, seed=3)
         labels = np.zeros(len(seqs), dtype=np.int64)
+        tags = {"model": name, "train": True, "setting": s.label, "gradient_checkpointing": s.gradient_checkpointing,
+                "attn": attn, "kernels": kernels}
+        exp = s.expandable_segments and dev.type == "cuda"
+        if exp:
+            set_expandable_segments(True)
         lora = add_lora(model, cfg)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
+        failure = None
         try:
             # Warm-up: one untimed pass over the same rows, batches and shapes (same seed), so that
             # flash-attn-4's and Triton's per-shape compiles are not timed: the steady state.
-            train(lora, seqs, labels, cfg, tp, 0, dev)
-            r = train(lora, seqs, labels, cfg, tp, 0, dev)
-        except Exception as e:
-            self.skip(f"{type(e).__name__}: {e}", model=name, train=True, attn=attn, kernels=kernels)
-            return
+            # --train-timed-seed: the timed pass on other batches of the same rows (a long run's
+            # batches never repeat).
+            warm = train(lora, seqs, labels, cfg, tp, 0, dev)
+            counts = allocator_counts()
+            r = train(lora, seqs, labels, cfg, dataclasses.replace(tp, seed=a.train_timed_seed), 0, dev)
+            counts = {k: v - counts[k] for k, v in allocator_counts().items()}
+        except Exception as e:  # out of memory included (BatchOutOfMemoryError names the budget)
+            failure = (f"{type(e).__name__}: {e}", "out of memory" in str(e).lower())
         finally:
             lora.unload()  # peft's own removal of the LoRA layers: the base model is left as it was
+            if s.gradient_checkpointing:
+                model.gradient_checkpointing_disable()
+                model.disable_input_require_grads()
+            if exp:
+                set_expandable_segments(False)
+        problems = base_problems(model)
+        if problems:  # the next cell would inherit them: stop this model's grid
+            raise RuntimeError(f"the base model after the {s.label} cell: {'; '.join(problems)}")
+        if failure:  # the traceback (activations of the failed step) is gone by now: free the memory
+            gc.collect()
+            torch.cuda.empty_cache() if dev.type == "cuda" else None
+            self.skip(failure[0], oom=failure[1], **tags)
+            return {"oom": True} if failure[1] else None
         fl = lora_train_flops(config, n_non_emb, lengths)
         sheet = self.r["peak_bf16_flops_datasheet"]
-        batch = f"up to {a.train_token_budget} tokens" if a.train_token_budget else f"{a.train_batch} rows"
+        batch = f"up to {s.token_budget} tokens" if s.token_budget else f"{s.rows} rows"
         cell = {"model": name, "attn": attn, "kernels": kernels, "path": "default", "lora_r": 16,
-                "batch": f"{batch}, real lengths <= {a.train_length}", "steps": r["steps"],
-                "packing": "packed" if packed else "padded", "token_budget": a.train_token_budget,
+                "setting": s.label, "batch": f"{batch}, real lengths <= {a.train_length}",
+                "packing": "packed" if packed else "padded", "token_budget": s.token_budget,
+                "rows_per_step": s.rows or None, "gradient_checkpointing": s.gradient_checkpointing,
                 "warmup": "one untimed pass over the same batches (every shape compiled first)",
+                "warmup_seconds": warm["train_seconds"], "rows": len(seqs), "steps": r["steps"],
                 "tokens": int(lengths.sum()), "tokens_per_step": r["tokens"] / r["steps"],
                 "final_loss": r["final_loss"],
                 "seconds_per_step": r["train_seconds"] / r["steps"], "tokens_per_second": r["tokens_per_second"],
-                "mfu": mfu(fl, r["train_seconds"], self.r["peak_bf16_flops"]),
+                "model_tflops": fl / 1e12, "mfu": mfu(fl, r["train_seconds"], self.r["peak_bf16_flops"]),
                 "mfu_datasheet": mfu(fl, r["train_seconds"], sheet) if sheet else None,
-                "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if dev.type == "cuda" else None}
+                "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if dev.type == "cuda" else None,
+                "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 1e9, 2) if dev.type == "cuda" else None,
+                "expandable_segments": s.expandable_segments, "timed_pass_allocator": counts,
+                "timed_batches": "the warm-up's" if a.train_timed_seed == 0 else f"others (seed {a.train_timed_seed})",
+                "base_clean_after": True}
         self.r["train"].append(cell)
         self.save()
-        print(f"train {name} {attn} kernels={kernels} {cell['packing']}: {cell['seconds_per_step']:.3f} s/step, "
-              f"{cell['tokens_per_step']:.0f} tokens/step, "
-              f"{cell['tokens_per_second']:.0f} tokens/s, MFU {cell['mfu']:.2f}, loss {r['final_loss']:.3f}", flush=True)
+        print(f"train {name} {s.label} ({attn}, kernels={kernels}, {cell['packing']}): "
+              f"{cell['seconds_per_step']:.3f} s/step, {cell['tokens_per_step']:.0f} tokens/step, "
+              f"{cell['tokens_per_second']:.0f} tokens/s, MFU {cell['mfu']:.3f}, mem {cell['peak_memory_gb']} GB "
+              f"(reserved {cell['peak_reserved_gb']}), allocator {counts}, loss {r['final_loss']:.3f}", flush=True)
+        return cell
 
 
 def _version(pkg: str) -> str | None:
@@ -374,11 +545,18 @@ def main():
     p.add_argument("--train-length", type=int, default=1024)
     p.add_argument("--train-batch", type=int, default=4)
     p.add_argument("--train-steps", type=int, default=6,
-                   help="the train cell trains on the first --train-batch x this many of the --rows rows")
+                   help="steps a train cell takes at least: the first of the --rows rows that make them")
     p.add_argument("--train-packing", choices=["auto", "packed", "padded"], default="auto",
                    help="as models.<m>.packing for the train cell (auto: packed on flash_attention_*)")
     p.add_argument("--train-token-budget", type=int, default=0,
                    help="as models.<m>.train_token_budget: tokens per step (0: --train-batch rows per step)")
+    p.add_argument("--train-grid", help="train cells, e.g. padded:rows4,packed:4096,packed:16384:gc "
+                   "(PACKING:(rowsN|TOKENS)[:gc]); overrides --train-packing, --train-token-budget, --train-batch")
+    p.add_argument("--train-timed-seed", type=int, default=0,
+                   help="train.seed of each train cell's timed pass (0: the warm-up's batches again; another: "
+                   "other batches of the same rows, which padded cells may meet uncompiled)")
+    p.add_argument("--infer", action=argparse.BooleanOptionalAction, default=True,
+                   help="--no-infer: train cells only (no fp32 reference, no inference cells)")
     p.add_argument("--budget-s", type=float, default=520)
     p.add_argument("--only-default", action="store_true", help="only the default cell (with --compile: the compile "
                    "break-even)")

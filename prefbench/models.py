@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -137,6 +138,8 @@ def apply_kernels(model, kernels: str):
         return model
     from liger_kernel.transformers import apply_liger_kernel_to_gemma2, apply_liger_kernel_to_llama
 
+    pin_liger_rope()
+
     family = model.config.model_type
     common = {"rope": True, "rms_norm": True, "cross_entropy": False, "fused_linear_cross_entropy": False,
               "model": model}
@@ -148,6 +151,25 @@ def apply_kernels(model, kernels: str):
         raise ParamsError(f"models.<model>.kernels: liger has no kernels here for model type {family!r} "
                           f"(supported: {', '.join(LIGER_FAMILIES)}); set it to none")
     return model
+
+
+# Liger's own variables for choosing a kernel implementation (liger_kernel.backends.dispatch reads them
+# at every call): per op, then for all ops.
+LIGER_IMPL_VARS = ("LIGER_KERNEL_IMPL_ROPE", "LIGER_KERNEL_BACKEND_ROPE", "LIGER_KERNEL_IMPL", "LIGER_KERNEL_BACKEND")
+
+
+def pin_liger_rope(environ=os.environ) -> None:
+    """Liger's RoPE on its Triton kernel, unless the user chose an implementation (LIGER_IMPL_VARS).
+
+    Why: with the CUTLASS DSL installed (flash-attn-4 brings it) liger-kernel 0.8.5 routes RoPE with
+    gradients and at least 131072 query head-rows (Llama3: 4096 tokens a forward, Gemma2: 8192)
+    to a CuTe DSL kernel compiled once per sequence length, about 0.4 s per compile, forward and
+    backward. Packed training meets a new length at nearly every step: on one H100 that made
+    Llama3's steps of 8192 tokens 2x slower on new batches than on batches seen before
+    (benchmarks/results/profile-train-h100.json). The Triton kernel takes the length at run time;
+    inference (no gradients) runs it already."""
+    if not any(environ.get(k) for k in LIGER_IMPL_VARS):
+        environ["LIGER_KERNEL_IMPL_ROPE"] = "nvidia-triton"
 
 
 def has_weights(pretrained: str) -> bool:

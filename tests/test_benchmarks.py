@@ -177,3 +177,138 @@ def test_readme_training_mfu_is_the_committed_steady_state_run():
     (steps,) = {c["steps"] for c in cells.values()}
     (tokens,) = {c["tokens"] for c in cells.values()}  # the same rows for both models
     assert f"about {round(tokens / steps, -2):,.0f} tokens a step" in readme
+
+
+def test_default_path_train_grid_without_inference_on_cpu(tmp_path):
+    """--no-infer --train-grid: train cells only (no reference, no inference cells), one per setting,
+    gradient checkpointing applied and turned off again (the base checked clean after each cell)."""
+    out = tmp_path / "grid.json"
+    run("benchmarks.default_path", "--out", str(out), "--models", "tiny-llama3", "--rows", "16", "--no-infer",
+        "--train-length", "48", "--train-steps", "2", "--train-grid", "padded:rows2,packed:128,packed:128:gc")
+    r = json.loads(out.read_text())
+    assert r["cells"] == [] and r["skipped"] == []
+    cells = r["train"]
+    assert [c["setting"] for c in cells] == ["padded:rows2", "packed:128", "packed:128:gc"]
+    assert [c["gradient_checkpointing"] for c in cells] == [False, False, True]
+    assert [c["packing"] for c in cells] == ["padded", "packed", "packed"]
+    assert [c["token_budget"] for c in cells] == [0, 128, 128] and cells[0]["rows_per_step"] == 2
+    for c in cells:
+        assert c["steps"] >= 2 and c["tokens_per_step"] <= (c["token_budget"] or 2 * 48)
+        assert c["base_clean_after"] and c["mfu"] > 0 and np.isfinite(c["final_loss"])
+
+
+def test_train_grid_records_out_of_memory_and_skips_larger_budgets(tmp_path, monkeypatch):
+    """A cell that runs out of memory is a skipped cell marked `oom`; larger budgets without
+    checkpointing are then not tried, checkpointed ones are; the base is left clean either way
+    (train replaced by one that fails like prefbench.train's out-of-memory guard above 200 tokens)."""
+    import sys
+
+    import benchmarks.default_path as dp
+    from prefbench.infer import BatchOutOfMemoryError
+
+    real = dp.train
+
+    def train(model, seqs, labels, cfg, *args):
+        if cfg.train_token_budget > 200 and not cfg.gradient_checkpointing:
+            raise BatchOutOfMemoryError("out of memory in training (optimizer step 1): lower train_token_budget")
+        return real(model, seqs, labels, cfg, *args)
+
+    monkeypatch.setattr(dp, "train", train)
+    out = tmp_path / "grid.json"
+    monkeypatch.setattr(sys, "argv", ["default_path", "--out", str(out), "--models", "tiny-llama3", "--rows", "12",
+                                      "--no-infer", "--train-length", "32", "--train-steps", "2", "--train-grid",
+                                      "packed:128,packed:256,packed:512,packed:256:gc"])
+    dp.main()
+    r = json.loads(out.read_text())
+    assert [c["setting"] for c in r["train"]] == ["packed:128", "packed:256:gc"]
+    skipped = {s["setting"]: s for s in r["skipped"]}
+    assert set(skipped) == {"packed:256", "packed:512"}
+    assert skipped["packed:256"]["oom"] and "out of memory" in skipped["packed:256"]["reason"]
+    assert skipped["packed:512"]["reason"].startswith("not tried: 256 tokens a step ran out of memory")
+
+
+def test_parse_train_grid():
+    from benchmarks.default_path import TrainSetting, parse_grid
+    assert parse_grid("padded:rows4, packed:16384:gc,auto:8192") == [
+        TrainSetting("padded", 0, 4, False), TrainSetting("packed", 16384, 0, True), TrainSetting("auto", 8192, 0, False)]
+    assert [s.label for s in parse_grid("padded:rows4,packed:16384:gc")] == ["padded:rows4", "packed:16384:gc"]
+    assert parse_grid("packed:8192:exp,packed:32768:gc:exp") == [
+        TrainSetting("packed", 8192, 0, False, True), TrainSetting("packed", 32768, 0, True, True)]
+    for bad in ("packed", "packed:0", "packed:rows", "packed:4096:ckpt", "fast:4096", "packed:4096:exp:gc"):
+        with pytest.raises(ValueError):
+            parse_grid(bad)
+
+
+def test_pipeline_train_smoke_on_cpu(tmp_path):
+    """benchmarks/pipeline_train.py: the train stage in its own process at the grid's fastest
+    token-budget setting (checkpointing included), train.json's rate and MFU beside the grid's."""
+    grid = tmp_path / "grid.json"
+    cell = {"model": "tiny-llama3", "setting": "packed:256:gc", "token_budget": 256, "gradient_checkpointing": True,
+            "tokens_per_second": 1000.0, "mfu": 0.1, "seconds_per_step": 0.25}
+    slower = {**cell, "setting": "packed:128", "token_budget": 128, "gradient_checkpointing": False,
+              "tokens_per_second": 500.0}
+    padded = {**cell, "setting": "padded:rows4", "token_budget": 0, "tokens_per_second": 5000.0}
+    grid.write_text(json.dumps({"peak_bf16_flops": 1e11, "train": [slower, cell, padded]}))
+    out = tmp_path / "pt.json"
+    run("benchmarks.pipeline_train", "--grid", str(grid), "--out", str(out), "--models", "tiny-llama3",
+        "--max-length", "64", "--steps", "3")
+    r = json.loads(out.read_text())
+    assert r["peak_bf16_flops"] == 1e11 and r["peak_bf16_flops_measured_in"] == "grid"
+    e = r["models"]["tiny-llama3"]
+    assert e["token_budget"] == 256 and e["gradient_checkpointing"] and e["grid_setting"] == "packed:256:gc"
+    assert e["stage_params"]["train_token_budget"] == 256 and e["stage_params"]["gradient_checkpointing"] is True
+    assert e["steps"] >= 3 and e["tokens_match"] and e["train"]["tokens"] == e["tokens"]
+    assert e["mfu"] > 0 and e["stage_over_grid"] == pytest.approx(e["tokens_per_second"] / 1000.0)
+
+
+def test_readme_packed_training_numbers_are_the_committed_runs():
+    """Every number of README's packed-training and gradient-checkpointing items in "Not done from
+    issue 10" is computed here from the committed JSON: the grid (train-packed-h100), the grid on
+    new batches after the RoPE fix, the train stage before and after it, and the profile."""
+    r = ROOT / "benchmarks" / "results"
+    run_ = json.loads((r / "train-packed-h100.json").read_text())
+    grid = {(c["model"], c["setting"]): c for c in run_["train"]}
+    fixed = json.loads((r / "train-packed-ropefix-h100.llama3-8b.json").read_text())["train"][0]
+    stage = json.loads((r / "pipeline-train-ropefix-h100.json").read_text())["models"]
+    before = json.loads((r / "pipeline-train-h100.json").read_text())["models"]
+    profile = json.loads((r / "profile-train-h100.json").read_text())
+    readme = " ".join((ROOT / "README.md").read_text().split())  # the README's line breaks as spaces
+    L, G = "llama3-8b", "gemma2-9b"
+    best = {m: max((c for (k, _), c in grid.items() if k == m), key=lambda c: c["mfu"]) for m in (L, G)}
+    assert best[L]["setting"] == "packed:8192" and best[G]["setting"] == "packed:32768:gc"
+    assert any(s["model"] == G and s["setting"] == "packed:8192" and s["oom"] for s in run_["skipped"])
+    assert all(c["steps"] >= 8 and c["base_clean_after"] for c in run_["train"])
+
+    def cost(model, budget):  # extra time a step that checkpointing costs at one budget, in percent
+        gc, plain = grid[(model, f"packed:{budget}:gc")], grid[(model, f"packed:{budget}")]
+        return round(100 * (gc["seconds_per_step"] / plain["seconds_per_step"] - 1))
+
+    new = next(p for p in profile["passes"] if p["batches"] == "new" and p["seed"] == 1 and not p["profiled"])
+    seen = next(p for p in profile["passes"] if p["batches"] == "run before")
+    compiles = next(int(line.split()[0]) for line in profile["profile_seed_2"].splitlines()
+                    if line.endswith("(_get_compiled_tma_qk)"))
+    f = "{:.2f}".format
+    expected = [
+        f"Llama3 met in the benchmark: MFU {f(best[L]['mfu'])} at a token budget of 8192 without checkpointing",
+        f"({f(fixed['mfu'])} on batches the warm-up had not run",
+        f"Gemma2 missed: MFU {f(best[G]['mfu'])} at a token budget of 32768 with checkpointing "
+        f"(missed by {f(0.45 - best[G]['mfu'])})",
+        f"4096 reaches MFU {f(grid[(G, 'packed:4096')]['mfu'])}.",
+        f"Llama3 MFU {f(stage[L]['mfu'])} over {stage[L]['steps']} steps, Gemma2 {f(stage[G]['mfu'])} over "
+        f"{stage[G]['steps']} steps (missed by {f(0.45 - stage[L]['mfu'])} and {f(0.45 - stage[G]['mfu'])})",
+        f"{f(stage[L]['stage_over_grid'])}x and {f(stage[G]['stage_over_grid'])}x of the benchmark's rate",
+        f"Llama3 off: it costs {cost(L, 8192)}% more time a step at a budget of 8192",
+        f"(32768) reaches MFU {f(grid[(L, 'packed:32768:gc')]['mfu'])}, below {f(best[L]['mfu'])} without",
+        f"Gemma2 on: it costs {cost(G, 4096)}% more time a step at a budget of 4096 but allows 32768, where MFU "
+        f"is {f(best[G]['mfu'])} against {f(grid[(G, 'packed:4096')]['mfu'])}",
+        f"steps took {f(new['seconds_per_step'])} s against {f(seen['seconds_per_step'])} s on the same batches",
+        f"steps: {compiles} compiles",
+        f"the stage's Llama3 MFU went from {f(before[L]['mfu'])}",
+    ]
+    for e in expected:
+        assert e in readme, e
+    # the stage ran what the grid chose, and what README tells a GPU user to set
+    assert stage[L]["stage_params"]["train_token_budget"] == 8192 and not stage[L]["stage_params"]["gradient_checkpointing"]
+    assert stage[G]["stage_params"]["train_token_budget"] == 32768 and stage[G]["stage_params"]["gradient_checkpointing"]
+    assert "`models.llama3.train_token_budget: 8192` (`gradient_checkpointing: false`)" in readme
+    assert "`models.gemma2.train_token_budget: 32768` with `gradient_checkpointing: true`" in readme

@@ -166,6 +166,31 @@ def test_kernels_liger_fails_naming_the_key_where_it_cannot_run():
     assert resolve_kernels("auto", "cuda", (9, 0)) == "none"
 
 
+def test_liger_rope_is_pinned_to_its_triton_kernel_unless_the_user_chose(monkeypatch):
+    """apply_kernels(liger) pins Liger's RoPE to Triton (its CuTe DSL kernel compiles once per sequence
+    length: packed training's every step; benchmarks/results/profile-train-h100.json), leaving any
+    implementation the user set alone (liger-kernel faked here: not installed in this venv)."""
+    import sys
+    import types
+
+    from prefbench.models import LIGER_IMPL_VARS, apply_kernels, pin_liger_rope
+    calls = []
+    fake = types.ModuleType("liger_kernel.transformers")
+    fake.apply_liger_kernel_to_llama = lambda **kw: calls.append(kw)
+    fake.apply_liger_kernel_to_gemma2 = lambda **kw: calls.append(kw)
+    monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", fake)
+    for k in LIGER_IMPL_VARS:
+        monkeypatch.setenv(k, "")  # unset for liger's dispatch; restored (removed) after the test
+    model = types.SimpleNamespace(config=types.SimpleNamespace(model_type="llama"))
+    assert apply_kernels(model, "liger") is model and calls[0]["rope"] and calls[0]["model"] is model
+    import os
+    assert os.environ["LIGER_KERNEL_IMPL_ROPE"] == "nvidia-triton"
+    chosen = {"LIGER_KERNEL_IMPL": "nvidia-cutedsl"}
+    pin_liger_rope(chosen)
+    assert chosen == {"LIGER_KERNEL_IMPL": "nvidia-cutedsl"}
+
+
 def test_kernels_param_is_validated():
     from prefbench.config import parse_params
     import yaml
