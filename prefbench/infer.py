@@ -53,19 +53,25 @@ class BatchOutOfMemoryError(RuntimeError):
 
 
 def oom_message(phase: str, rows: int, longest: int, cfg: ModelParams | None = None, name: str = "<model>",
-                step: int | None = None) -> str:
+                step: int | None = None, tokens: int | None = None) -> str:
     """What ran out of memory (`phase` is "train" or "evaluate"), on which batch, and what to lower.
 
     `rows` and `longest` describe the failing batch: its number of rows and its longest row in
-    tokens (batches are padded to their longest row).
+    tokens (batches are padded to their longest row); `tokens`, this process's tokens of it. A
+    training batch of `train_token_budget` tokens names that setting instead of train_batch_size.
     """
     key = f"models.{name}"
     where = f"training (optimizer step {step})" if phase == "train" and step is not None else (
         "training" if phase == "train" else "evaluation")
-    msg = f"out of memory in {where} on a batch of {rows} rows, the longest {longest} tokens"
+    on_process = f", {tokens} tokens on this process" if tokens is not None else ""
+    msg = f"out of memory in {where} on a batch of {rows} rows{on_process}, the longest {longest} tokens"
     if cfg is not None:
         msg += f" (max_length {cfg.max_length})"
-    if phase == "train":
+    if phase == "train" and cfg is not None and cfg.train_token_budget:
+        fixes = [f"{key}.train_token_budget (now {cfg.train_token_budget}; raise train.grad_accum_steps to keep "
+                 "the tokens per optimizer step)", f"or {key}.max_length"]
+        extra = [] if cfg.gradient_checkpointing else [f"{key}.gradient_checkpointing: true"]
+    elif phase == "train":
         now = f" (now {cfg.train_batch_size})" if cfg is not None else ""
         fixes = [f"{key}.train_batch_size{now} (raise train.grad_accum_steps to keep the effective batch size)",
                  f"or {key}.max_length"]
@@ -84,12 +90,12 @@ def oom_message(phase: str, rows: int, longest: int, cfg: ModelParams | None = N
 
 @contextmanager
 def oom_guard(phase: str, rows: int, longest: int, cfg: ModelParams | None = None, name: str = "<model>",
-              step: int | None = None):
+              step: int | None = None, tokens: int | None = None):
     """Turn torch.OutOfMemoryError inside the block into a BatchOutOfMemoryError naming the batch."""
     try:
         yield
     except torch.OutOfMemoryError as err:
-        raise BatchOutOfMemoryError(oom_message(phase, rows, longest, cfg, name, step)) from err
+        raise BatchOutOfMemoryError(oom_message(phase, rows, longest, cfg, name, step, tokens)) from err
 
 
 def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -139,8 +145,10 @@ def masks_padding(model) -> bool:
     return not (getattr(config, "sliding_window", None) and config._attn_implementation == "eager")
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def to_device(batch: dict, device: torch.device) -> dict:
+    """A batch's tensors on `device`; other values (a packed row's max_length, a Python int: no host
+    sync) as they are."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def synchronize(*devices: torch.device) -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +47,8 @@ from transformers import get_cosine_schedule_with_warmup
 from prefbench.checkpoints import TrainState, fingerprint, load_checkpoint, save_checkpoint, trainable_only
 from prefbench.cli import progress
 from prefbench.config import ModelParams, Params, TrainParams
-from prefbench.infer import BatchOutOfMemoryError, collate, masks_padding, oom_guard, shuffled_batches, synchronize
+from prefbench.infer import (collate, masks_padding, oom_guard, shuffled_batches,
+                             synchronize, to_device)
 from prefbench.lora import add_lora
 from prefbench.metrics import device_name
 from prefbench.models import count_parameters, load_model, load_tokenizer, resolve_dtype
@@ -212,37 +213,6 @@ def shard_tokens(idx: np.ndarray, lengths: np.ndarray, rank: int, world: int) ->
     return local, len(local) * world / len(idx)
 
 
-def on_device(inputs: dict, device: torch.device) -> dict:
-    """A batch's tensors on `device` (a packed row's max_length stays a Python int: no host sync)."""
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in inputs.items()}
-
-
-@contextmanager
-def train_oom_guard(batch: Batch, cfg: ModelParams, name: str, step: int):
-    """prefbench.infer.oom_guard for one training batch. Token-budget batches name the budget, the
-    setting to lower, where batches of train_batch_size rows name that."""
-    if not cfg.train_token_budget:
-        with oom_guard("train", len(batch.labels), batch.longest, cfg, name, step=step):
-            yield
-        return
-    try:
-        yield
-    except torch.OutOfMemoryError as err:
-        raise BatchOutOfMemoryError(budget_oom_message(batch, cfg, name, step)) from err
-
-
-def budget_oom_message(batch: Batch, cfg: ModelParams, name: str, step: int) -> str:
-    key = f"models.{name}"
-    extra = [] if cfg.gradient_checkpointing else [f"{key}.gradient_checkpointing: true"]
-    if cfg.quantization == "none":
-        extra.append(f"{key}.quantization: 4bit (CUDA, bitsandbytes)")
-    return (f"out of memory in training (optimizer step {step}) on a batch of {len(batch.labels)} rows, "
-            f"{batch.local_tokens} tokens on this process, the longest {batch.longest} (max_length {cfg.max_length}). "
-            f"Lower {key}.train_token_budget (now {cfg.train_token_budget}; raise train.grad_accum_steps to keep "
-            f"the tokens per optimizer step) or {key}.max_length" + (", or set " + " or ".join(extra) if extra else "")
-            + ".")
-
-
 def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelParams, tp: TrainParams,
           pad_token_id: int, device: torch.device | None = None, log=None, checkpoint_dir=None,
           fingerprint: str = "", name: str = "<model>", accelerator: Accelerator | None = None) -> dict:
@@ -315,8 +285,9 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
             epoch_loader = accelerator.skip_first_batches(loader, done) if done else loader
             done = 0
             for batch in epoch_loader:
-                with accelerator.accumulate(net), train_oom_guard(batch, cfg, name, step=st.step + 1):
-                    out = net(**on_device(batch.inputs, device), labels=batch.labels.to(device))
+                with accelerator.accumulate(net), oom_guard("train", len(batch.labels), batch.longest, cfg, name,
+                                                            step=st.step + 1, tokens=batch.local_tokens):
+                    out = net(**to_device(batch.inputs, device), labels=batch.labels.to(device))
                     # the whole batch's mean loss, the same in every process: a non-finite loss
                     # stops them all at the same step
                     loss = ensure_finite("loss", accelerator.reduce(out.loss.detach() * batch.weight, "mean").item())
