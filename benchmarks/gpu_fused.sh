@@ -20,6 +20,10 @@
 #                                             # expandable segments
 #   bash benchmarks/gpu_fused.sh profile-train W2  # (instead of train-grid) profile_train.py: a step's
 #                                             # time on new batches against batches run before
+#   bash benchmarks/gpu_fused.sh multi-eval W2   # (2 GPUs; instead of bench; W2 = .whl/trainrun) per model:
+#                                             # the evaluate stage on 1 and 2 GPUs (pipeline_eval.py
+#                                             # --devices 1,2), then TRAIN's train-stage runs
+#   bash benchmarks/gpu_fused.sh multi-train     # then: TRAIN's train-stage runs (model:budget:gc|nogc:devices)
 # Unpack the library after the wheels: `pip install --target --upgrade` replaces whole package folders.
 set -uo pipefail  # no -e: a step cut by its timeout keeps what it wrote
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/keep
@@ -114,6 +118,22 @@ case $what in
     timeout "${PROFILE_TIMEOUT:-400}" python3 -m benchmarks.profile_train --out "$OUT/profile-train-h100.json" \
       ${PROFILE_ARGS:-} 2>&1 | grep --line-buffered -v "UserWarning\|exe_args\|warnings.warn" |
       tee "$OUT/profile-train-h100.log" ;;
+  multi-eval|multi-train)  # W as train-grid. Several GPUs against one, the stages themselves, same rows
+    [[ $what == multi-eval ]] && { unpack "$W" || exit 1; }
+    L=$OUT/multi-h100.log
+    { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; check; dvclive_stub; } 2>&1 | tee -a "$L"
+    if [[ $what == multi-eval ]]; then
+      for m in ${MODELS:-llama3-8b gemma2-9b}; do  # one file per model: a cut run keeps the first
+        timeout "${EVAL_TIMEOUT:-240}" python3 -m benchmarks.pipeline_eval --out "$OUT/multi-eval-h100.$m.json" \
+          --models "$m" --rows "${ROWS:-2048}" --devices 1,2 2>&1 | grep --line-buffered -v "UserWarning\|exe_args\|warnings.warn" | tee -a "$L"
+      done
+    fi
+    for spec in ${TRAIN:-}; do  # model:token_budget:gc|nogc:devices[:steps]
+      IFS=: read -r m b g d n <<< "$spec"
+      timeout "${STAGE_TIMEOUT:-200}" python3 -m benchmarks.pipeline_train --out "$OUT/multi-train-h100.json" \
+        --models "$m" --token-budget "$b" --$([[ $g == gc ]] || echo no-)gradient-checkpointing --devices "$d" \
+        --steps "${n:-40}" --key "$m:$b:$g:$d" 2>&1 | grep --line-buffered -v "UserWarning\|exe_args\|warnings.warn" | tee -a "$L"
+    done ;;
   eval)
     [[ -f /tmp/keep/default-path.json ]] || { echo "no /tmp/keep/default-path.json: a fresh machine (run install, bench first)"; exit 1; }
     check || exit 1

@@ -9,6 +9,12 @@ Usage (GPU, after default_path.py or packed.py wrote BENCH; see benchmarks/READM
     python -m benchmarks.pipeline_eval --bench packed.json --out pipeline-eval-packed.json
 On a CPU (smoke run with the tiny models):
     python -m benchmarks.pipeline_eval --bench /tmp/r.json --out /tmp/pe.json
+Several devices, without a benchmark file (the repo's defaults on --rows real-length rows; each
+--devices value a stage run on the same rows and adapter; `speedup`: wall seconds per sample of the
+first value over each):
+    python -m benchmarks.pipeline_eval --out multi-eval.json --models llama3-8b --rows 2048 --devices 1,2
+    python -m benchmarks.pipeline_eval --out /tmp/pe.json --models tiny-llama3 --rows 24 --max-length 64 \
+        --devices 1,2 --packing packed     # CPU: two CPU copies
 
 For each model of BENCH: a params.yaml that is the repo's own with only `model`, its `pretrained`
 (the full-size random-init folder), `max_length`, `eval_batch_size` (default_path.py's BENCH only)
@@ -37,6 +43,7 @@ from transformers import AutoConfig
 from benchmarks.default_path import bench_lengths, bench_sequences
 from benchmarks.gpu_bench import ROOT
 from prefbench.config import load_params
+from prefbench.metrics import device_name
 from prefbench.models import load_model, load_tokenizer
 from prefbench.tokenize import to_table, write_table
 from prefbench.lora import add_lora
@@ -44,15 +51,17 @@ from prefbench.lora import add_lora
 KEYS = {"llama": "llama3", "gemma2": "gemma2"}  # model family -> key in params.yaml
 
 
-def setup(tmp: Path, name: str, bench: dict, device: torch.device) -> None:
+def setup(tmp: Path, name: str, bench: dict, device: torch.device, packing: str | None = None) -> None:
     config = AutoConfig.from_pretrained(ROOT / "models" / name)
     key = KEYS[config.model_type]
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["model"] = key
     raw["models"][key].update(pretrained=f"models/{name}", max_length=bench["max_length"])
-    if not is_packed(bench):  # default_path.py's padded batches; packed.py's BENCH keeps the defaults
+    if bench["cells"] and not is_packed(bench):  # default_path.py's padded batches; packed.py's keeps the defaults
         raw["models"][key]["eval_batch_size"] = bench["batch_size"]
     raw["evaluate"]["devices"] = 1
+    if packing:
+        raw["models"][key]["packing"] = packing
     (tmp / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     # The benchmark's rows: the same lengths and token ids (default_path.bench_sequences, seed 2, as
     # default_path.py and packed.py draw them).
@@ -94,7 +103,11 @@ def bench_cell(bench: dict, name: str, token_budget: int) -> dict | None:
     return max(found, key=lambda c: bool(c.get("window_off")), default=None)
 
 
-def evaluate(tmp: Path) -> dict:
+def evaluate(tmp: Path, devices: int = 1) -> dict:
+    """The evaluate stage on `tmp`'s params with evaluate.devices = `devices`: eval.json, or {"error": ...}."""
+    raw = yaml.safe_load((tmp / "params.yaml").read_text())
+    raw["evaluate"]["devices"] = devices
+    (tmp / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     out = {k: str(tmp / f) for k, f in (("metrics", "eval.json"), ("predictions", "pred.csv"),
                                         ("calibration", "cal.csv"), ("speed-accuracy", "sa.json"))}
     cmd = [sys.executable, "-m", "stages.evaluate", "--params", str(tmp / "params.yaml"), "--tokens",
@@ -108,20 +121,40 @@ def evaluate(tmp: Path) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bench", required=True, help="default_path.py's or packed.py's JSON (same card)")
+    p.add_argument("--bench", help="default_path.py's or packed.py's JSON (same card); without it --rows "
+                   "real-length rows at --max-length and the repo's defaults (packing: auto), no comparison")
     p.add_argument("--out", required=True)
     p.add_argument("--models", help="default: every model of --bench")
+    p.add_argument("--rows", type=int, default=256, help="without --bench")
+    p.add_argument("--max-length", type=int, default=1024, help="without --bench")
+    p.add_argument("--packing", help="models.<model>.packing (default: the repo's, auto)")
+    p.add_argument("--devices", default="1", help="evaluate.devices values, each a stage run on the same rows "
+                   "and adapter, e.g. 1,2 (seconds_per_sample is wall time: speedup = its ratio)")
     args = p.parse_args()
-    bench = json.loads(Path(args.bench).read_text())
+    devices = [int(k) for k in args.devices.split(",")]
+    bench = (json.loads(Path(args.bench).read_text()) if args.bench else
+             {"rows": args.rows, "max_length": args.max_length, "cells": [], "models": args.models.split(",")})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    result = {"bench": Path(args.bench).name, "device": bench["device"], "models": {}}
+    result = {"bench": Path(args.bench).name if args.bench else None,
+              "device": bench.get("device") or device_name(device), "models": {}}
     for name in (args.models.split(",") if args.models else bench["models"]):
         with tempfile.TemporaryDirectory() as d:
-            setup(Path(d), name, bench, device)
+            setup(Path(d), name, bench, device, args.packing)
             params = load_params(Path(d) / "params.yaml")
-            metrics = evaluate(Path(d))
+            runs = {k: evaluate(Path(d), k) for k in devices}
+        metrics = runs[devices[0]]
         cell = bench_cell(bench, name, params.selected.token_budget)
         entry = {"eval": metrics}
+        if len(devices) > 1:
+            entry["by_devices"] = {str(k): m for k, m in runs.items()}
+            done = {k: m for k, m in runs.items() if "seconds_per_sample" in m}
+            if devices[0] in done:
+                entry["speedup"] = {str(k): done[devices[0]]["seconds_per_sample"] / m["seconds_per_sample"]
+                                    for k, m in done.items()}
+                entry["same_log_loss"] = {str(k): m["log_loss"] == done[devices[0]]["log_loss"] for k, m in done.items()}
+                print(f"{name}: s/sample by devices " + ", ".join(
+                    f"{k}: {m['seconds_per_sample']:.5f} ({m.get('packed') and 'packed' or 'padded'}, "
+                    f"speedup {entry['speedup'][str(k)]:.2f}x)" for k, m in done.items()), flush=True)
         if cell and "seconds_per_sample" in metrics:
             entry.update(bench_seconds_per_sample=cell["seconds_per_sample"],
                          bench_attn=cell["attn"], bench_kernels=cell["kernels"],

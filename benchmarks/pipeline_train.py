@@ -21,8 +21,12 @@ split holds random-token rows of real arena lengths (default_path.bench_lengths,
 as make --steps steps, default_path.train_rows); then `python -m stages.train` in its own process,
 as `dvc repro` runs it. The stage has no warm-up: train_seconds includes the first steps'
 flash-attn-4 / Triton compiles, so enough steps make that small; the grid's cell is the steady
-state. MFU = model FLOPs (prefbench.flops.lora_train_flops: real tokens, no recomputation) over
-train_seconds, against the grid's measured bf16 peak (or one measured here) and the datasheet's.
+state; train.json's steady_tokens_per_second (the second half of the stage's steps) is the stage's
+own. MFU = model FLOPs (prefbench.flops.lora_train_flops: real tokens, no recomputation) over
+train_seconds (steady_mfu: over the time the run takes at its steady rate), against the grid's
+measured bf16 peak (or one measured here) and the datasheet's, times --devices (MFU per device).
+--devices N: train.devices N, DDP through the stage's own `accelerate launch`; train_token_budget
+stays the global batch (pass N times the budget to keep each device's share).
 """
 
 from __future__ import annotations
@@ -70,8 +74,8 @@ def arena_rows(max_length: int, setting: TrainSetting, steps: int) -> np.ndarray
     return train_rows(np.resize(pool, len(pool) * (need // int(pool.sum()) + 1)), setting, steps)
 
 
-def setup(tmp: Path, name: str, setting: TrainSetting, max_length: int, steps: int) -> np.ndarray:
-    """params.yaml and the token cache in `tmp`; returns the train rows' lengths."""
+def setup(tmp: Path, name: str, setting: TrainSetting, max_length: int, steps: int, devices: int = 1) -> np.ndarray:
+    """params.yaml (train.devices: `devices`) and the token cache in `tmp`; returns the train rows' lengths."""
     config = AutoConfig.from_pretrained(ROOT / "models" / name)
     key = KEYS[config.model_type]
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -79,7 +83,7 @@ def setup(tmp: Path, name: str, setting: TrainSetting, max_length: int, steps: i
     raw["models"][key].update(pretrained=f"models/{name}", max_length=max_length,
                               train_token_budget=setting.token_budget,
                               gradient_checkpointing=setting.gradient_checkpointing)
-    raw["train"].update(epochs=1, checkpoint_every=0, learning_rate=LEARNING_RATE)
+    raw["train"].update(epochs=1, checkpoint_every=0, learning_rate=LEARNING_RATE, devices=devices)
     (tmp / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     lengths = arena_rows(max_length, setting, steps)
     seqs = bench_sequences(lengths, config.vocab_size, seed=3)
@@ -128,6 +132,9 @@ def main():
                    help="default: as GRID's fastest cell, else off")
     p.add_argument("--alloc-conf", help="PYTORCH_CUDA_ALLOC_CONF for the stage, e.g. expandable_segments:True")
     p.add_argument("--key", help="this run's key in --out (default: the model's name)")
+    p.add_argument("--devices", type=int, default=1,
+                   help="train.devices: > 1 runs DDP (the stage relaunches itself through accelerate launch); "
+                        "the token budget stays global, split over the devices")
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--steps", type=int, default=40, help="optimizer steps the stage takes at least")
     p.add_argument("--seconds", type=float, default=150,
@@ -155,7 +162,7 @@ def main():
             steps = min(steps, max(8, int(args.seconds * cell["tokens_per_second"] / budget)))
         setting = TrainSetting("auto", budget, 0, checkpointing)
         with tempfile.TemporaryDirectory() as d:
-            lengths = setup(Path(d), name, setting, args.max_length, steps)
+            lengths = setup(Path(d), name, setting, args.max_length, steps, args.devices)
             start = time.perf_counter()
             metrics, tail = train_stage(Path(d), args.alloc_conf)
             wall = time.perf_counter() - start
@@ -167,17 +174,23 @@ def main():
                 "max_length")
         entry = {"setting": f"train_token_budget {budget}, gradient_checkpointing {str(checkpointing).lower()}",
                  "token_budget": budget, "gradient_checkpointing": checkpointing, "max_length": args.max_length,
+                 "devices": args.devices,
                  "rows": len(lengths), "tokens": int(lengths.sum()), "stage_wall_seconds": round(wall, 1),
                  "alloc_conf": alloc_conf, "train": metrics, "output_tail": tail[-1500:],
                  "stage_params": {k: resolved.get(k) for k in kept}}  # what the stage trained with
         if "train_seconds" in metrics:
+            # MFU per device: all devices' FLOPs over the devices' summed peak
             fl = lora_train_flops(config, non_embedding_params(name), lengths)
-            sheet = result["peak_bf16_flops_datasheet"]
+            sheet, n = result["peak_bf16_flops_datasheet"], args.devices
+            steady = metrics.get("steady_tokens_per_second")
+            steady_s = metrics["tokens"] / steady if steady else None  # the run's time at its steady rate
             entry.update(steps=metrics["steps"], seconds_per_step=metrics["train_seconds"] / metrics["steps"],
-                         tokens_per_second=metrics["tokens_per_second"],
+                         tokens_per_second=metrics["tokens_per_second"], steady_tokens_per_second=steady,
                          tokens_match=metrics["tokens"] == int(lengths.sum()),
-                         mfu=mfu(fl, metrics["train_seconds"], peak),
-                         mfu_datasheet=mfu(fl, metrics["train_seconds"], sheet) if sheet else None)
+                         mfu=mfu(fl, metrics["train_seconds"], peak * n),
+                         mfu_datasheet=mfu(fl, metrics["train_seconds"], sheet * n) if sheet else None,
+                         steady_mfu=mfu(fl, steady_s, peak * n) if steady_s else None,
+                         steady_mfu_datasheet=mfu(fl, steady_s, sheet * n) if steady_s and sheet else None)
         if cell:
             entry.update(grid_setting=cell.get("setting"), grid_tokens_per_second=cell["tokens_per_second"],
                          grid_mfu=cell["mfu"], grid_seconds_per_step=cell["seconds_per_step"])
@@ -186,8 +199,9 @@ def main():
         result["models"][args.key or name] = entry
         out.write_text(json.dumps(result, indent=1) + "\n")
         if "mfu" in entry:
-            print(f"{name}: train.json {entry['tokens_per_second']:.0f} tokens/s over {entry['steps']} steps, "
-                  f"MFU {entry['mfu']:.3f}" + (f" (grid steady state {cell['tokens_per_second']:.0f} tokens/s, "
+            print(f"{name} on {args.devices} device(s): train.json {entry['tokens_per_second']:.0f} tokens/s over "
+                  f"{entry['steps']} steps, MFU {entry['mfu']:.3f}, steady (second half) "
+                  f"{entry['steady_tokens_per_second'] or 0:.0f} tokens/s, MFU {entry['steady_mfu'] or 0:.3f}" + (f" (grid steady state {cell['tokens_per_second']:.0f} tokens/s, "
                                                 f"MFU {cell['mfu']:.3f})" if cell else ""), flush=True)
 
 

@@ -315,7 +315,7 @@ class LLMRunner:
 
     def load(self) -> None:
         self.models, info = load_copies(self.cfg, self.adapter, self.tok.pad_token_id, self.devices, seed=self.seed)
-        self.packed = packs(self.cfg, info["attn_implementation"], len(self.devices), self.params.model)
+        self.packed = packs(self.cfg, info["attn_implementation"], self.params.model)
         self.info = {**info, "quantization": self.cfg.quantization, "max_length": self.cfg.max_length,
                      "device": device_name(self.devices[0]), "devices": len(self.devices), "packed": self.packed}
 
@@ -334,25 +334,25 @@ class LLMRunner:
 
     def predict(self, enc: Encoded) -> dict:
         if self.packed:
-            result = predict_packed(self.models[0], enc.x, self.cfg.token_budget, self.tok.pad_token_id,
-                                    self.devices[0], warmup=self.section.warmup_batches > 0 or self.section.warmup_shapes)
+            result = predict_packed(self.models, enc.x, self.cfg.token_budget, self.tok.pad_token_id,
+                                    self.devices, warmup=self.section.warmup_batches > 0 or self.section.warmup_shapes)
             return {**result, "batch_shapes": result["pack_shapes"]}
         return predict_sharded(self.models, self.devices, enc.x, self.cfg.eval_batch_size, self.tok.pad_token_id,
                                warmup_batches=self.section.warmup_batches, warmup_shapes=self.section.warmup_shapes,
                                pad_multiple=pad_multiple_for(self.devices[0]), cfg=self.cfg, name=self.params.model)
 
 
-def packs(cfg: ModelParams, attn_implementation: str, devices: int, name: str) -> bool:
-    """Whether evaluate/predict pack rows (prefbench.packing) or pad batches: `models.<name>.packing`
-    resolved for the attention that loaded. Packing runs one model copy, uncompiled: `auto` pads
-    otherwise, `packed` says what to change."""
+def packs(cfg: ModelParams, attn_implementation: str, name: str) -> bool:
+    """Whether evaluate/predict pack rows (prefbench.packing; one copy per device, packs dealt to
+    them) or pad batches: `models.<name>.packing` resolved for the attention that loaded. Packed
+    forwards run uncompiled: `auto` pads a compiled model, `packed` says what to change."""
     key = f"models.{name}.packing"
     packed = resolve_packing(cfg.packing, attn_implementation, key)
     if cfg.packing == "auto":
-        return packed and devices == 1 and not cfg.compile
-    if packed and (devices > 1 or cfg.compile):
-        raise ParamsError(f"{key}: packed inference runs one uncompiled model copy; set evaluate.devices and "
-                          f"predict.devices to 1 and models.{name}.compile to false, or {key} to padded")
+        return packed and not cfg.compile
+    if packed and cfg.compile:
+        raise ParamsError(f"{key}: packed inference runs uncompiled; set models.{name}.compile to false, "
+                          f"or {key} to padded")
     return packed
 
 

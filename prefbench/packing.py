@@ -30,6 +30,7 @@ peft model's place, with gradients.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 
 import numpy as np
@@ -37,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from prefbench.cli import progress
 from prefbench.config import ParamsError
 
 # attn_implementation values whose kernel takes cu_seqlens (varlen): packing pays only with these.
@@ -206,29 +208,54 @@ def warmup_packs(totals: list[int]) -> list[int]:
     return list(dict.fromkeys(picks))
 
 
-def predict_packed(model, sequences: list[np.ndarray], token_budget: int, pad_token_id: int | None,
-                   device: torch.device, warmup: bool = True) -> dict:
-    """Logits for every sequence (input order; float32, float64 from a float64 model) from packed
-    forwards of about `token_budget` tokens.
+def deal_packs(totals: list[int], n: int) -> list[list[int]]:
+    """Pack indices per device: the largest pack first, each to the device with the fewest tokens
+    so far (ties: the lowest device), so n devices finish within about one pack of each other; each
+    device's packs in ascending order."""
+    loads, shares = [0] * n, [[] for _ in range(n)]
+    for k in sorted(range(len(totals)), key=lambda k: (-totals[k], k)):
+        d = loads.index(min(loads))
+        loads[d] += totals[k]
+        shares[d].append(k)
+    return [sorted(share) for share in shares]
 
-    Timed like prefbench.infer.predict: `warmup_packs` untimed first (their rows are predicted
-    again in the timed loop), then the loop over all packs (host-to-device copies included), the
-    device synchronised at both ends. Counts: `tokens` real tokens (all that is computed: no
-    padding), `packs` forward passes, `pack_shapes` distinct packed lengths, `rows_over_budget`
-    rows longer than the budget (each packed alone), `fill` tokens / (packs x budget)."""
-    body, head = split_classifier(model)
-    varlen = model.config._attn_implementation in VARLEN_ATTENTION
+
+def predict_packed(models, sequences: list[np.ndarray], token_budget: int, pad_token_id: int | None,
+                   devices, warmup: bool = True) -> dict:
+    """Logits for every sequence (input order; float32, float64 from a float64 model) from packed
+    forwards of about `token_budget` tokens. `models` / `devices`: one model and its device, or a
+    list of copies, one per device: the packs are dealt to them (`deal_packs`), each copy a thread
+    on its device (CUDA kernels release the GIL, so GPUs run side by side). A pack's logits do not
+    depend on which copy ran it.
+
+    Timed like prefbench.infer.predict_sharded: each copy's `warmup_packs` untimed first, one copy
+    after the other (their rows are predicted again in the timed loop), then the loop over all
+    packs (host-to-device copies included), the devices synchronised at both ends: `seconds` is
+    wall time. Counts: `tokens` real tokens (all that is computed: no padding), `packs` forward
+    passes, `pack_shapes` distinct packed lengths, `rows_over_budget` rows longer than the budget
+    (each packed alone), `fill` tokens / (packs x budget)."""
+    models = list(models) if isinstance(models, (list, tuple)) else [models]
+    devices = list(devices) if isinstance(devices, (list, tuple)) else [devices]
+    if len(models) != len(devices):
+        raise ValueError(f"{len(models)} model copies for {len(devices)} devices")
+    varlen = models[0].config._attn_implementation in VARLEN_ATTENTION
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     plan = pack_rows(lengths, token_budget)
     packs = [collate_packed([sequences[i] for i in idx], pad_token_id) for idx in plan]
     totals = [int(lengths[idx].sum()) for idx in plan]
+    shares = deal_packs(totals, len(models))
     # float32 as prefbench.infer.predict returns; float64 from a float64 model (the CPU default), whose
-    # digits past float32 are what the tests compare.
-    logits = np.zeros((len(sequences), model.config.num_labels), dtype=np.float32)
+    # digits past float32 are what the tests compare. Decided before the threads write into it.
+    wide = any(p.dtype == torch.float64 for p in models[0].parameters())
+    logits = np.zeros((len(sequences), models[0].config.num_labels), dtype=np.float64 if wide else np.float32)
 
-    def run(order: list[int]) -> None:
-        nonlocal logits
-        with torch.inference_mode():
+    def run(d: int, order: list[int], bar=None) -> None:
+        device = devices[d]
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # this thread's current device (streams, allocator)
+        models[d].eval()
+        body, head = split_classifier(models[d])
+        with torch.inference_mode():  # thread-local: set inside the worker
             for k in order:
                 try:
                     out = forward_packed(body, head, packs[k], device, varlen)
@@ -237,27 +264,33 @@ def predict_packed(model, sequences: list[np.ndarray], token_budget: int, pad_to
                         f"out of memory on a pack of {len(plan[k])} rows, {totals[k]} tokens (token_budget "
                         f"{token_budget}, longest row {int(lengths[plan[k]].max())}): lower "
                         "models.<model>.token_budget or max_length") from err
-                if out.dtype == torch.float64 and logits.dtype != np.float64:
-                    logits = logits.astype(np.float64)
-                logits[plan[k]] = (out if out.dtype == torch.float64 else out.float()).cpu().numpy()
+                logits[plan[k]] = out.to(torch.float64 if wide else torch.float32).cpu().numpy()
+                if bar is not None:
+                    bar.update(1)
 
-    model.eval()
     start = time.perf_counter()
     if warmup:
-        run(warmup_packs(totals))
-    _sync(device)
+        for d, share in enumerate(shares):  # one copy at a time, as predict_sharded warms up
+            run(d, [share[i] for i in warmup_packs([totals[k] for k in share])])
+    _sync(*devices)
     warmup_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    run(list(range(len(packs))))
-    _sync(device)
+    with progress(total=len(packs), desc="predict", unit="pack") as bar:
+        if len(models) == 1:
+            run(0, shares[0], bar)
+        else:
+            with ThreadPoolExecutor(len(models)) as pool:
+                list(pool.map(lambda d: run(d, shares[d], bar), range(len(models))))
+        _sync(*devices)
     seconds = time.perf_counter() - start
     return {"logits": logits, "seconds": seconds, "warmup_seconds": warmup_seconds,
             "tokens": int(lengths.sum()), "padded_tokens": int(lengths.sum()), "packs": len(packs),
             "pack_shapes": len(set(totals)), "rows_over_budget": int((lengths > token_budget).sum()),
-            "token_budget": token_budget,
+            "token_budget": token_budget, "devices": len(models),
             "fill": float(lengths.sum() / (len(packs) * token_budget)) if packs else 0.0}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _sync(*devices: torch.device) -> None:
+    for device in devices:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)

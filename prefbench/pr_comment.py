@@ -23,7 +23,7 @@ from prefbench.compare import EVAL, NOISE_METRICS, dvc
 
 MARKER = "<!-- prefbench-pr-review -->"
 NOISE = "metrics/noise.json"  # prefbench.compare --noise-out writes it (benchmarks/noise_floor.sh)
-TIMING_NOTE = ("Timings (`seconds_per_sample`, `samples_per_second`, `tokens_per_second`, `*_seconds`, "
+TIMING_NOTE = ("Timings (`seconds_per_sample`, `samples_per_second`, `*tokens_per_second`, `*_seconds`, "
                "`peak_memory_gb`) are measured on the machine that ran `dvc repro`, the base's on the "
                "machine that committed them: compare quality metrics freely, timings only on one machine.")
 

@@ -279,6 +279,9 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
     done = batches.skip(st.micro)
     synchronize(device)
     start = time.perf_counter()
+    # (run clock, tokens) after each optimizer step of this process's run, for steady_rate: the
+    # clock excludes checkpoint writes. Every step ends with a host sync (the loss and norm .item()).
+    marks = [(st.seconds, st.tokens)]
     with window, progress(total=total_steps, initial=st.step, desc="train", unit="step",
                           disable=not accelerator.is_main_process) as bar:
         while st.micro < micro_batches:
@@ -305,6 +308,7 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
                 if accelerator.sync_gradients:
                     st.step += 1
                     bar.update(1)
+                    marks.append((st.seconds + time.perf_counter() - start, st.tokens))
                     if st.step % tp.log_every == 0 or st.step == total_steps:
                         st.final_loss = st.loss_sum / st.loss_n
                         values = {"loss": st.final_loss, "learning_rate": sched.get_last_lr()[0]}
@@ -328,7 +332,20 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
     accelerator.unwrap_model(net, keep_fp32_wrapper=False)
     return {"final_loss": st.final_loss, "train_seconds": round(seconds, 3), "steps": st.step, "samples": st.seen,
             "tokens": st.tokens, "seconds_per_sample": seconds / max(st.seen, 1),
-            "tokens_per_second": st.tokens / seconds}
+            "tokens_per_second": st.tokens / seconds,
+            "steady_tokens_per_second": steady_rate(marks) or st.tokens / seconds}
+
+
+def steady_rate(marks: list[tuple[float, int]]) -> float | None:
+    """Tokens per second over the second half of a run's optimizer steps, from (clock, tokens) after
+    each: the first steps meet every new shape's kernel compiles (flash-attn-4, Triton; a GPU's
+    first cuBLAS plans), which tokens_per_second includes and a long run amortises. None with fewer
+    than 2 steps."""
+    steps = len(marks) - 1
+    if steps < 2:
+        return None
+    (t0, n0), (t1, n1) = marks[steps - steps // 2], marks[-1]
+    return (n1 - n0) / (t1 - t0) if t1 > t0 else None
 
 
 def non_finite_message(what: str, value: float, step: int, total_steps: int, dtype: torch.dtype,

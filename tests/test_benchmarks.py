@@ -259,6 +259,23 @@ def test_pipeline_train_smoke_on_cpu(tmp_path):
     assert e["stage_params"]["train_token_budget"] == 256 and e["stage_params"]["gradient_checkpointing"] is True
     assert e["steps"] >= 3 and e["tokens_match"] and e["train"]["tokens"] == e["tokens"]
     assert e["mfu"] > 0 and e["stage_over_grid"] == pytest.approx(e["tokens_per_second"] / 1000.0)
+    assert e["devices"] == 1 and e["steady_tokens_per_second"] == e["train"]["steady_tokens_per_second"] > 0
+    # (train.json rounds train_seconds to ms)
+    assert e["steady_mfu"] == pytest.approx(e["mfu"] * e["steady_tokens_per_second"] / e["tokens_per_second"], rel=1e-3)
+
+
+def test_pipeline_eval_devices_smoke_on_cpu(tmp_path):
+    """benchmarks/pipeline_eval.py without a benchmark file: the evaluate stage on the same rows and
+    adapter with evaluate.devices 1 and 2 (two CPU copies), packed as `packing: packed` asks, and the
+    speedup of wall time; both give the same log-loss."""
+    out = tmp_path / "pe.json"
+    run("benchmarks.pipeline_eval", "--out", str(out), "--models", "tiny-llama3", "--rows", "24",
+        "--max-length", "64", "--devices", "1,2", "--packing", "packed")
+    e = json.loads(out.read_text())["models"]["tiny-llama3"]
+    one, two = e["by_devices"]["1"], e["by_devices"]["2"]
+    assert one["devices"] == 1 and two["devices"] == 2 and one["packed"] and two["packed"]
+    assert one["n_samples"] == two["n_samples"] == 24 and e["same_log_loss"] == {"1": True, "2": True}
+    assert e["speedup"]["2"] == pytest.approx(one["seconds_per_sample"] / two["seconds_per_sample"])
 
 
 def test_readme_packed_training_numbers_are_the_committed_runs():

@@ -83,6 +83,9 @@ def test_packed_logits_equal_padded_per_row_in_input_order(name, attn, tiny_llam
         assert out["rows_over_budget"] == sum(n > budget for n in LENGTHS)
         assert out["packs"] == len(pack_rows(LENGTHS, budget))
     assert predict_packed(model, seqs, 10_000, tok.pad_token_id, CPU)["packs"] == 1
+    # two copies in two threads (evaluate.devices: 2), the packs dealt to them: the same logits
+    two = predict_packed([model, model], seqs, 60, tok.pad_token_id, [CPU, CPU])
+    assert two["devices"] == 2 and np.array_equal(two["logits"], out["logits"])
 
 
 def test_gemma2_sliding_window_and_softcap_are_applied_per_packed_row(tiny_gemma_tok):
@@ -244,3 +247,18 @@ def test_an_unreachable_sliding_window_is_off_during_the_forward_and_restored(ti
     llama, _ = split_classifier(tiny("tiny-llama3", tiny_llama_tok.pad_token_id))
     with unreachable_window_off(llama, 1):  # no sliding layers: nothing to change
         assert all(getattr(m, "sliding_window", None) is None for m in llama.modules())
+
+
+def test_packs_are_dealt_to_devices_by_tokens():
+    """Largest pack first to the least-loaded device: loads within one pack of each other, every
+    pack once, each device's packs in order."""
+    from prefbench.packing import deal_packs
+    totals = [100, 90, 90, 80, 30, 20, 10]
+    shares = deal_packs(totals, 2)
+    assert sorted(k for share in shares for k in share) == list(range(len(totals)))
+    assert all(share == sorted(share) for share in shares)
+    loads = [sum(totals[k] for k in share) for share in shares]
+    assert abs(loads[0] - loads[1]) <= max(totals)
+    assert shares == [[0, 3, 4], [1, 2, 5, 6]] and loads == [210, 210]
+    assert deal_packs(totals, 1) == [list(range(len(totals)))]
+    assert deal_packs([5], 3) == [[0], [], []]  # a device without packs runs nothing

@@ -1,5 +1,6 @@
-"""What the evaluate stage's timers cover: collating batches is inside seconds_per_sample (it is part
-of serving a row), loading the model is not (it is load_seconds), warm-up batches are not.
+"""What the timers cover. The evaluate stage: collating batches is inside seconds_per_sample (it is
+part of serving a row), loading the model is not (it is load_seconds), warm-up batches are not.
+Training: tokens_per_second covers the whole loop, steady_tokens_per_second its second half.
 
 The stage runs in-process through its `main` on a tiny pipeline built here (tokens from the
 prepare and tokenize stages, a fresh LoRA adapter), with delays injected by module attribute into
@@ -8,6 +9,7 @@ prepare and tokenize stages, a fresh LoRA adapter), with delays injected by modu
 1000-second delay per batch cannot be mistaken for real work on a busy machine.
 """
 
+import dataclasses
 import json
 import math
 import sys
@@ -106,13 +108,18 @@ def test_packed_evaluate_predicts_like_padded_batches_and_says_so(monkeypatch, a
     params, out = adapter
     path = out / "params.yaml"
     runs = {}
-    for packing in ("auto", "packed"):
+    for packing, devices in (("auto", 1), ("packed", 1), ("packed", 2)):
         raw = yaml.safe_load(path.read_text())
         raw["models"][raw["model"]].update(packing=packing, token_budget=200)  # several packs of the 30 rows
+        raw["evaluate"]["devices"] = devices  # 2: two CPU copies, the packs dealt to them
         path.write_text(yaml.safe_dump(raw))
-        runs[packing] = (run_evaluate(monkeypatch, params, tokens, out), pd.read_csv(out / "pred.csv"))
-    (padded, padded_pred), (packed, packed_pred) = runs["auto"], runs["packed"]
+        runs[packing, devices] = (run_evaluate(monkeypatch, params, tokens, out), pd.read_csv(out / "pred.csv"))
+    (padded, padded_pred), (packed, packed_pred) = runs["auto", 1], runs["packed", 1]
     assert padded["packed"] is False and packed["packed"] is True
+    # two copies: each pack's logits do not depend on the copy that ran it
+    two, two_pred = runs["packed", 2]
+    assert two["devices"] == 2 and two["packed"] is True and two["log_loss"] == packed["log_loss"]
+    assert two_pred.equals(packed_pred)
     assert packed["padding_share"] == 0 < padded["padding_share"]
     assert packed["log_loss"] == pytest.approx(padded["log_loss"], abs=1e-7)  # float64: measured <= 3e-9 per logit
     # every row's probabilities as written (rounded to 6 decimals: a last-digit flip at most)
@@ -126,11 +133,11 @@ def test_packing_that_cannot_run_says_what_to_change():
     from prefbench.infer import packs
     cfg = load_params_dict({"packing": "packed", "compile": True})
     with pytest.raises(ParamsError, match=r"models.llama3.packing: .*models.llama3.compile to false"):
-        packs(cfg, "sdpa", 1, "llama3")
-    with pytest.raises(ParamsError, match=r"evaluate.devices"):
-        packs(load_params_dict({"packing": "packed"}), "flash_attention_4", 2, "llama3")
-    assert not packs(load_params_dict({"packing": "auto"}), "flash_attention_4", 2, "llama3")  # auto pads there
-    assert packs(load_params_dict({"packing": "auto"}), "flash_attention_4", 1, "llama3")
+        packs(cfg, "sdpa", "llama3")
+    assert not packs(load_params_dict({"packing": "auto", "compile": True}), "flash_attention_4", "llama3")  # pads
+    assert packs(load_params_dict({"packing": "auto"}), "flash_attention_4", "llama3")
+    assert not packs(load_params_dict({"packing": "auto"}), "sdpa", "llama3")
+    assert packs(load_params_dict({"packing": "packed"}), "sdpa", "llama3")
 
 
 def load_params_dict(changes: dict):
@@ -139,3 +146,36 @@ def load_params_dict(changes: dict):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["models"]["llama3"].update(changes)
     return parse_params(raw).selected
+
+
+def test_train_steady_rate_leaves_out_the_first_steps(monkeypatch, tmp_path):
+    """train.json's tokens_per_second covers the whole loop; steady_tokens_per_second its second
+    half of optimizer steps only: a delay in the first batch (as a GPU's first kernel compiles)
+    lowers the first, not the second."""
+    import numpy as np
+
+    import prefbench.train
+    from prefbench.train import ShardCollate
+    params = load_params(write_params(tmp_path / "params.yaml")[1])
+    cfg, tp = params.selected, params.train
+    cfg.train_batch_size = 4
+    tok = load_tokenizer(cfg.pretrained)
+    model = add_lora(load_model(cfg, tok.pad_token_id, torch.device("cpu"))[0], cfg)
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(5, 200, n) for n in rng.integers(5, 40, 24)]  # 6 steps of 4 rows
+    labels = rng.integers(0, 3, len(seqs))
+    clock, calls, real = Clock(monkeypatch), [], ShardCollate.__call__
+
+    def first_slow(self, idx):
+        calls.append(len(idx))
+        if len(calls) == 1:
+            clock.advance(PER_BATCH)
+        return real(self, idx)
+
+    monkeypatch.setattr(ShardCollate, "__call__", first_slow)
+    tp = dataclasses.replace(tp, epochs=1, checkpoint_every=0)
+    result = prefbench.train.train(model, seqs, labels, cfg, tp, tok.pad_token_id, torch.device("cpu"))
+    assert result["steps"] == 6 and len(calls) == 6
+    assert result["train_seconds"] >= PER_BATCH
+    assert result["tokens_per_second"] <= result["tokens"] / PER_BATCH
+    assert result["steady_tokens_per_second"] > 100 * result["tokens_per_second"]
