@@ -125,7 +125,7 @@ case $what in
     if [[ $what == multi-eval ]]; then
       for m in ${MODELS:-llama3-8b gemma2-9b}; do  # one file per model: a cut run keeps the first
         timeout "${EVAL_TIMEOUT:-240}" python3 -m benchmarks.pipeline_eval --out "$OUT/multi-eval-h100.$m.json" \
-          --models "$m" --rows "${ROWS:-2048}" --devices 1,2 2>&1 | grep --line-buffered -v "UserWarning\|exe_args\|warnings.warn" | tee -a "$L"
+          --models "$m" --rows "${ROWS:-990}" --devices 1,2 2>&1 | grep --line-buffered -v "UserWarning\|exe_args\|warnings.warn" | tee -a "$L"
       done
     fi
     for spec in ${TRAIN:-}; do  # model:token_budget:gc|nogc:devices[:steps]

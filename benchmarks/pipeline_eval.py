@@ -12,7 +12,7 @@ On a CPU (smoke run with the tiny models):
 Several devices, without a benchmark file (the repo's defaults on --rows real-length rows; each
 --devices value a stage run on the same rows and adapter; `speedup`: wall seconds per sample of the
 first value over each):
-    python -m benchmarks.pipeline_eval --out multi-eval.json --models llama3-8b --rows 2048 --devices 1,2
+    python -m benchmarks.pipeline_eval --out multi-eval.json --models llama3-8b --rows 990 --devices 1,2
     python -m benchmarks.pipeline_eval --out /tmp/pe.json --models tiny-llama3 --rows 24 --max-length 64 \
         --devices 1,2 --packing packed     # CPU: two CPU copies
 
@@ -132,6 +132,9 @@ def main():
                    "and adapter, e.g. 1,2 (seconds_per_sample is wall time: speedup = its ratio)")
     args = p.parse_args()
     devices = [int(k) for k in args.devices.split(",")]
+    arena = len(json.loads((ROOT / "benchmarks" / "arena_lengths.json").read_text())["part_chars"])
+    if not args.bench and args.rows > arena:
+        sys.exit(f"--rows {args.rows}: benchmarks/arena_lengths.json has {arena} rows' lengths (drawn without replacement)")
     bench = (json.loads(Path(args.bench).read_text()) if args.bench else
              {"rows": args.rows, "max_length": args.max_length, "cells": [], "models": args.models.split(",")})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -352,6 +352,40 @@ def packed_path(run: dict, budget: int = 16384, evals: dict | None = None) -> No
                   f"{verdict})")
 
 
+def multi_packed_rows(results: Path) -> list[str]:
+    """README "Several GPUs": the rows of the 1-GPU-against-2 table of the packed path, from
+    `gpu_fused.sh multi-eval` / `multi-train` (multi-eval-h100.<model>.json: pipeline_eval.py
+    --devices 1,2; multi-train-h100.*.json: pipeline_train.py --devices N, keyed model:budget:gc:devices)."""
+    rows = []
+    for name, label in (("llama3-8b", "Llama3-8B"), ("gemma2-9b", "Gemma2-9B")):
+        e = json.loads((results / f"multi-eval-h100.{name}.json").read_text())["models"][name]
+        one, two = e["by_devices"]["1"], e["by_devices"]["2"]
+        assert e["same_log_loss"]["2"], f"{name}: 2 GPUs gave another log-loss"
+        rows.append(f"| evaluate {label}, {one['n_samples']} rows: s/sample (wall) | {one['seconds_per_sample']:.5f} | "
+                    f"{two['seconds_per_sample']:.5f} | {e['speedup']['2']:.2f}x |")
+    train = {}
+    for path in sorted(results.glob("multi-train-h100.*.json")):
+        train.update(json.loads(path.read_text())["models"])
+
+    def rate(t: dict) -> str:
+        return f"{t['tokens_per_second']:,.0f} ({t['steady_tokens_per_second']:,.0f})"
+
+    def ratio(a: dict, b: dict) -> str:
+        return (f"{b['tokens_per_second'] / a['tokens_per_second']:.2f}x "
+                f"({b['steady_tokens_per_second'] / a['steady_tokens_per_second']:.2f}x)")
+
+    for label, one, two, what in (
+            ("Llama3-8B", "llama3-8b:8192:nogc:1", "llama3-8b:16384:nogc:2", "8192 tokens a GPU"),
+            ("Llama3-8B", "llama3-8b:8192:nogc:1", "llama3-8b:8192:nogc:2", "the same global batch, 8192 tokens"),
+            ("Gemma2-9B", "gemma2-9b:32768:gc:1", "gemma2-9b:65536:gc:2", "32768 tokens a GPU, checkpointing")):
+        a, b = train[one], train[two]
+        rows.append(f"| train {label}, {what}: tokens/s | {rate(a)} | {rate(b)} | {ratio(a, b)} |")
+    kept = [("llama3-8b:8192:nogc:1", "llama3-8b:16384:nogc:2"), ("gemma2-9b:32768:gc:1", "gemma2-9b:65536:gc:2")]
+    mfus = [" / ".join(f"{train[k]['mfu']:.2f} ({train[k]['steady_mfu']:.2f})" for k in col) for col in zip(*kept)]
+    rows.append(f"| train MFU per GPU, Llama3 / Gemma2 (a GPU's share kept) | {mfus[0]} | {mfus[1]} | |")
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--main", help="side-by-side run: both models in one process")

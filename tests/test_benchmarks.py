@@ -329,3 +329,35 @@ def test_readme_packed_training_numbers_are_the_committed_runs():
     assert stage[G]["stage_params"]["train_token_budget"] == 32768 and stage[G]["stage_params"]["gradient_checkpointing"]
     assert "`models.llama3.train_token_budget: 8192` (`gradient_checkpointing: false`)" in readme
     assert "`models.gemma2.train_token_budget: 32768` with `gradient_checkpointing: true`" in readme
+
+
+def test_readme_several_gpus_numbers_are_the_committed_runs():
+    """README "Several GPUs": the packed 1-GPU-against-2 table is benchmarks/report.py's
+    multi_packed_rows of the committed files, and "Not done from issue 10" quotes the same runs."""
+    from benchmarks.report import multi_packed_rows
+    r = ROOT / "benchmarks" / "results"
+    text = (ROOT / "README.md").read_text()
+    assert "\n".join(multi_packed_rows(r)) in text
+    readme = " ".join(text.split())
+    train = {}
+    for path in sorted(r.glob("multi-train-h100.*.json")):
+        train.update(json.loads(path.read_text())["models"])
+    speed = {m: json.loads((r / f"multi-eval-h100.{m}.json").read_text())["models"][m]["speedup"]["2"]
+             for m in ("llama3-8b", "gemma2-9b")}
+    L1, L2, L2same = train["llama3-8b:8192:nogc:1"], train["llama3-8b:16384:nogc:2"], train["llama3-8b:8192:nogc:2"]
+    G1, G2 = train["gemma2-9b:32768:gc:1"], train["gemma2-9b:65536:gc:2"]
+    assert all(t["devices"] == int(k.split(":")[-1]) and t["tokens_match"] for k, t in train.items())
+    f = "{:.2f}".format
+    expected = [
+        f"evaluate {f(speed['llama3-8b'])}x (Llama3) and {f(speed['gemma2-9b'])}x (Gemma2)",
+        f"training {f(L2['tokens_per_second'] / L1['tokens_per_second'])}x (Llama3, token budget 8192 a GPU) "
+        f"and {f(G2['tokens_per_second'] / G1['tokens_per_second'])}x (Gemma2, 32768 a GPU, checkpointing)",
+        f"(Llama3, 8192 tokens over 2 GPUs: the same optimizer steps), "
+        f"{f(L2same['tokens_per_second'] / L1['tokens_per_second'])}x.",
+        f"Llama3 {f(L1['steady_mfu'])} (met; {f(L1['mfu'])} over all {L1['steps']} steps), Gemma2 "
+        f"{f(G1['steady_mfu'])} over the last {G1['steps'] // 2} of {G1['steps']} steps "
+        f"(missed by {f(0.45 - G1['steady_mfu'])}; {f(G1['mfu'])} over all)",
+    ]
+    for e in expected:
+        assert e in readme, e
+    assert L1["steady_mfu"] >= 0.45 > G1["steady_mfu"]
