@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -103,6 +104,12 @@ def bench_cell(bench: dict, name: str, token_budget: int) -> dict | None:
     return max(found, key=lambda c: bool(c.get("window_off")), default=None)
 
 
+def stage_python() -> str:
+    """The interpreter of the stage process: $PREFBENCH_PYTHON where set, as dvc.yaml's
+    scripts/python.sh picks it, else this one."""
+    return os.environ.get("PREFBENCH_PYTHON") or sys.executable
+
+
 def evaluate(tmp: Path, devices: int = 1) -> dict:
     """The evaluate stage on `tmp`'s params with evaluate.devices = `devices`: eval.json, or {"error": ...}."""
     raw = yaml.safe_load((tmp / "params.yaml").read_text())
@@ -110,7 +117,7 @@ def evaluate(tmp: Path, devices: int = 1) -> dict:
     (tmp / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     out = {k: str(tmp / f) for k, f in (("metrics", "eval.json"), ("predictions", "pred.csv"),
                                         ("calibration", "cal.csv"), ("speed-accuracy", "sa.json"))}
-    cmd = [sys.executable, "-m", "stages.evaluate", "--params", str(tmp / "params.yaml"), "--tokens",
+    cmd = [stage_python(), "-m", "stages.evaluate", "--params", str(tmp / "params.yaml"), "--tokens",
            str(tmp / "tokens"), "--adapter", str(tmp / "adapter")] + [a for k, v in out.items() for a in (f"--{k}", v)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     print(proc.stdout[-2000:], proc.stderr[-3000:] if proc.returncode else "", flush=True)

@@ -47,7 +47,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from benchmarks.default_path import TrainSetting, bench_lengths, bench_sequences, train_rows
 from benchmarks.gpu_bench import ROOT, datasheet_peak, measure_peak
-from benchmarks.pipeline_eval import KEYS
+from benchmarks.pipeline_eval import KEYS, stage_python
 from prefbench.flops import lora_train_flops, mfu
 from prefbench.metrics import device_name
 from prefbench.models import count_parameters, label_config_kwargs, load_tokenizer
@@ -104,7 +104,7 @@ def setup(tmp: Path, name: str, setting: TrainSetting, max_length: int, steps: i
 def train_stage(tmp: Path, alloc_conf: str | None = None) -> tuple[dict, str]:
     """`python -m stages.train` on `tmp`'s params and tokens, as dvc.yaml runs it: (train.json or
     {"error": ...}, the end of its output). `alloc_conf`: PYTORCH_CUDA_ALLOC_CONF for the stage."""
-    cmd = [sys.executable, "-m", "stages.train", "--params", str(tmp / "params.yaml"), "--tokens", str(tmp / "tokens"),
+    cmd = [stage_python(), "-m", "stages.train", "--params", str(tmp / "params.yaml"), "--tokens", str(tmp / "tokens"),
            "--out", str(tmp / "adapter"), "--metrics", str(tmp / "train.json"), "--live", str(tmp / "dvclive")]
     env = {**os.environ, **({"PYTORCH_CUDA_ALLOC_CONF": alloc_conf} if alloc_conf is not None else {})}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)

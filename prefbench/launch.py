@@ -27,9 +27,12 @@ def launched() -> bool:
 
 def launch_args(module: str, argv: list[str], processes: int, mixed_precision: str) -> list[str]:
     """`accelerate launch` arguments to run `python -m module argv` in `processes` processes on this
-    machine, on a free port (`--main_process_port 0`: runs side by side do not collide)."""
+    machine, on a free port (`--main_process_port 0`: runs side by side do not collide). The
+    processes' interpreter is $PREFBENCH_PYTHON where set, as for the stage itself
+    (scripts/python.sh), else accelerate's own (this one)."""
+    program = ["--no_python", os.environ["PREFBENCH_PYTHON"], "-m"] if os.environ.get("PREFBENCH_PYTHON") else ["-m"]
     return ["--multi_gpu", "--num_machines", "1", "--num_processes", str(processes), "--main_process_port", "0",
-            "--mixed_precision", mixed_precision, "--dynamo_backend", "no", "-m", module, *argv]
+            "--mixed_precision", mixed_precision, "--dynamo_backend", "no", *program, module, *argv]
 
 
 def relaunch(module: str, argv: list[str], processes: int, mixed_precision: str, what: str) -> int:

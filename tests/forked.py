@@ -296,7 +296,10 @@ def client(path: str, argv: list[str]) -> int:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
     _send(sock, {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}, [0, 1, 2])
-    _recv(sock)  # the pid
+    pid = _recv(sock)[0]["pid"]
+    # A launcher stopping this "process" (torchrun's SIGTERM to its workers) stops the child too.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: os.kill(pid, signum))
     status = _recv(sock)[0]["status"]
     return 128 - status if status < 0 else status  # killed by a signal: as a shell reports it
 

@@ -2,6 +2,7 @@
 the report is built from the committed results."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -11,7 +12,9 @@ from tests.conftest import ROOT
 
 
 def run(*args: str) -> str:
-    proc = forked.run("-m", *args)
+    """`python -m benchmarks.X args` on the worker's warm server; a stage it starts in a process of
+    its own (pipeline_train.py, pipeline_eval.py) runs there too, through $PREFBENCH_PYTHON."""
+    proc = forked.run("-m", *args, env={**os.environ, "PREFBENCH_PYTHON": str(forked.server().python)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 

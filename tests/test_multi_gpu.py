@@ -150,8 +150,11 @@ def test_two_machines_train_packed_budget_batches_like_one_process(tokens):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    stage = ["-m", "stages.train", "--params", str(tmp / "pb1.yaml"), "--tokens", str(tmp / "tokens"),
-             "--out", str(tmp / "adapterm"), "--metrics", str(tmp / "trainm.json"), "--live", str(tmp / "livem")]
+    # The stage as README's `accelerate launch ... -m stages.train ...`, its interpreter the warm
+    # server's client (`--no_python`: the program and its arguments as given; tests/forked.py)
+    stage = ["--no_python", str(forked.server().python), "-m", "stages.train", "--params", str(tmp / "pb1.yaml"),
+             "--tokens", str(tmp / "tokens"), "--out", str(tmp / "adapterm"), "--metrics", str(tmp / "trainm.json"),
+             "--live", str(tmp / "livem")]
     logs = [(tmp / f"machine{rank}.out", tmp / f"machine{rank}.err") for rank in (0, 1)]
     machines = [forked.start(  # `python -m accelerate.commands.launch ...`, forked (tests/forked.py)
         "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2", "--machine_rank", str(rank),

@@ -122,8 +122,10 @@ def test_checkpoint_of_one_device_resumes_under_ddp(tokens, tmp_path):
     run_stage("train", *train_args(one, tokens, whole))
     kill_after_first_checkpoint(train_args(one, tokens, resumed), resumed / "adapter.ckpt")
     two = write_params(tmp_path / "two.yaml", epochs=1, devices=2)
-    out = run_stage("train", *train_args(two, tokens, resumed))
-    assert "2 processes through accelerate launch" in out and "resuming from checkpoint" in out
+    # the launched processes on the warm server too ($PREFBENCH_PYTHON: prefbench.launch)
+    out = run_stage("train", *train_args(two, tokens, resumed), env={"PREFBENCH_PYTHON": str(forked.server().python)})
+    assert "2 processes through accelerate launch --multi_gpu" in out and "resuming from checkpoint" in out
+    assert f"--no_python {forked.server().python} -m stages.train" in out
     assert not (resumed / "adapter.ckpt").exists()
     a = load_file(whole / "adapter" / "adapter_model.safetensors")
     b = load_file(resumed / "adapter" / "adapter_model.safetensors")

@@ -2,6 +2,7 @@
 (the session's shared run, tests/workspace.py)."""
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -15,9 +16,10 @@ from tests.workspace import run_of
 pytestmark = pytest.mark.xdist_group("workspace")
 
 
-def run_stage(name: str, *args: str) -> str:
-    """`python -m stages.<name> args` (a forked interpreter: tests/forked.py); its stdout."""
-    proc = forked.run("-m", f"stages.{name}", *args, cwd=ROOT)
+def run_stage(name: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """`python -m stages.<name> args` (a forked interpreter: tests/forked.py), with `env` added to
+    this process's environment; its stdout."""
+    proc = forked.run("-m", f"stages.{name}", *args, cwd=ROOT, env={**os.environ, **env} if env else None)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
