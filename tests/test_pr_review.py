@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prefbench.pr_comment import MARKER
+from prefbench.pr_comment import MARKER, noise_section
 from tests.conftest import ROOT
 from tests.gitcopy import git_copy, sh
 
@@ -125,23 +125,24 @@ def noise_row(body: str, metric: str) -> list[str]:
     return [cell.strip() for cell in line.strip("|").split("|")]
 
 
+def metrics_diff(repo: Path) -> dict:
+    """`dvc metrics diff --json main` in `repo`, as prefbench.pr_comment.build asks for it."""
+    return json.loads(sh(sys.executable, "-m", "dvc", "metrics", "diff", "--json", "main", cwd=repo) or "{}")
+
+
 def test_comment_marks_changes_within_and_beyond_two_sd_of_the_noise_floor(pr_repo, tmp_path):
+    """The whole comment once (the noise file read from the workspace); the other cases of the
+    noise section (no file, no group for the model, an unchanged metric) on the same real
+    `dvc metrics diff --json` output through noise_section, the function build() calls."""
     base = json.loads(sh("git", "show", "main:metrics/eval.json", cwd=pr_repo))
     model = base["model"]
     eval_path, noise_path = pr_repo / "metrics" / "eval.json", pr_repo / "metrics" / "noise.json"
     # log_loss moves by 1.5 sd (within noise), accuracy by 2.5 sd (beyond)
     eval_path.write_text(json.dumps({**base, "log_loss": base["log_loss"] + 0.015,
                                      "accuracy": base["accuracy"] - 0.05}, indent=2))
-    noise_path.unlink(missing_ok=True)  # as on a branch without one
-    body, _ = comment(pr_repo, tmp_path)
-    assert "No noise floor is committed (`metrics/noise.json`)" in body
-
     floor = {"n": 5, "log_loss": {"mean": 0.95, "sd": 0.01}, "accuracy": {"mean": 0.5, "sd": 0.02}}
-    noise_path.write_text(json.dumps({"models": {"other": floor}}))
-    body, _ = comment(pr_repo, tmp_path)
-    assert f"`metrics/noise.json` has no seed group for model `{model}`" in body
-
-    noise_path.write_text(json.dumps({"command": "test", "models": {model: floor}}))
+    noise = {"command": "test", "models": {model: floor}}
+    noise_path.write_text(json.dumps(noise))
     body, _ = comment(pr_repo, tmp_path)
     assert f"{model}'s validation metrics over 5 runs" in body
     loss = noise_row(body, "log_loss")
@@ -150,7 +151,13 @@ def test_comment_marks_changes_within_and_beyond_two_sd_of_the_noise_floor(pr_re
     acc = noise_row(body, "accuracy")
     assert acc[3] == "-0.05" and acc[4:] == ["0.5000 ± 0.0200 (5)", "0.0400", "beyond noise"]
 
+    diff, current = metrics_diff(pr_repo), json.loads(eval_path.read_text())
+    assert "\n".join(noise_section(diff, noise, current, "main")) in body  # the comment's own section
+    assert "No noise floor is committed (`metrics/noise.json`)" in "\n".join(noise_section(diff, None, current, "main"))
+    other = "\n".join(noise_section(diff, {"models": {"other": floor}}, current, "main"))
+    assert f"`metrics/noise.json` has no seed group for model `{model}`" in other
+
     eval_path.write_text(json.dumps({**base, "log_loss": base["log_loss"] + 0.015}, indent=2))
-    body, _ = comment(pr_repo, tmp_path)
-    acc = noise_row(body, "accuracy")
+    section = "\n".join(noise_section(metrics_diff(pr_repo), noise, json.loads(eval_path.read_text()), "main"))
+    acc = noise_row(section, "accuracy")
     assert acc[1] == acc[2] == str(round(base["accuracy"], 5)) and acc[3] == "0" and acc[-1] == "unchanged"
