@@ -20,6 +20,8 @@
 #                                             # expandable segments
 #   bash benchmarks/gpu_fused.sh profile-train W2  # (instead of train-grid) profile_train.py: a step's
 #                                             # time on new batches against batches run before
+#   bash benchmarks/gpu_fused.sh profile-kernels W2  # (instead of train-grid) profile_train.py
+#                                             # --kernels: a step's GPU time by kernel category
 #   bash benchmarks/gpu_fused.sh multi-eval W2   # (2 GPUs; instead of bench; W2 = .whl/trainrun) per model:
 #                                             # the evaluate stage on 1 and 2 GPUs (pipeline_eval.py
 #                                             # --devices 1,2), then TRAIN's train-stage runs
@@ -115,9 +117,19 @@ case $what in
   profile-train)  # W as train-grid: benchmarks/profile_train.py (steps on new batches vs batches run before)
     unpack "$W" || exit 1
     check || exit 1
-    timeout "${PROFILE_TIMEOUT:-400}" python3 -m benchmarks.profile_train --out "$OUT/profile-train-h100.json" \
+    N=${NAME:-profile-train-h100}
+    timeout "${PROFILE_TIMEOUT:-400}" python3 -m benchmarks.profile_train --out "$OUT/$N.json" \
       ${PROFILE_ARGS:-} 2>&1 | grep --line-buffered -v "UserWarning\|exe_args\|warnings.warn" |
-      tee "$OUT/profile-train-h100.log" ;;
+      tee "$OUT/$N.log" ;;
+  profile-kernels)  # W as train-grid (or none where a command before unpacked it): profile_train.py --kernels per CELLS
+    [[ -n $W ]] && { unpack "$W" || exit 1; }
+    check || exit 1
+    for mc in ${CELLS:-gemma2-9b:packed:32768:gc llama3-8b:packed:8192}; do
+      m=${mc%%:*}; c=${mc#*:}
+      timeout "${PROFILE_TIMEOUT:-300}" python3 -m benchmarks.profile_train --kernels --out "$OUT/profile-train-kernels-h100.$m.json" \
+        --model "$m" --setting "$c" --steps "${STEPS:-8}" 2>&1 | grep --line-buffered -v "UserWarning\|exe_args\|warnings.warn" |
+        tee -a "$OUT/profile-train-kernels-h100.log"
+    done ;;
   multi-eval|multi-train)  # W as train-grid. Several GPUs against one, the stages themselves, same rows
     [[ $what == multi-eval ]] && { unpack "$W" || exit 1; }
     L=$OUT/multi-h100.log

@@ -3,9 +3,17 @@ in the train stage, whose batches never repeat) against a batch run before (as i
 default_path.py's timed pass): passes of prefbench.train.train over the same rows with train.seed
 0 (warm-up), 1 and 2 (new batches), 1 again (seen), the pass with seed 2 under cProfile.
 
+With --kernels instead: where the GPU time of a step goes. One pass (warm-up: every kernel
+compiled), then the same batches again under torch.profiler; device time by category as
+benchmarks/profile_attention.py groups it (gemm, attention, Liger, elementwise; GPU kernels by
+name too), in ms per optimizer step, against the pass's wall time per step (the rest is the GPU
+idle: launches, host syncs).
+
 Usage (GPU, PYTHONPATH as in benchmarks/gpu_fused.sh):
     python -m benchmarks.profile_train --out profile-train.json --model llama3-8b --setting packed:8192
-On a CPU (smoke run): --model tiny-llama3 --setting packed:128 --train-length 32 --steps 2
+    python -m benchmarks.profile_train --out profile-train-kernels.json --model gemma2-9b \
+        --setting packed:32768:gc --kernels
+On a CPU (smoke run): --model tiny-llama3 --setting packed:128 --train-length 32 --steps 2 [--kernels]
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ def main():
     p.add_argument("--train-length", type=int, default=1024)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--top", type=int, default=40)
+    p.add_argument("--kernels", action="store_true", help="a torch.profiler pass instead of the cProfile passes")
     a = p.parse_args()
     (s,) = parse_grid(a.setting)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -61,6 +70,13 @@ def main():
     tp = TrainParams(epochs=1, learning_rate=1e-4, warmup_ratio=0.0, weight_decay=0.0, grad_accum_steps=1,
                      max_grad_norm=1.0, seed=0, log_every=1000, checkpoint_every=0, devices=1)
     lora = add_lora(model, cfg)
+    if a.kernels:
+        out = kernel_profile(lora, seqs, labels, cfg, tp, dev)
+        out.update(device=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", model=a.model,
+                   setting=s.label, attn=attn, kernels=kernels, rows=len(seqs), tokens=int(lengths.sum()))
+        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+        print(json.dumps({k: v for k, v in out.items() if k != "top_ops_ms_per_sample"}, indent=1))
+        return
     passes, profile = [], None
     for seed, profiled in ((0, False), (1, False), (2, True), (1, False)):
         prof = cProfile.Profile() if profiled else None
@@ -84,6 +100,27 @@ def main():
            "profile_seed_2": profile}
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
     print(profile[:12000])
+
+
+def kernel_profile(lora, seqs, labels, cfg, tp, dev) -> dict:
+    """One pass (warm-up), then the same batches under torch.profiler: device time per optimizer
+    step by category (profile_attention.summarise), and the pass's wall time per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from benchmarks.profile_attention import summarise
+    warm = train(lora, seqs, labels, cfg, tp, 0, dev)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        r = train(lora, seqs, labels, cfg, tp, 0, dev)
+    steps = r["steps"]
+    summary = summarise(prof.key_averages(group_by_input_shape=True), steps, dev.type)
+    # summarise's "per sample" is per step here
+    summary = {k.replace("per_sample", "per_step"): v for k, v in summary.items()}
+    wall_ms = 1e3 * r["train_seconds"] / steps
+    return {"steps": steps, "warmup_seconds_per_step": warm["train_seconds"] / warm["steps"],
+            "profiled_wall_ms_per_step": wall_ms,
+            "device_busy_share": summary["total_ms_per_step"] / wall_ms if dev.type == "cuda" else None,
+            **summary}
 
 
 if __name__ == "__main__":
