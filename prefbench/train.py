@@ -41,6 +41,7 @@ import peft
 import torch
 import transformers
 from accelerate import Accelerator, DataLoaderConfiguration
+from peft.helpers import disable_input_dtype_casting
 from torch.utils.data import DataLoader, Sampler
 from transformers import get_cosine_schedule_with_warmup
 
@@ -259,6 +260,11 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
     # per-forward switch would have put the window (another kernel) back.
     window_off = packed and attn in VARLEN_ATTENTION
     window = unreachable_window_off(split_classifier(model)[0], int(lengths.max())) if window_off else nullcontext()
+    # Under autocast (GPU bf16 / fp16) peft would cast each LoRA layer's input (a full activation)
+    # to the float32 LoRA weights, a copy autocast undoes at once for the matmul: off, same numbers
+    # (tests/test_numerics.py). The profile of a Llama3 step put all copies at 16% of its GPU time
+    # (benchmarks/results/profile-train-kernels-h100.llama3-8b.json).
+    uncast = disable_input_dtype_casting(model, active=accelerator.mixed_precision != "no")
     dtype = resolve_dtype(cfg.dtype, device.type)
     checkpointing = checkpoint_dir is not None and tp.checkpoint_every > 0
 
@@ -282,8 +288,8 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
     # (run clock, tokens) after each optimizer step of this process's run, for steady_rate: the
     # clock excludes checkpoint writes. Every step ends with a host sync (the loss and norm .item()).
     marks = [(st.seconds, st.tokens)]
-    with window, progress(total=total_steps, initial=st.step, desc="train", unit="step",
-                          disable=not accelerator.is_main_process) as bar:
+    with window, uncast, progress(total=total_steps, initial=st.step, desc="train", unit="step",
+                                  disable=not accelerator.is_main_process) as bar:
         while st.micro < micro_batches:
             epoch_loader = accelerator.skip_first_batches(loader, done) if done else loader
             done = 0

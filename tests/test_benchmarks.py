@@ -364,3 +364,36 @@ def test_readme_several_gpus_numbers_are_the_committed_runs():
     for e in expected:
         assert e in readme, e
     assert L1["steady_mfu"] >= 0.45 > G1["steady_mfu"]
+
+
+def test_profile_train_kernels_smoke_on_cpu(tmp_path):
+    """benchmarks/profile_train.py --kernels: a LoRA training pass under torch.profiler, device (here
+    CPU) time per optimizer step by category, matrix multiplies included."""
+    out = tmp_path / "ptk.json"
+    run("benchmarks.profile_train", "--out", str(out), "--model", "tiny-llama3", "--setting", "packed:128",
+        "--train-length", "32", "--steps", "2", "--kernels")
+    p = json.loads(out.read_text())
+    assert p["steps"] >= 2 and p["setting"] == "packed:128" and p["ms_per_step"]["gemm"] > 0
+    assert sum(p["ms_per_step"].values()) == pytest.approx(p["total_ms_per_step"])
+
+
+def test_readme_training_kernel_profile_numbers_are_the_committed_run():
+    """README's "Where a training step's GPU time goes": every number from
+    profile-train-kernels-h100.llama3-8b.json."""
+    p = json.loads((ROOT / "benchmarks" / "results" / "profile-train-kernels-h100.llama3-8b.json").read_text())
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    kernels = p["top_kernels_ms_per_step"]
+
+    def kernel(fragment):
+        return next(v for k, v in kernels.items() if fragment in k)
+
+    ms = "{:.0f}".format
+    expected = (
+        f"{ms(p['profiled_wall_ms_per_step'])} ms a step, the GPU busy {100 * p['device_busy_share']:.0f}% of it; "
+        f"matrix multiplies (`aten::mm`) {ms(p['top_ops_ms_per_step']['aten::mm'])} ms, copies (`aten::copy_`) "
+        f"{ms(p['top_ops_ms_per_step']['aten::copy_'])} ms (the kernels `direct_copy_kernel` {ms(kernel('direct_copy'))} "
+        f"ms and `bfloat16_copy_kernel` {ms(kernel('bfloat16_copy'))} ms: dtype casts), element-wise kernels "
+        f"{ms(p['kernel_ms_per_step']['norm_act'])} ms in all, Liger's {ms(p['kernel_ms_per_step']['liger'])} ms, "
+        f"flash-attn-4's forward and backward {ms(p['kernel_ms_per_step']['attn_fused'])} ms.")
+    assert expected in readme, expected
+    assert p["model"] == "llama3-8b" and p["setting"] == "packed:8192" and p["attn"] == "flash_attention_4"

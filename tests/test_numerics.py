@@ -135,3 +135,51 @@ def test_predict_turns_out_of_memory_into_a_clear_error(setup, monkeypatch):
     longest = max(len(s) for s in seqs)
     with pytest.raises(BatchOutOfMemoryError, match=f"batch of 8 rows, the longest {longest} tokens"):
         predict(model, seqs, 8, pad, CPU, warmup_batches=0, cfg=cfg, name="llama3")
+
+
+def test_lora_input_cast_is_off_under_autocast_and_changes_nothing():
+    """Mixed-precision training (GPU bf16 / fp16: accelerate's autocast) keeps the LoRA weights in
+    float32; peft casts each LoRA layer's input, a whole activation, to float32, and autocast casts
+    it straight back to bf16 for the matmul. prefbench.train turns peft's cast off for the loop:
+    on a CPU under bf16 autocast a forward and backward give the same loss and LoRA gradients bit
+    for bit either way (LoRA's B made non-zero, so its path counts), and the train loop runs with
+    the cast off and leaves it on afterwards."""
+    from accelerate import Accelerator
+    from peft.helpers import disable_input_dtype_casting
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    params = load_params(ROOT / "params.yaml")
+    cfg = dataclasses.replace(params.models["llama3"], pretrained=str(ROOT / "models" / "tiny-llama3"),
+                              dtype="bfloat16", max_length=64, train_batch_size=4)
+    tok = load_tokenizer(cfg.pretrained)
+    model = add_lora(load_model(cfg, tok.pad_token_id, CPU)[0], cfg)
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert {p.dtype for p in lora.values()} == {torch.float32}  # peft's float32 adapters on a bf16 base
+    with torch.no_grad():
+        for n, p in lora.items():
+            if "lora_B" in n:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(n)))
+    rng = np.random.default_rng(0)
+    ids = torch.tensor(rng.integers(10, 500, size=(4, 24)))
+
+    def loss_and_grads(cast_off: bool):
+        model.zero_grad(set_to_none=True)
+        with disable_input_dtype_casting(model, active=cast_off), torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=torch.tensor([0, 1, 2, 0])).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in lora.items()}
+
+    (loss_on, grads_on), (loss_off, grads_off) = loss_and_grads(False), loss_and_grads(True)
+    assert torch.equal(loss_on, loss_off)
+    assert all(torch.equal(grads_on[n], grads_off[n]) for n in lora) and any(g.abs().sum() > 0 for g in grads_on.values())
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    seen = []
+    hook = layers[0].register_forward_pre_hook(lambda m, args: seen.append(getattr(m, "cast_input_dtype_enabled", True)))
+    seqs = [rng.integers(10, 500, size=20) for _ in range(8)]
+    tp = dataclasses.replace(params.train, epochs=1.0, checkpoint_every=0)
+    train(model, seqs, np.zeros(8, dtype=np.int64), cfg, tp, tok.pad_token_id,
+          accelerator=Accelerator(cpu=True, mixed_precision="bf16"))
+    hook.remove()
+    assert seen and not any(seen)  # off in every forward of the loop
+    assert all(getattr(m, "cast_input_dtype_enabled", True) for m in layers)  # and on again after
