@@ -145,6 +145,7 @@ def test_lora_input_cast_is_off_under_autocast_and_changes_nothing():
     for bit either way (LoRA's B made non-zero, so its path counts), and the train loop runs with
     the cast off and leaves it on afterwards."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from peft.helpers import disable_input_dtype_casting
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -178,8 +179,14 @@ def test_lora_input_cast_is_off_under_autocast_and_changes_nothing():
     hook = layers[0].register_forward_pre_hook(lambda m, args: seen.append(getattr(m, "cast_input_dtype_enabled", True)))
     seqs = [rng.integers(10, 500, size=20) for _ in range(8)]
     tp = dataclasses.replace(params.train, epochs=1.0, checkpoint_every=0)
-    train(model, seqs, np.zeros(8, dtype=np.int64), cfg, tp, tok.pad_token_id,
-          accelerator=Accelerator(cpu=True, mixed_precision="bf16"))
+    # accelerate keeps one state per process, set by the first Accelerator (an earlier test's, in
+    # a pytest worker: no mixed precision); reset around this bf16 one, as accelerate's own tests do
+    AcceleratorState._reset_state()
+    try:
+        train(model, seqs, np.zeros(8, dtype=np.int64), cfg, tp, tok.pad_token_id,
+              accelerator=Accelerator(cpu=True, mixed_precision="bf16"))
+    finally:
+        AcceleratorState._reset_state()
     hook.remove()
     assert seen and not any(seen)  # off in every forward of the loop
     assert all(getattr(m, "cast_input_dtype_enabled", True) for m in layers)  # and on again after
