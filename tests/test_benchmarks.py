@@ -392,7 +392,7 @@ def test_readme_training_kernel_profile_numbers_are_the_committed_run():
         f"{ms(p['profiled_wall_ms_per_step'])} ms a step, the GPU busy {100 * p['device_busy_share']:.0f}% of it; "
         f"matrix multiplies (`aten::mm`) {ms(p['top_ops_ms_per_step']['aten::mm'])} ms, copies (`aten::copy_`) "
         f"{ms(p['top_ops_ms_per_step']['aten::copy_'])} ms (the kernels `direct_copy_kernel` {ms(kernel('direct_copy'))} "
-        f"ms and `bfloat16_copy_kernel` {ms(kernel('bfloat16_copy'))} ms: dtype casts), element-wise kernels "
+        f"ms and `bfloat16_copy_kernel` {ms(kernel('bfloat16_copy'))} ms: copies, among them dtype casts), element-wise kernels "
         f"{ms(p['kernel_ms_per_step']['norm_act'])} ms in all, Liger's {ms(p['kernel_ms_per_step']['liger'])} ms, "
         f"flash-attn-4's forward and backward {ms(p['kernel_ms_per_step']['attn_fused'])} ms.")
     assert expected in readme, expected
