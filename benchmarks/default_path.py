@@ -24,7 +24,8 @@ Per model (full-size architecture, random-init weights; lengths of real arena ro
      models.<m>.train_token_budget (0: --train-batch rows a step); or with --train-grid one cell per
      setting, e.g. `padded:rows4,packed:4096,packed:16384:gc` (packing, then rowsN or a token
      budget, then `gc` for gradient checkpointing, applied as the pipeline does: prefbench.lora.add_lora;
-     `exp`: the CUDA allocator's expandable segments for that cell).
+     `exp`: the CUDA allocator's expandable segments for that cell; `cast`: peft's LoRA input cast
+     kept, as before the train loop turned it off).
      Each cell trains on the first of the --rows rows that make --train-steps steps (N x steps rows,
      or rows summing to at least steps x budget tokens: at least that many steps), one untimed pass
      first (every shape compiled), then the timed pass (on the same batches; --train-timed-seed N:
@@ -41,6 +42,7 @@ Results are written after every cell, so a run cut short keeps what it measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import gc
@@ -48,6 +50,7 @@ import json
 import platform
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -64,6 +67,7 @@ from prefbench.models import (apply_kernels, count_parameters, label_config_kwar
                               resolve_attention, resolve_kernels)
 from prefbench.packing import resolve_packing
 from prefbench.lora import add_lora
+import prefbench.train
 from prefbench.train import train
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -98,33 +102,50 @@ class TrainSetting:
     rows: int
     gradient_checkpointing: bool
     expandable_segments: bool = False  # the CUDA caching allocator's expandable_segments for this cell
+    # peft's cast of every LoRA layer's input to the float32 LoRA weights kept, as before the train
+    # loop turned it off under mixed precision: the change, side by side with what it replaced
+    peft_input_cast: bool = False
 
     @property
     def label(self) -> str:
         size = str(self.token_budget) if self.token_budget else f"rows{self.rows}"
         return (f"{self.packing}:{size}" + (":gc" if self.gradient_checkpointing else "")
-                + (":exp" if self.expandable_segments else ""))
+                + (":exp" if self.expandable_segments else "") + (":cast" if self.peft_input_cast else ""))
 
 
 def parse_grid(text: str) -> list[TrainSetting]:
     """`padded:rows4,packed:4096,packed:16384:gc` -> one TrainSetting per item: packing (auto,
     packed, padded), then rowsN (N rows a step) or a token budget, then optionally `gc` (gradient
-    checkpointing) and `exp` (the allocator's expandable segments), in that order."""
+    checkpointing), `exp` (the allocator's expandable segments) and `cast` (peft's input cast kept),
+    in that order."""
     settings = []
     for item in filter(None, (t.strip() for t in text.split(","))):
         parts = item.split(":")
         flags = parts[2:]
-        ok = (len(parts) >= 2 and parts[0] in ("auto", "packed", "padded")
-              and flags in ([], ["gc"], ["exp"], ["gc", "exp"]))
+        known = [f for f in ("gc", "exp", "cast") if f in flags]  # in order, each once
+        ok = len(parts) >= 2 and parts[0] in ("auto", "packed", "padded") and flags == known
         size = parts[1] if len(parts) > 1 else ""
         rows = size.removeprefix("rows")
         if not ok or not (rows if size.startswith("rows") else size).isdigit() or int(rows or size) < 1:
-            raise ValueError(f"--train-grid item {item!r}: expected PACKING:(rowsN|TOKENS)[:gc][:exp], "
+            raise ValueError(f"--train-grid item {item!r}: expected PACKING:(rowsN|TOKENS)[:gc][:exp][:cast], "
                              "PACKING one of auto, packed, padded")
         budget = 0 if size.startswith("rows") else int(size)
         settings.append(TrainSetting(parts[0], budget, int(rows) if budget == 0 else 0, "gc" in flags,
-                                     "exp" in flags))
+                                     "exp" in flags, "cast" in flags))
     return settings
+
+
+@contextlib.contextmanager
+def keep_peft_input_cast(keep: bool):
+    """With keep: prefbench.train's turning off of peft's LoRA input cast (peft.helpers.
+    disable_input_dtype_casting, under mixed precision) is itself turned off, so the cell runs the
+    train loop as it was before that change."""
+    if not keep:
+        yield
+        return
+    with mock.patch.object(prefbench.train, "disable_input_dtype_casting",
+                           lambda model, active: contextlib.nullcontext()):
+        yield
 
 
 def set_expandable_segments(on: bool) -> None:
@@ -424,15 +445,16 @@ class Run:
         a = self.args
         settings = parse_grid(a.train_grid) if a.train_grid else [
             TrainSetting(a.train_packing, a.train_token_budget, 0 if a.train_token_budget else a.train_batch, False)]
-        oom_at, rate, rate_gc = None, None, False
+        oom_at, rate, rate_gc = {}, None, False  # oom_at: per peft_input_cast (the cast's copies take memory)
         all_lengths = self.lengths(a.train_length, seed=3)
         for s in settings:
             tags = {"model": name, "train": True, "setting": s.label,
                     "gradient_checkpointing": s.gradient_checkpointing}
             lengths = train_rows(all_lengths, s, a.train_steps)
             step_tokens = s.token_budget or s.rows * a.train_length
-            if oom_at is not None and not s.gradient_checkpointing and step_tokens >= oom_at:
-                self.skip(f"not tried: {oom_at} tokens a step ran out of memory without checkpointing", **tags)
+            smallest_oom = oom_at.get(s.peft_input_cast)
+            if smallest_oom is not None and not s.gradient_checkpointing and step_tokens >= smallest_oom:
+                self.skip(f"not tried: {smallest_oom} tokens a step ran out of memory without checkpointing", **tags)
                 continue
             slower = 1.5 if s.gradient_checkpointing and not rate_gc else 1.0
             estimate = 2 * lengths.sum() / rate * slower if rate else 30.0
@@ -443,7 +465,7 @@ class Run:
             if cell is None:
                 continue
             if cell.get("oom"):
-                oom_at = min(oom_at or step_tokens, step_tokens)
+                oom_at[s.peft_input_cast] = min(oom_at.get(s.peft_input_cast, step_tokens), step_tokens)
                 continue
             rate, rate_gc = cell["tokens_per_second"], s.gradient_checkpointing
 
@@ -476,9 +498,10 @@ class Run:
             # flash-attn-4's and Triton's per-shape compiles are not timed: the steady state.
             # --train-timed-seed: the timed pass on other batches of the same rows (a long run's
             # batches never repeat).
-            warm = train(lora, seqs, labels, cfg, tp, 0, dev)
-            counts = allocator_counts()
-            r = train(lora, seqs, labels, cfg, dataclasses.replace(tp, seed=a.train_timed_seed), 0, dev)
+            with keep_peft_input_cast(s.peft_input_cast):
+                warm = train(lora, seqs, labels, cfg, tp, 0, dev)
+                counts = allocator_counts()
+                r = train(lora, seqs, labels, cfg, dataclasses.replace(tp, seed=a.train_timed_seed), 0, dev)
             counts = {k: v - counts[k] for k, v in allocator_counts().items()}
         except Exception as e:  # out of memory included (BatchOutOfMemoryError names the budget)
             failure = (f"{type(e).__name__}: {e}", "out of memory" in str(e).lower())
@@ -514,6 +537,7 @@ class Run:
                 "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if dev.type == "cuda" else None,
                 "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 1e9, 2) if dev.type == "cuda" else None,
                 "expandable_segments": s.expandable_segments, "timed_pass_allocator": counts,
+                "peft_input_cast": s.peft_input_cast,
                 "timed_batches": "the warm-up's" if a.train_timed_seed == 0 else f"others (seed {a.train_timed_seed})",
                 "base_clean_after": True}
         self.r["train"].append(cell)

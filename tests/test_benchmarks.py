@@ -237,9 +237,39 @@ def test_parse_train_grid():
     assert [s.label for s in parse_grid("padded:rows4,packed:16384:gc")] == ["padded:rows4", "packed:16384:gc"]
     assert parse_grid("packed:8192:exp,packed:32768:gc:exp") == [
         TrainSetting("packed", 8192, 0, False, True), TrainSetting("packed", 32768, 0, True, True)]
-    for bad in ("packed", "packed:0", "packed:rows", "packed:4096:ckpt", "fast:4096", "packed:4096:exp:gc"):
+    assert parse_grid("packed:8192:cast,packed:32768:gc:cast") == [
+        TrainSetting("packed", 8192, 0, False, peft_input_cast=True),
+        TrainSetting("packed", 32768, 0, True, peft_input_cast=True)]
+    assert parse_grid("packed:32768:gc:cast")[0].label == "packed:32768:gc:cast"
+    for bad in ("packed", "packed:0", "packed:rows", "packed:4096:ckpt", "fast:4096", "packed:4096:exp:gc",
+                "packed:4096:cast:gc", "packed:4096:gc:gc"):
         with pytest.raises(ValueError):
             parse_grid(bad)
+
+
+def test_keep_peft_input_cast():
+    """The grid's `cast` flag: inside keep_peft_input_cast(True) the train loop's turning off of
+    peft's LoRA input cast does nothing (the loop as before that change); with False it turns the
+    cast off as the loop does."""
+    import dataclasses
+
+    import torch
+
+    import prefbench.train
+    from benchmarks.default_path import keep_peft_input_cast
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from prefbench.config import load_params
+    from prefbench.lora import add_lora
+    from prefbench.models import load_model, load_tokenizer
+    cfg = dataclasses.replace(load_params(ROOT / "params.yaml").models["llama3"],
+                              pretrained=str(ROOT / "models" / "tiny-llama3"))
+    model = add_lora(load_model(cfg, load_tokenizer(cfg.pretrained).pad_token_id, torch.device("cpu"))[0], cfg)
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    assert layers and all(m.cast_input_dtype_enabled for m in layers)
+    for keep in (True, False):
+        with keep_peft_input_cast(keep), prefbench.train.disable_input_dtype_casting(model, active=True):
+            assert all(m.cast_input_dtype_enabled == keep for m in layers), keep
+        assert all(m.cast_input_dtype_enabled for m in layers)
 
 
 def test_pipeline_train_smoke_on_cpu(tmp_path):
@@ -327,11 +357,62 @@ def test_readme_packed_training_numbers_are_the_committed_runs():
     ]
     for e in expected:
         assert e in readme, e
-    # the stage ran what the grid chose, and what README tells a GPU user to set
+    # the stage ran what that grid chose (before the cast change)
     assert stage[L]["stage_params"]["train_token_budget"] == 8192 and not stage[L]["stage_params"]["gradient_checkpointing"]
     assert stage[G]["stage_params"]["train_token_budget"] == 32768 and stage[G]["stage_params"]["gradient_checkpointing"]
-    assert "`models.llama3.train_token_budget: 8192` (`gradient_checkpointing: false`)" in readme
-    assert "`models.gemma2.train_token_budget: 32768` with `gradient_checkpointing: true`" in readme
+
+
+def test_readme_training_numbers_with_the_cast_off_are_the_committed_runs():
+    """README's item on training MFU since the train loop turned off peft's LoRA input cast: the
+    grid with `cast` cells side by side (train-cast-h100.*.json), the train stage on the same card
+    (pipeline-train-cast-h100.json) and the profiles (profile-train-kernels-cast-off-h100.*.json),
+    every number computed here; the settings README tells a GPU user are the grid's fastest."""
+    r = ROOT / "benchmarks" / "results"
+    L, G = "llama3-8b", "gemma2-9b"
+    runs = {m: json.loads((r / f"train-cast-h100.{m}.json").read_text()) for m in (L, G)}
+    grid = {(c["model"], c["setting"]): c for run_ in runs.values() for c in run_["train"]}
+    oom = {(s["model"], s["setting"]) for run_ in runs.values() for s in run_["skipped"] if s["oom"]}
+    stage = json.loads((r / "pipeline-train-cast-h100.json").read_text())["models"]
+    sl, sg = stage[f"{L}:8192:nogc:1"], stage[f"{G}:8192:nogc:1"]
+    prof = {m: json.loads((r / f"profile-train-kernels-cast-off-h100.{m}.json").read_text()) for m in (L, G)}
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert all(c["steps"] >= 8 and c["base_clean_after"] and c["peft_input_cast"] == c["setting"].endswith(":cast")
+               for c in grid.values())
+    best = {m: max((c for (k, _), c in grid.items() if k == m), key=lambda c: c["mfu"]) for m in (L, G)}
+    assert best[L]["setting"] == best[G]["setting"] == "packed:8192"
+    assert (G, "packed:8192:cast") in oom and {(G, "packed:12288"), (G, "packed:16384")} <= oom
+    assert best[L]["mfu"] >= 0.45 and best[G]["mfu"] >= 0.45
+    f = "{:.2f}".format
+    ms = "{:.0f}".format
+    pl, pg = prof[L], prof[G]
+    expected = [
+        f"Llama3 MFU {f(best[L]['mfu'])} and Gemma2 MFU {f(best[G]['mfu'])} ({f(best[L]['mfu_datasheet'])} and "
+        f"{f(best[G]['mfu_datasheet'])} against the datasheet), both at a token budget of 8192 without checkpointing",
+        f"Llama3 at 8192 reaches MFU {f(grid[(L, 'packed:8192:cast')]['mfu'])} with it",
+        f"(peak {best[G]['peak_memory_gb']} GB without:",
+        f"the cast costs MFU {f(grid[(G, 'packed:32768:gc:cast')]['mfu'])} against "
+        f"{f(grid[(G, 'packed:32768:gc')]['mfu'])} without it",
+        f"Llama3 MFU {f(sl['steady_mfu'])} and Gemma2 MFU {f(sg['steady_mfu'])} over the second half of "
+        f"{sl['steps']} steps",
+        f"{f(sl['mfu'])} for both over all {sg['steps']} steps",
+        f"550 ms a step, copies {ms(pl['top_ops_ms_per_step']['aten::copy_'])} ms, matrix multiplies "
+        f"{ms(pl['top_ops_ms_per_step']['aten::mm'])} ms",
+        f"{ms(pg['profiled_wall_ms_per_step'])} ms a step under the profiler "
+        f"({ms(1000 * grid[(G, 'packed:8192')]['seconds_per_step'])} ms in the grid without it), the GPU busy "
+        f"{100 * pg['device_busy_share']:.0f}% of it; matrix multiplies {ms(pg['top_ops_ms_per_step']['aten::mm'])} ms, "
+        f"element-wise kernels {ms(pg['kernel_ms_per_step']['norm_act'])} ms, Liger's "
+        f"{ms(pg['kernel_ms_per_step']['liger'])} ms, flash-attn-4's {ms(pg['kernel_ms_per_step']['attn_fused'])} ms",
+    ]
+    for e in expected:
+        assert e in readme, e
+    assert f(sl["mfu"]) == f(sg["mfu"]) and sl["steps"] == sg["steps"]
+    assert ms(pl["profiled_wall_ms_per_step"]) == "550"
+    assert pl["setting"] == pg["setting"] == "packed:8192" and sl["tokens_match"] and sg["tokens_match"]
+    # the stage ran the grid's fastest setting, which README tells a GPU user to set
+    for st in (sl, sg):
+        assert st["stage_params"]["train_token_budget"] == 8192 and not st["stage_params"]["gradient_checkpointing"]
+    assert ("`models.llama3.train_token_budget: 8192` and `models.gemma2.train_token_budget: 8192`, both with "
+            "`gradient_checkpointing: false`") in readme
 
 
 def test_readme_several_gpus_numbers_are_the_committed_runs():
