@@ -25,7 +25,8 @@
 #   bash benchmarks/gpu_fused.sh multi-eval W2   # (2 GPUs; instead of bench; W2 = .whl/trainrun) per model:
 #                                             # the evaluate stage on 1 and 2 GPUs (pipeline_eval.py
 #                                             # --devices 1,2), then TRAIN's train-stage runs
-#   bash benchmarks/gpu_fused.sh multi-train     # then: TRAIN's train-stage runs (model:budget:gc|nogc:devices)
+#   bash benchmarks/gpu_fused.sh multi-train [W]  # then (or with W after install): TRAIN's train-stage runs
+#                                             # (model:budget:gc|nogc:devices[:steps])
 # Unpack the library after the wheels: `pip install --target --upgrade` replaces whole package folders.
 set -uo pipefail  # no -e: a step cut by its timeout keeps what it wrote
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/keep
@@ -131,7 +132,7 @@ case $what in
         tee -a "$OUT/profile-train-kernels-h100.log"
     done ;;
   multi-eval|multi-train)  # W as train-grid. Several GPUs against one, the stages themselves, same rows
-    [[ $what == multi-eval ]] && { unpack "$W" || exit 1; }
+    [[ -n $W ]] && { unpack "$W" || exit 1; }  # multi-train too, as a machine's first command after install
     L=$OUT/multi-h100.log
     { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; check; dvclive_stub; } 2>&1 | tee -a "$L"
     if [[ $what == multi-eval ]]; then
