@@ -366,16 +366,16 @@ def load_copies(cfg: ModelParams, adapter: str, pad_token_id: int, devices: list
     return models, info
 
 
-def prepare_for_inference(model, cfg: ModelParams):
+def prepare_for_inference(model, cfg: ModelParams, backend: str = "inductor"):
     """The one inference path of evaluate, predict and the benchmark's `default` cells: LoRA merged
     into the base weights (one matmul per linear layer instead of three, and no adapter dropout or
     scaling work; a 4-bit base cannot take merged weights, so it keeps the adapter), then
-    torch.compile with dynamic shapes if `cfg.compile`."""
+    torch.compile with dynamic shapes if `cfg.compile` (`backend`: torch.compile's)."""
     if cfg.quantization == "none" and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    return torch.compile(model, dynamic=True) if cfg.compile else model
+    return torch.compile(model, dynamic=True, backend=backend) if cfg.compile else model
 
 
-def compile_for_inference(model, cfg: ModelParams):
+def compile_for_inference(model, cfg: ModelParams, backend: str = "inductor"):
     """LoRA merged (unless 4-bit), then torch.compile(dynamic=True), whatever `cfg.compile` says."""
-    return prepare_for_inference(model, dataclasses.replace(cfg, compile=True))
+    return prepare_for_inference(model, dataclasses.replace(cfg, compile=True), backend)
