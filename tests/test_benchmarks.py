@@ -168,7 +168,7 @@ def test_default_path_is_the_fastest_correct_choice_on_the_committed_h100_run():
 
 
 def test_readme_training_mfu_is_the_committed_steady_state_run():
-    """The training MFU line in README's "Not done from issue 10" is train-steady-h100.json's cells,
+    """The training MFU line in README's "Issue 10's goals" is train-steady-h100.json's cells,
     with the shortfall against the 0.45 goal computed from them."""
     run_ = json.loads((ROOT / "benchmarks" / "results" / "train-steady-h100.json").read_text())
     cells = {c["model"]: c for c in run_["train"]}
@@ -424,7 +424,7 @@ def test_readme_training_numbers_with_the_cast_off_are_the_committed_runs():
 
 def test_readme_several_gpus_numbers_are_the_committed_runs():
     """README "Several GPUs": the packed 1-GPU-against-2 table is benchmarks/report.py's
-    multi_packed_rows of the committed files, and "Not done from issue 10" quotes the same runs."""
+    multi_packed_rows of the committed files, and "Issue 10's goals" quotes the same runs."""
     from benchmarks.report import multi_packed_rows
     r = ROOT / "benchmarks" / "results"
     text = (ROOT / "README.md").read_text()
