@@ -262,8 +262,8 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
     window = unreachable_window_off(split_classifier(model)[0], int(lengths.max())) if window_off else nullcontext()
     # Under autocast (GPU bf16 / fp16) peft would cast each LoRA layer's input (a full activation)
     # to the float32 LoRA weights, a copy autocast undoes at once for the matmul: off, same numbers
-    # (tests/test_numerics.py). Why it matters: the copies in a profiled GPU step, README "Not done
-    # from issue 10" (benchmarks/results/profile-train-kernels-h100.llama3-8b.json).
+    # (tests/test_numerics.py). Why it matters: the copies take GPU time, and each is kept for the
+    # backward (GPU memory): README "Issue 10's goals" (benchmarks/results/train-cast-h100.*.json).
     uncast = disable_input_dtype_casting(model, active=accelerator.mixed_precision != "no")
     dtype = resolve_dtype(cfg.dtype, device.type)
     checkpointing = checkpoint_dir is not None and tp.checkpoint_every > 0

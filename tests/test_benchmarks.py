@@ -312,8 +312,8 @@ def test_pipeline_eval_devices_smoke_on_cpu(tmp_path):
 
 
 def test_readme_packed_training_numbers_are_the_committed_runs():
-    """Every number of README's packed-training and gradient-checkpointing items in "Not done from
-    issue 10" is computed here from the committed JSON: the grid (train-packed-h100), the grid on
+    """Every number of README's packed-training and gradient-checkpointing items in "Issue 10's
+    goals" is computed here from the committed JSON: the grid (train-packed-h100), the grid on
     new batches after the RoPE fix, the train stage before and after it, and the profile."""
     r = ROOT / "benchmarks" / "results"
     run_ = json.loads((r / "train-packed-h100.json").read_text())
