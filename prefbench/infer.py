@@ -67,14 +67,14 @@ def oom_message(phase: str, rows: int, longest: int, cfg: ModelParams | None = N
     msg = f"out of memory in {where} on a batch of {rows} rows{on_process}, the longest {longest} tokens"
     if cfg is not None:
         msg += f" (max_length {cfg.max_length})"
-    if phase == "train" and cfg is not None and cfg.train_token_budget:
-        fixes = [f"{key}.train_token_budget (now {cfg.train_token_budget}; raise train.grad_accum_steps to keep "
-                 "the tokens per optimizer step)", f"or {key}.max_length"]
-        extra = [] if cfg.gradient_checkpointing else [f"{key}.gradient_checkpointing: true"]
-    elif phase == "train":
-        now = f" (now {cfg.train_batch_size})" if cfg is not None else ""
-        fixes = [f"{key}.train_batch_size{now} (raise train.grad_accum_steps to keep the effective batch size)",
-                 f"or {key}.max_length"]
+    if phase == "train":
+        if cfg is not None and cfg.train_token_budget:
+            fixes = [f"{key}.train_token_budget (now {cfg.train_token_budget}; raise train.grad_accum_steps to "
+                     "keep the tokens per optimizer step)", f"or {key}.max_length"]
+        else:
+            now = f" (now {cfg.train_batch_size})" if cfg is not None else ""
+            fixes = [f"{key}.train_batch_size{now} (raise train.grad_accum_steps to keep the effective batch size)",
+                     f"or {key}.max_length"]
         extra = [] if cfg is not None and cfg.gradient_checkpointing else [f"{key}.gradient_checkpointing: true"]
     else:
         now = f" (now {cfg.eval_batch_size})" if cfg is not None else ""

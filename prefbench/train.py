@@ -48,8 +48,7 @@ from transformers import get_cosine_schedule_with_warmup
 from prefbench.checkpoints import TrainState, fingerprint, load_checkpoint, save_checkpoint, trainable_only
 from prefbench.cli import progress
 from prefbench.config import ModelParams, Params, TrainParams
-from prefbench.infer import (collate, masks_padding, oom_guard, shuffled_batches,
-                             synchronize, to_device)
+from prefbench.infer import collate, masks_padding, oom_guard, shuffled_batches, synchronize, to_device
 from prefbench.lora import add_lora
 from prefbench.metrics import device_name
 from prefbench.models import count_parameters, load_model, load_tokenizer, resolve_dtype
