@@ -4,9 +4,12 @@
 # float64 (dtype auto on CPU) and float32, and writes one JSON line per run.
 #   bash benchmarks/cpu_repro.sh > benchmarks/results/cpu-repro.jsonl
 #   bash benchmarks/cpu_repro.sh probe >> benchmarks/results/cpu-repro.jsonl   # the probe alone
+#   bash benchmarks/cpu_repro.sh mkl >> benchmarks/results/cpu-repro.jsonl     # the float64 run on MKL's path too
 # Each run: NAME, the dtype, then env settings: ATEN_CPU_CAPABILITY=default swaps this CPU's
 # vector kernels (AVX2 / AVX-512) for PyTorch's portable ones, a different rounding of every
-# float, as another CPU gives; OMP_NUM_THREADS changes the summation order of reductions.
+# float, as another CPU gives; MKL_CBWR=COMPATIBLE also swaps MKL's matrix multiplies for its
+# reproducible (SSE2) path, which rounds them differently (the probe) and makes them ~2.8x slower;
+# OMP_NUM_THREADS changes the summation order of reductions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PREFBENCH_PYTHON:-.venv/bin/python}
@@ -46,6 +49,10 @@ out = [*(a @ b).sum(0)[:3].tolist(), torch.nn.functional.scaled_dot_product_atte
 print(json.dumps({"probe": sys.argv[1], "env": sys.argv[2], "float32": [float.hex(v) for v in out]}))
 PY
 }
+if [ "${1:-}" = mkl ]; then
+  run f64-portable-mkl float64 OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE
+  rm -rf "$work"; exit 0
+fi
 probe native X=1
 probe aten-default ATEN_CPU_CAPABILITY=default
 probe mkl-compatible MKL_CBWR=COMPATIBLE

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,10 +15,38 @@ SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "arena_train_sample.csv"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# Nor the user's huggingface_hub cache: the session has its own (empty) one, made by the first
+# process and inherited by the pytest workers and the warm server (which reads it while importing).
+# tests/test_security.py serves a hub id from it.
+if "PREFBENCH_TEST_HUB_CACHE" not in os.environ:
+    os.environ["PREFBENCH_TEST_HUB_CACHE"] = os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="prefbench-hub-")
+    atexit.register(shutil.rmtree, os.environ["PREFBENCH_TEST_HUB_CACHE"], ignore_errors=True)
 # Under pytest-xdist (make test: two workers on two cores, plus the shared run's subprocesses) one
 # thread per process: more would oversubscribe the cores. Results do not depend on it (float64).
 if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_configure(config):
+    """One warm interpreter server (tests/forked.py) for the whole session, started here, in the
+    process that starts the pytest-xdist workers (or runs the tests itself), so that it imports
+    torch & co. while the workers collect, and once instead of once per worker."""
+    from tests import forked
+    if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get(forked.SHARED):
+        return
+    env = dict(os.environ)
+    if config.getoption("numprocesses", None):  # as each worker sets for itself (above)
+        env.setdefault("OMP_NUM_THREADS", "1")
+    config.prefbench_server = forked.Server(env=env)
+    os.environ[forked.SHARED] = config.prefbench_server.shared  # the workers inherit it
+
+
+def pytest_unconfigure(config):
+    from tests import forked
+    server = getattr(config, "prefbench_server", None)
+    if server is not None:
+        server.close()
+        os.environ.pop(forked.SHARED, None)
 
 
 @pytest.fixture(scope="session")

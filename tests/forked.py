@@ -12,7 +12,8 @@ subprocess reports it). It is a separate process: a crash, a SIGKILL or `sys.exi
 leaves the caller alone.
 
 Two callers:
-- tests, through `run` and `start` (like subprocess.run / Popen), on the pytest worker's server;
+- tests, through `run` and `start` (like subprocess.run / Popen), on the session's server, which
+  tests/conftest.py starts before the pytest workers and they share (`server`);
 - DVC's stage commands in the session's shared run (tests/workspace.py): `scripts/python.sh` runs
   $PREFBENCH_PYTHON when set, and `Server.python` is a two-line client script for it
   (`python tests/forked.py client -m stages.train ...`, stdlib only, started in milliseconds).
@@ -183,10 +184,23 @@ class Server:
                                       env=os.environ if env is None else env, stdin=subprocess.DEVNULL,
                                       stdout=self._log, stderr=subprocess.STDOUT)
 
+    @classmethod
+    def attach(cls, shared: str) -> Server:
+        """The server another process of this test session started (`SHARED`: its socket and client
+        script, as `Server.shared` writes them; tests/conftest.py)."""
+        self = cls.__new__(cls)
+        self.socket, python = shared.split(os.pathsep)
+        self.python, self._proc = Path(python), None
+        return self
+
+    @property
+    def shared(self) -> str:
+        return f"{self.socket}{os.pathsep}{self.python}"
+
     def ready(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while not os.path.exists(self.socket):
-            if self._proc.poll() is not None:
+            if self._proc is not None and self._proc.poll() is not None:
                 raise RuntimeError(f"warm server exited {self._proc.returncode}: "
                                    f"{Path(self._log.name).read_text()[-3000:]}")
             if time.monotonic() > deadline:
@@ -203,6 +217,8 @@ class Server:
         return Child(argv, sock, _recv(sock)[0]["pid"])
 
     def close(self) -> None:
+        if self._proc is None:  # attached: its owner closes it
+            return
         self._proc.kill()
         self._proc.wait()
         self._log.close()
@@ -242,15 +258,20 @@ class Child:
 # ---------------------------------------------------------------- the tests' side
 
 _server: Server | None = None
+SHARED = "PREFBENCH_TEST_SERVER"  # the session's server (tests/conftest.py), shared by the pytest workers
 
 
 def server() -> Server:
-    """This process's server (one per pytest worker), started at the first call."""
+    """The test session's server when tests/conftest.py started one ($PREFBENCH_TEST_SERVER: one
+    for all pytest workers, its imports paid once), else this process's own, started at the first call."""
     global _server
     if _server is None:
-        _server = Server()
-        import atexit
-        atexit.register(_server.close)
+        if os.environ.get(SHARED):
+            _server = Server.attach(os.environ[SHARED])
+        else:
+            _server = Server()
+            import atexit
+            atexit.register(_server.close)
     return _server
 
 

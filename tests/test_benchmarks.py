@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 
 
 def run(*args: str) -> str:
-    """`python -m benchmarks.X args` on the worker's warm server; a stage it starts in a process of
+    """`python -m benchmarks.X args` on the session's warm server; a stage it starts in a process of
     its own (pipeline_train.py, pipeline_eval.py) runs there too, through $PREFBENCH_PYTHON."""
     proc = forked.run("-m", *args, env={**os.environ, "PREFBENCH_PYTHON": str(forked.server().python)})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -21,8 +21,8 @@ def run(*args: str) -> str:
 
 def test_gpu_bench_smoke_on_cpu(tmp_path):
     out = tmp_path / "bench.json"
-    run("benchmarks.gpu_bench", "--out", str(out), "--models", "tiny-gemma2", "--rows", "8", "--max-lengths", "256",
-        "--attns", "eager,sdpa", "--tokens-per-batch", "512", "--train-length", "32", "--train-steps", "2", "--reps", "1", "--no-compile")
+    run("benchmarks.gpu_bench", "--out", str(out), "--models", "tiny-gemma2", "--rows", "8", "--max-lengths", "128",
+        "--attns", "eager,sdpa", "--tokens-per-batch", "256", "--train-length", "32", "--train-steps", "2", "--reps", "1", "--no-compile")
     r = json.loads(out.read_text())
     cells = {(c["attn"], c["dtype"], c["batching"]): c for c in r["cells"]}
     assert set(cells) == {("eager", "bfloat16", "fixed"), ("eager", "bfloat16", "dynamic"),

@@ -3,8 +3,8 @@ shared through a git remote, and the parallel experiment queue.
 
 All of it ran in the session's shared run (tests/workspace.py): the native copy pushed its default
 run to a local DVC remote, cloned itself and pulled, pushed the tfidf experiment through a bare
-git remote into that clone, and ran two seeds through the queue with two workers; the portable
-copy ran the same data stages, then the gemma2 experiment, with other float kernels and another PYTHONHASHSEED. The
+git remote into that clone; the portable copy ran the same data stages, then the gemma2 experiment,
+with other float kernels and another PYTHONHASHSEED, then two seeds through the queue with two workers. The
 remotes are local folders (no network).
 """
 
@@ -138,7 +138,7 @@ def test_experiment_pushed_to_git_remote_is_pulled_with_its_outputs(workspace):
 
 
 def test_queue_runs_two_seeds_in_parallel(workspace):
-    ws = workspace["native"]
+    ws = workspace["portable"]
     status = ws.log("9-noise")
     assert status.count("Success") >= 2, status
     exps = experiments(ws.json("exp-show-queue.json"))

@@ -35,6 +35,18 @@ def cpu_repro_sentence() -> str:
             f"({diff:.4f} apart): float32's rounding alone moves it {diff / tolerance:.1f} times the tolerance")
 
 
+def test_other_kernels_leave_the_default_run_unchanged_to_6_decimals():
+    """README "On another machine": the portable kernels (and MKL's reproducible path, float64) end
+    where this CPU's do, in cpu-repro.jsonl."""
+    runs = {r["run"]: r for r in map(json.loads, (ROOT / "benchmarks/results/cpu-repro.jsonl").read_text().splitlines())
+            if "run" in r}
+    assert {"f64-portable", "f64-portable-mkl", "f32-portable"} <= set(runs)
+    assert "MKL_CBWR=COMPATIBLE" in runs["f64-portable-mkl"]["env"]
+    for name, run in runs.items():
+        base = runs[f"{name.split('-')[0]}-native"]
+        assert (run["log_loss"], run["accuracy"]) == (base["log_loss"], base["accuracy"]), name
+
+
 def test_default_run_table_matches_the_committed_runs():
     for row in default_run_rows():
         assert row in README, f"README 'The default run' lacks the row\n{row}\n(from metrics/reference.json and metrics/noise.json)"

@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from tests.gitcopy import DVC, ROOT, git_commit, git_copy, shrink_params
-from tests.forked import Server
+from tests import forked
 from tests.gitcopy import env as child_env
 
 SOURCE_DIRS = ("prefbench", "stages")
@@ -275,8 +275,8 @@ def offline_hub_cache(cache: Path) -> Path:
     """A huggingface_hub cache holding models/tiny-llama3 as the hub repo HUB_ID: with the hub
     offline, transformers resolves HUB_ID from it through huggingface_hub, as it would a download."""
     repo = cache / f"models--{HUB_ID.replace('/', '--')}"
-    shutil.copytree(ROOT / "models" / "tiny-llama3", repo / "snapshots" / HUB_COMMIT)
-    (repo / "refs").mkdir()
+    shutil.copytree(ROOT / "models" / "tiny-llama3", repo / "snapshots" / HUB_COMMIT, dirs_exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(HUB_COMMIT)
     return cache
 
@@ -298,28 +298,26 @@ def test_hub_tokens_never_written_by_the_pipeline(tmp_path, monkeypatch):
     git_commit(repo, "small params, the model from the hub")
     copied = {p: p.read_bytes() for p in repo.rglob("*")
               if p.is_file() and ".git" not in p.relative_to(repo).parts[:1]}
-    cache = offline_hub_cache(tmp_path / "hub")
+    # the session's own hub cache (tests/conftest.py), which the warm server's huggingface_hub and
+    # this process's read while importing
+    cache = offline_hub_cache(Path(os.environ["HF_HUB_CACHE"]))
+    assert hub_auth.constants.HF_HUB_CACHE == str(cache)
     tokens = {"HF_TOKEN": HF_TOKEN, "HUGGING_FACE_HUB_TOKEN": LEGACY_TOKEN}
 
     # the premise: loading the selected model as the stages do reads the token from the environment
     reads = []
     real = hub_auth._get_token_from_environment
     monkeypatch.setattr(hub_auth, "_get_token_from_environment", lambda: reads.append(real()) or reads[-1])
-    monkeypatch.setattr(hub_auth.constants, "HF_HUB_CACHE", str(cache))
     for name, value in tokens.items():
         monkeypatch.setenv(name, value)
     load_tokenizer(raw["models"][raw["model"]]["pretrained"])
     assert HF_TOKEN in reads, reads
 
-    # the stages on a warm interpreter server (tests/forked.py) started with the same environment
-    env = child_env(HF_HUB_CACHE=str(cache), **tokens)
-    (tmp_path / "warm").mkdir()
-    server = Server(env=env, folder=tmp_path / "warm", root=repo)
-    try:
-        proc = subprocess.run([DVC, "repro"], cwd=repo, capture_output=True, text=True,
-                              env={**env, "PREFBENCH_PYTHON": str(server.python)})
-    finally:
-        server.close()
+    # the stages on the session's warm interpreter server (tests/forked.py); each stage gets the
+    # environment of `dvc repro`, tokens included
+    env = child_env(**tokens)
+    proc = subprocess.run([DVC, "repro"], cwd=repo, capture_output=True, text=True,
+                          env={**env, "PREFBENCH_PYTHON": str(forked.server().python)})
     assert proc.returncode == 0, f"dvc repro failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     for stage in stages:
