@@ -23,9 +23,9 @@ repro: install
 	$(BIN)/dvc repro
 
 # Two pytest workers: one builds the session's shared pipeline run (tests/workspace.py, the tests
-# marked xdist_group("workspace")) while the other runs everything else.
+# marked xdist_group("workspace")) while the other runs everything else; the 15 slowest are listed.
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
 
 clean:
 	rm -rf $(VENV)

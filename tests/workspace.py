@@ -19,9 +19,10 @@ training here the longest command of the test session.
 
 The native `make repro` starts every stage as a user's does: a fresh interpreter per stage, with
 nothing activated. Every later stage, and all of the portable copy's, runs through
-$PREFBENCH_PYTHON (scripts/python.sh) on a warm interpreter server started with the copy's
-environment (tests/forked.py): the same stage code on the same kernels, without its ~10 s of
-imports per stage.
+$PREFBENCH_PYTHON (scripts/python.sh) on a warm interpreter server (tests/forked.py): the same
+stage code on the same kernels, without its seconds of imports per stage. The portable copy starts
+its own, with its kernels; the native copy's stages are children of the session's server (the
+library imported from the checkout, which the copy's files equal), each with the copy's environment.
 
 After each model's run the copy's outputs are snapshotted into logs/<model>/ (metrics, adapter,
 dvclive, submission), so the per-stage smoke tests read them after the copy has moved on. Every
@@ -43,6 +44,7 @@ from pathlib import Path
 import yaml
 
 from scripts.write_reference import write_reference
+from tests import forked
 from tests.forked import Server
 from tests.gitcopy import BIN, ROOT, env, git_copy
 
@@ -195,8 +197,12 @@ def build(tmp_path_factory) -> dict[str, Copy]:
         (top / "logs").mkdir()
         (top / "warm").mkdir()
         e = {**user_env(kernels), "PYTHONHASHSEED": hash_seed}
-        servers.append(Server(env=e, folder=top / "warm", root=repo))
-        procs[name] = (top, subprocess.Popen(["bash", "-c", script(name == "native", servers[-1].python)], cwd=repo,
+        if kernels:  # its own server: the kernels are chosen while torch is imported
+            servers.append(Server(env=e, folder=top / "warm", root=repo))
+            python = servers[-1].python
+        else:  # the session's server (this CPU's kernels); each stage gets the copy's environment
+            python = forked.server().python
+        procs[name] = (top, subprocess.Popen(["bash", "-c", script(name == "native", python)], cwd=repo,
                                              env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
         outs = {name: proc.communicate(timeout=3600)[0] for name, (_, proc) in procs.items()}  # both finish first
