@@ -125,11 +125,16 @@ def _run_child(request: dict, fds: list[int]) -> None:
 def serve(path: str) -> None:
     """The server's loop (`python tests/forked.py serve SOCKET`): import PRELOAD, then fork one child
     per request; report each child's pid at once and its exit status when it ends."""
+    import gc
     import importlib
 
     sys.path[0] = os.getcwd()  # the repo it serves (not tests/, this file's folder)
     for name in PRELOAD:
         importlib.import_module(name)
+    # What the imports made, out of the garbage collector's sight: a child's collections would walk
+    # (and so copy, page by page, out of the memory it shares with this process) every object of
+    # torch & co., at each full collection.
+    gc.freeze()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path + ".tmp")
     listener.listen(64)
