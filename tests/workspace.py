@@ -195,9 +195,9 @@ def build(tmp_path_factory) -> dict[str, Copy]:
         repo = git_copy(top / "prefbench")
         (repo / ".venv").symlink_to(BIN.parent)  # what `make install` made; git ignores it
         (top / "logs").mkdir()
-        (top / "warm").mkdir()
         e = {**user_env(kernels), "PYTHONHASHSEED": hash_seed}
         if kernels:  # its own server: the kernels are chosen while torch is imported
+            (top / "warm").mkdir()
             servers.append(Server(env=e, folder=top / "warm", root=repo))
             python = servers[-1].python
         else:  # the session's server (this CPU's kernels); each stage gets the copy's environment
