@@ -25,7 +25,6 @@ import pandas as pd
 import torch
 import transformers
 
-from prefbench import tfidf
 from prefbench.cli import progress
 from prefbench.config import ModelParams, Params, ParamsError, by_kind
 from prefbench.data import deal_round_robin
@@ -356,6 +355,11 @@ def packs(cfg: ModelParams, attn_implementation: str, name: str) -> bool:
     return packed
 
 
+def tfidf_runner(params: Params, stage: str, adapter: str | Path):
+    from prefbench import tfidf  # scikit-learn and scipy take ~1.4 s to import: only the baseline's runs load them
+    return tfidf.Runner(params, stage, adapter)
+
+
 def run_inference(params: Params, stage: str, adapter: str | Path, rows: Rows, swap_tta: bool = False) -> Inference:
     """Probabilities for `rows` from the selected model (`params.model`, either kind) and the
     adapter (tfidf: the fitted classifier), with the warm-up and devices of params section `stage`
@@ -365,7 +369,7 @@ def run_inference(params: Params, stage: str, adapter: str | Path, rows: Rows, s
     Timed apart: loading (the devices synchronised at both ends), encoding each view (tfidf's
     featurising reported as featurise_seconds), and the predict loop proper (see predict_sharded).
     Non-finite logits raise NonFiniteLogitsError, running out of device memory BatchOutOfMemoryError."""
-    runner = by_kind(params.selected, llm=LLMRunner, tfidf=tfidf.Runner)(params, stage, adapter)
+    runner = by_kind(params.selected, llm=LLMRunner, tfidf=tfidf_runner)(params, stage, adapter)
     synchronize(*runner.devices)
     start = time.perf_counter()
     runner.load()
@@ -402,8 +406,10 @@ SPEED_ACCURACY = ("model", "seconds_per_sample", "log_loss", "accuracy", "weight
 
 def split_labels(params: Params, tokens: str | Path, split: str) -> np.ndarray:
     """The labels of one split of the token cache (either kind's)."""
-    return by_kind(params.selected, llm=lambda: read_tokens(tokens, split)[1],
-                   tfidf=lambda: tfidf.read_features(Path(tokens) / f"{split}.safetensors")[1])()
+    def tfidf_labels():
+        from prefbench import tfidf  # scikit-learn and scipy take ~1.4 s to import: only the baseline's runs load them
+        return tfidf.read_features(Path(tokens) / f"{split}.safetensors")[1]
+    return by_kind(params.selected, llm=lambda: read_tokens(tokens, split)[1], tfidf=tfidf_labels)()
 
 
 def evaluate_split(params: Params, tokens: str | Path, adapter: str | Path) -> tuple[Inference, dict]:

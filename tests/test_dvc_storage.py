@@ -3,9 +3,9 @@ shared through a git remote, and the parallel experiment queue.
 
 All of it ran in the session's shared run (tests/workspace.py): the native copy pushed its default
 run to a local DVC remote, cloned itself and pulled, pushed the tfidf experiment through a bare
-git remote into that clone; the portable copy ran the same data stages, then the gemma2 experiment,
-with other float kernels and another PYTHONHASHSEED, then two seeds through the queue with two workers. The
-remotes are local folders (no network).
+git remote into that clone; the portable copy ran the same data stages with other float kernels and
+another PYTHONHASHSEED, then the gemma2 experiment (this CPU's kernels), then two seeds through the
+queue with two workers (portable kernels). The remotes are local folders (no network).
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ def test_two_runs_give_identical_data_and_tokens(workspace):
     """The same data stages in two copies with another PYTHONHASHSEED (and other float
     kernels): the data stages' DVC-cached outputs (no float math before train) are byte-identical
     as dvc.lock records them, so `dvc status`, the run cache and the remote see one version, not one
-    per run. (The float stages agree within the tolerance across kernels: tests/test_e2e.py; on
+    per run. (The float stages agree across kernels: benchmarks/cpu_repro.sh; within the tolerance of
+    the committed reference on any CPU: tests/test_e2e.py; on
     one machine the adapter is the committed one bit for bit, which is why evaluate may skip.)"""
     native, portable = workspace["native"], workspace["portable"]
     data_outs = ("data/sample/train.csv", "data/prepared", "data/tokens")

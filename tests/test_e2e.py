@@ -1,14 +1,16 @@
 """End to end, as a new user runs it: the README's commands in fresh git copies with nothing
-activated (the session's shared run, tests/workspace.py), on this CPU's kernels and on portable ones.
+activated (the session's shared run, tests/workspace.py).
 
 Both models' log-loss must match the committed reference run (metrics/reference.json) within
-TOLERANCE on both kernel sets. The native copy also switches `model` back (restored from DVC's run
+TOLERANCE, the cross-CPU tolerance: CI runs on whatever x86-64 CPU it gets, and the same runs under
+PyTorch's portable kernels end where this CPU's do to 6 decimals (benchmarks/cpu_repro.sh,
+tests/test_readme.py). The native copy also switches `model` back (restored from DVC's run
 cache, not trained again), compares with `dvc exp show` / `dvc metrics diff`, and runs the
 pull-request workflow's steps.
 
-PREFBENCH_WRITE_REFERENCE=1 makes the session's run rewrite metrics/reference.json from the native
-copy (after a change that is meant to move the default run's numbers; tests/workspace.py); commit
-it with the new metrics/*.json.
+PREFBENCH_WRITE_REFERENCE=1 makes the session's run rewrite metrics/reference.json from the runs
+the tests read (after a change that is meant to move the default run's numbers; tests/workspace.py);
+commit it with the new metrics/*.json.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import yaml
 
 from scripts.write_reference import TOLERANCE
 from tests.conftest import ROOT
+from tests.workspace import COPY_OF
 
 pytestmark = pytest.mark.xdist_group("workspace")
 
@@ -61,15 +64,16 @@ def test_make_repro_runs_every_stage_with_nothing_activated(workspace):
     ws.check()
 
 
-@pytest.mark.parametrize(("copy", "model"), [("native", "llama3"), ("portable", "gemma2")])
-def test_default_run_reproduces_the_reference_on_both_kernel_sets(workspace, copy, model):
+@pytest.mark.parametrize("model", ["llama3", "gemma2"])
+def test_default_run_reproduces_the_reference(workspace, model):
+    copy = COPY_OF[model]
     got = load(workspace[copy].logs / model / "metrics" / "eval.json")
     assert got["model"] == model and got["log_loss"] < got["log_loss_prior"]  # it learned
     assert all(k in got for k in EVAL_KEYS)
     ref = load(REFERENCE)["models"][model]
     for key in ("log_loss", "accuracy"):
         assert abs(got[key] - ref[key]) <= TOLERANCE, (
-            f"{model} {key} on {copy} kernels: {got[key]} vs committed {ref[key]} (tolerance {TOLERANCE})")
+            f"{model} {key} ({copy} copy): {got[key]} vs committed {ref[key]} (tolerance {TOLERANCE})")
 
 
 def test_model_experiments_rerun_only_model_stages_and_switching_back_is_cached(workspace):

@@ -37,13 +37,15 @@ def cpu_repro_sentence() -> str:
 
 def test_other_kernels_leave_the_default_run_unchanged_to_6_decimals():
     """README "On another machine": the portable kernels (and MKL's reproducible path, float64) end
-    where this CPU's do, in cpu-repro.jsonl."""
+    where this CPU's do, for both models, in cpu-repro.jsonl."""
     runs = {r["run"]: r for r in map(json.loads, (ROOT / "benchmarks/results/cpu-repro.jsonl").read_text().splitlines())
             if "run" in r}
-    assert {"f64-portable", "f64-portable-mkl", "f32-portable"} <= set(runs)
+    assert {"f64-portable", "f64-portable-mkl", "f32-portable", "gemma2-f64-portable"} <= set(runs)
     assert "MKL_CBWR=COMPATIBLE" in runs["f64-portable-mkl"]["env"]
+    assert {r["model"] for r in runs.values()} == {"llama3", "gemma2"}
     for name, run in runs.items():
-        base = runs[f"{name.split('-')[0]}-native"]
+        [base] = [r for r in runs.values() if (r["model"], r["dtype"], r["env"]) == (run["model"], run["dtype"],
+                                                                                     "OMP_NUM_THREADS=1")]
         assert (run["log_loss"], run["accuracy"]) == (base["log_loss"], base["accuracy"]), name
 
 

@@ -5,32 +5,32 @@ Two copies run side by side, one core each. NATIVE uses this CPU's kernels and r
 the pull-request workflow through: `make repro`, `dvc repro` again (nothing to do), `dvc push` /
 `git clone` + `dvc pull`, `dvc exp run -S model=tfidf`, switching back to llama3 (restored from
 the run cache), `dvc exp show` / `dvc metrics diff`, `dvc exp push` / `exp pull` through a git
-remote and the workflow's own `run:` steps. PORTABLE uses PyTorch's portable vector code
-(ATEN_CPU_CAPABILITY=default), a different rounding of every element-wise op and reduction, as a
-CPU unlike this one gives, with another PYTHONHASHSEED: it runs the data stages (`dvc repro
-tokenize`, whose outputs must be the native copy's byte for byte), `dvc exp run -S model=gemma2`
-and benchmarks/noise_floor.sh (two seeds through the parallel queue; in this copy so that the
-two copies' scripts take about as long: the session waits for the longer). Each LLM trains once (COPY_OF):
-llama3 on this CPU's kernels, gemma2 on the portable ones, each checked against the committed
-reference (tests/test_e2e.py). MKL's reproducible path (MKL_CBWR=COMPATIBLE, other matrix-multiply
-rounding) is left to benchmarks/cpu_repro.sh, which trains llama3 with it too (the same log-loss to
-6 decimals, benchmarks/results/cpu-repro.jsonl): its slow matrix multiplies made gemma2's
-training here the longest command of the test session.
+remote and the workflow's own `run:` steps. PORTABLE has another PYTHONHASHSEED and runs its data
+stages (`dvc repro tokenize`, whose outputs must be the native copy's byte for byte) and
+benchmarks/noise_floor.sh (two seeds through the parallel queue, each training llama3) on
+PyTorch's portable vector code (ATEN_CPU_CAPABILITY=default: a different rounding of every
+element-wise op and reduction, as a CPU unlike this one gives), and `dvc exp run -S model=gemma2`
+between them on this CPU's kernels. Each LLM's default run trains once (COPY_OF), on this CPU's
+kernels, and is checked against the committed reference (tests/test_e2e.py). The default runs
+under other kernels are benchmarks/cpu_repro.sh's (both models: the same log-loss to 6 decimals,
+benchmarks/results/cpu-repro.jsonl): the portable kernels made gemma2's default training the
+longest command of the session, and MKL's reproducible path (MKL_CBWR=COMPATIBLE) slower still. Which copy runs what keeps the two
+copies' scripts about as long: the session waits for the longer.
 
 The native `make repro` starts every stage as a user's does: a fresh interpreter per stage, with
 nothing activated. Every later stage, and all of the portable copy's, runs through
 $PREFBENCH_PYTHON (scripts/python.sh) on a warm interpreter server (tests/forked.py): the same
 stage code on the same kernels, without its seconds of imports per stage. The portable copy starts
-its own, with its kernels; the native copy's stages are children of the session's server (the
-library imported from the checkout, which the copy's files equal), each with the copy's environment.
+its own, with its kernels; the native copy's stages, and the portable copy's gemma2 experiment, are
+children of the session's server (the library imported from the checkout, which the copy's files
+equal), each with the copy's environment.
 
 After each model's run the copy's outputs are snapshotted into logs/<model>/ (metrics, adapter,
 dvclive, submission), so the per-stage smoke tests read them after the copy has moved on. Every
 command's output is in logs/<n>-<name>.log. A failing command stops its copy's script; the tests
 then fail naming the log (`Copy.log`).
 
-PREFBENCH_WRITE_REFERENCE=1 rewrites metrics/reference.json from the two copies' runs (llama3:
-native, gemma2: portable; their kernels agree within the tolerance: tests/test_e2e.py).
+PREFBENCH_WRITE_REFERENCE=1 rewrites metrics/reference.json from the two copies' runs (COPY_OF).
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ QUEUE_EPOCHS = 0.1
 QUEUE_SET = f"-S train.epochs={QUEUE_EPOCHS}"
 SNAPSHOT = ("metrics", "data/tokens", "models/adapter", "dvclive", "data/submission.csv", "params.yaml", "dvc.lock")
 MODEL_LOGS = {"llama3": "1-repro", "gemma2": "4-gemma2", "tfidf": "5-tfidf"}  # the command that ran each model
-COPY_OF = {"llama3": "native", "gemma2": "portable", "tfidf": "native"}  # the copy whose run a test reads
+# the copy whose run a test reads (each on this CPU's kernels)
+COPY_OF = {"llama3": "native", "gemma2": "portable", "tfidf": "native"}
 
 
 def user_env(kernels: dict[str, str]) -> dict[str, str]:
@@ -81,21 +82,24 @@ def snap(name: str) -> str:
     return f"mkdir -p ../logs/{name} && cp -r {' '.join(SNAPSHOT)} ../logs/{name}/"
 
 
-def script(native: bool, warm_python: Path) -> str:
-    """The user's session; logs and snapshots in ../logs (outside the repo copy)."""
+def script(native: bool, warm_python: Path, native_python: Path) -> str:
+    """The user's session; logs and snapshots in ../logs (outside the repo copy). Stages run on
+    `warm_python`'s server after the first `make repro`; `native_python`'s (this CPU's kernels)
+    runs the portable copy's gemma2 experiment."""
     dvc = ".venv/bin/dvc"
     warm = f"export PREFBENCH_PYTHON={warm_python}"  # later stages on the warm server
     noise_floor = [  # the noise floor of two seeds through the queue, two workers in parallel
-        (f"QUEUE_SET='{QUEUE_SET}' MODELS=llama3 SEED_PARAMS=train.seed SEEDS=1,2 JOBS=2 POLL_S=5 "
+        (f"QUEUE_SET='{QUEUE_SET}' MODELS=llama3 SEED_PARAMS=train.seed SEEDS=1,2 JOBS=2 POLL_S=10 "
          "bash benchmarks/noise_floor.sh > ../logs/9-noise.log 2>&1"),
         "cp metrics/noise.json ../logs/noise.json",
         f"{dvc} exp show --json > ../logs/exp-show-queue.json"]
-    if not native:  # the data stages, the gemma2 experiment on them, then the noise floor (queued on HEAD)
+    if not native:  # data stages, the gemma2 experiment (this CPU's kernels), the noise floor (queued on HEAD)
         return "\n".join(["set -ex", warm, f"{dvc} repro tokenize > ../logs/1-repro.log 2>&1",
                           "mkdir -p ../logs/llama3 && cp -r data/tokens dvc.lock ../logs/llama3/",
                           # (nothing new when the committed dvc.lock already holds these data stages)
                           "git add -A && git commit -qm 'data stages' --allow-empty",
-                          f"{dvc} exp run -S model=gemma2 --name gemma2-exp > ../logs/4-gemma2.log 2>&1",
+                          (f"env -u ATEN_CPU_CAPABILITY PREFBENCH_PYTHON={native_python} {dvc} exp run"
+                           " -S model=gemma2 --name gemma2-exp > ../logs/4-gemma2.log 2>&1"),
                           snap("gemma2"),
                           # params.yaml back to llama3; the queue runs each experiment from HEAD's
                           # files and the cached data stages, whatever the workspace's outputs are
@@ -202,8 +206,9 @@ def build(tmp_path_factory) -> dict[str, Copy]:
             python = servers[-1].python
         else:  # the session's server (this CPU's kernels); each stage gets the copy's environment
             python = forked.server().python
-        procs[name] = (top, subprocess.Popen(["bash", "-c", script(name == "native", python)], cwd=repo,
-                                             env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        run = script(name == "native", python, forked.server().python)
+        procs[name] = (top, subprocess.Popen(["bash", "-c", run], cwd=repo, env=e, stdout=subprocess.PIPE,
+                                             stderr=subprocess.STDOUT, text=True))
     try:
         outs = {name: proc.communicate(timeout=3600)[0] for name, (_, proc) in procs.items()}  # both finish first
     finally:
