@@ -39,8 +39,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# What the stages and benchmarks import; the model classes are imported lazily by transformers.
-PRELOAD = ("torch", "transformers", "peft", "accelerate", "dvclive", "sklearn.linear_model",
+# What the stages and benchmarks import; the model classes are imported lazily by transformers, and
+# DVC's repo class by dvclive's Live (it looks for the DVC repo it runs in).
+PRELOAD = ("torch", "transformers", "peft", "accelerate", "dvclive", "dvc.repo", "dvc.scm", "sklearn.linear_model",
            "sklearn.feature_extraction.text", "sklearn.model_selection", "sklearn.calibration",
            "transformers.models.llama.modeling_llama", "transformers.models.gemma2.modeling_gemma2",
            "prefbench.models", "prefbench.train", "prefbench.infer", "prefbench.tfidf", "prefbench.packing")
