@@ -21,10 +21,6 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 if "PREFBENCH_TEST_HUB_CACHE" not in os.environ:
     os.environ["PREFBENCH_TEST_HUB_CACHE"] = os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="prefbench-hub-")
     atexit.register(shutil.rmtree, os.environ["PREFBENCH_TEST_HUB_CACHE"], ignore_errors=True)
-# Under pytest-xdist (make test: two workers on two cores, plus the shared run's subprocesses) one
-# thread per process: more would oversubscribe the cores. Results do not depend on it (float64).
-if "PYTEST_XDIST_WORKER" in os.environ:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_configure(config):
@@ -34,10 +30,12 @@ def pytest_configure(config):
     from tests import forked
     if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get(forked.SHARED):
         return
-    env = dict(os.environ)
-    if config.getoption("numprocesses", None):  # as each worker sets for itself (above)
-        env.setdefault("OMP_NUM_THREADS", "1")
-    config.prefbench_server = forked.Server(env=env)
+    # Under pytest-xdist (make test: two workers on two cores, plus the shared run's subprocesses)
+    # one thread per process: more would oversubscribe the cores. Results do not depend on it
+    # (float64). Set here, so that the server and the workers started after it inherit it.
+    if config.getoption("numprocesses", None):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    config.prefbench_server = forked.Server(env=dict(os.environ))
     os.environ[forked.SHARED] = config.prefbench_server.shared  # the workers inherit it
 
 
