@@ -27,7 +27,7 @@ def write_params(path, lora_dropout=0.0, **train):
     raw["train"].update({"epochs": 2, "checkpoint_every": 3, "log_every": 2, **train})
     for cfg in (c for c in raw["models"].values() if "kind" not in c):  # the LLM entries (tfidf: `kind`)
         cfg["pretrained"] = str(ROOT / cfg["pretrained"])
-        cfg["max_length"] = 96
+        cfg["max_length"] = 64
         cfg["lora_dropout"] = lora_dropout
     path.write_text(yaml.safe_dump(raw))
     return ["--params", str(path)]
