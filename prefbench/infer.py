@@ -356,7 +356,7 @@ def packs(cfg: ModelParams, attn_implementation: str, name: str) -> bool:
 
 
 def tfidf_runner(params: Params, stage: str, adapter: str | Path):
-    from prefbench import tfidf  # scikit-learn and scipy take ~1.4 s to import: only the baseline's runs load them
+    from prefbench import tfidf  # here, not at the top: LLM runs never import scikit-learn
     return tfidf.Runner(params, stage, adapter)
 
 
@@ -407,7 +407,7 @@ SPEED_ACCURACY = ("model", "seconds_per_sample", "log_loss", "accuracy", "weight
 def split_labels(params: Params, tokens: str | Path, split: str) -> np.ndarray:
     """The labels of one split of the token cache (either kind's)."""
     def tfidf_labels():
-        from prefbench import tfidf  # scikit-learn and scipy take ~1.4 s to import: only the baseline's runs load them
+        from prefbench import tfidf  # here, not at the top: LLM runs never import scikit-learn
         return tfidf.read_features(Path(tokens) / f"{split}.safetensors")[1]
     return by_kind(params.selected, llm=lambda: read_tokens(tokens, split)[1], tfidf=tfidf_labels)()
 

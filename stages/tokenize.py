@@ -42,7 +42,7 @@ def main() -> None:
 
 def tokenize_tfidf(params: Params, prepared: str, out: Path) -> dict:
     """`kind: tfidf`: the baseline's features (prefbench.tfidf.tokenize)."""
-    from prefbench import tfidf  # scikit-learn and scipy take ~1.4 s to import: only the baseline's runs load them
+    from prefbench import tfidf  # here, not at the top: LLM runs never import scikit-learn
     return tfidf.tokenize(params, prepared, out)
 
 

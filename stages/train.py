@@ -65,7 +65,7 @@ def main() -> None:
 def train_tfidf(args: argparse.Namespace, params: Params) -> None:
     """`kind: tfidf`: fit the logistic regression (prefbench.tfidf) on the cached features; the
     folder holds the fitted featuriser and coefficients, dvclive the final training loss."""
-    from prefbench import tfidf  # scikit-learn and scipy take ~1.4 s to import: only the baseline's runs load them
+    from prefbench import tfidf  # here, not at the top: LLM runs never import scikit-learn
     with atomic_path(args.out) as out:
         out.mkdir(parents=True)
         metrics = tfidf.train(params, args.tokens, out)

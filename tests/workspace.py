@@ -14,8 +14,8 @@ between them on this CPU's kernels. Each LLM's default run trains once (COPY_OF)
 kernels, and is checked against the committed reference (tests/test_e2e.py). The default runs
 under other kernels are benchmarks/cpu_repro.sh's (both models: the same log-loss to 6 decimals,
 benchmarks/results/cpu-repro.jsonl): the portable kernels made gemma2's default training the
-longest command of the session, and MKL's reproducible path (MKL_CBWR=COMPATIBLE) slower still. Which copy runs what keeps the two
-copies' scripts about as long: the session waits for the longer.
+longest command of the session, and MKL's reproducible path (MKL_CBWR=COMPATIBLE) slower still.
+Which copy runs what keeps the two copies' scripts about as long: the session waits for the longer.
 
 The native `make repro` starts every stage as a user's does: a fresh interpreter per stage, with
 nothing activated. Every later stage, and all of the portable copy's, runs through
@@ -82,10 +82,10 @@ def snap(name: str) -> str:
     return f"mkdir -p ../logs/{name} && cp -r {' '.join(SNAPSHOT)} ../logs/{name}/"
 
 
-def script(native: bool, warm_python: Path, native_python: Path) -> str:
+def script(native: bool, warm_python: Path) -> str:
     """The user's session; logs and snapshots in ../logs (outside the repo copy). Stages run on
-    `warm_python`'s server after the first `make repro`; `native_python`'s (this CPU's kernels)
-    runs the portable copy's gemma2 experiment."""
+    `warm_python`'s server after the first `make repro`, except the portable copy's gemma2
+    experiment: on the session's server (this CPU's kernels)."""
     dvc = ".venv/bin/dvc"
     warm = f"export PREFBENCH_PYTHON={warm_python}"  # later stages on the warm server
     noise_floor = [  # the noise floor of two seeds through the queue, two workers in parallel
@@ -98,7 +98,7 @@ def script(native: bool, warm_python: Path, native_python: Path) -> str:
                           "mkdir -p ../logs/llama3 && cp -r data/tokens dvc.lock ../logs/llama3/",
                           # (nothing new when the committed dvc.lock already holds these data stages)
                           "git add -A && git commit -qm 'data stages' --allow-empty",
-                          (f"env -u ATEN_CPU_CAPABILITY PREFBENCH_PYTHON={native_python} {dvc} exp run"
+                          (f"env -u ATEN_CPU_CAPABILITY PREFBENCH_PYTHON={forked.server().python} {dvc} exp run"
                            " -S model=gemma2 --name gemma2-exp > ../logs/4-gemma2.log 2>&1"),
                           snap("gemma2"),
                           # params.yaml back to llama3; the queue runs each experiment from HEAD's
@@ -206,9 +206,8 @@ def build(tmp_path_factory) -> dict[str, Copy]:
             python = servers[-1].python
         else:  # the session's server (this CPU's kernels); each stage gets the copy's environment
             python = forked.server().python
-        run = script(name == "native", python, forked.server().python)
-        procs[name] = (top, subprocess.Popen(["bash", "-c", run], cwd=repo, env=e, stdout=subprocess.PIPE,
-                                             stderr=subprocess.STDOUT, text=True))
+        procs[name] = (top, subprocess.Popen(["bash", "-c", script(name == "native", python)], cwd=repo, env=e,
+                                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
         outs = {name: proc.communicate(timeout=3600)[0] for name, (_, proc) in procs.items()}  # both finish first
     finally:
