@@ -35,7 +35,7 @@ def pytest_configure(config):
     # (float64). Set here, so that the server and the workers started after it inherit it.
     if config.getoption("numprocesses", None):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-    config.prefbench_server = forked.Server(env=dict(os.environ))
+    config.prefbench_server = forked.Server()
     os.environ[forked.SHARED] = config.prefbench_server.shared  # the workers inherit it
 
 
@@ -68,7 +68,7 @@ def tiny_gemma_tok():
 
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory):
-    """The README's commands run once in fresh git copies (tests/workspace.py): {"native", "portable"}.
+    """The README's commands run once in fresh git copies (tests/workspace.py): {"native", "second"}.
     Tests that use it carry `pytestmark = pytest.mark.xdist_group("workspace")`, so that under
     pytest-xdist one worker builds it once."""
     from tests.workspace import build

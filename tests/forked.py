@@ -18,10 +18,11 @@ Two callers:
   $PREFBENCH_PYTHON when set, and `Server.python` is a two-line client script for it
   (`python tests/forked.py client -m stages.train ...`, stdlib only, started in milliseconds).
 
-What a fork cannot give: settings the libraries read while being imported (ATEN_CPU_CAPABILITY,
-the hub's offline switch and cache folder) are the server's, so a server is started with the
-environment it serves (`Server(env=...)`). The `python -m` command line itself, as a user's `dvc
-repro` runs it, is tested with real interpreters (the shared run's native `make repro`).
+What a fork cannot give: what is fixed when the interpreter starts or the libraries are imported
+(PYTHONHASHSEED, ATEN_CPU_CAPABILITY, the hub's offline switch and cache folder) is the server's,
+whatever a request's environment says; the session's server is started with the session's
+environment, and HASH_SEED. The `python -m` command line itself, as a user's `dvc repro` runs it,
+is tested with real interpreters (the shared run's native `make repro`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ PRELOAD = ("torch", "transformers", "peft", "accelerate", "dvclive", "dvc.repo",
            "sklearn.feature_extraction.text", "sklearn.model_selection", "sklearn.calibration",
            "transformers.models.llama.modeling_llama", "transformers.models.gemma2.modeling_gemma2",
            "prefbench.models", "prefbench.train", "prefbench.infer", "prefbench.tfidf", "prefbench.packing")
+
+
+# The hash seed of the servers' interpreters (fixed when an interpreter starts; a forked child keeps
+# it): the shared run (tests/workspace.py) compares data stages run here with the same stages in
+# fresh interpreters of another seed.
+HASH_SEED = "2"
 
 
 # ---------------------------------------------------------------- wire format: length-prefixed JSON
@@ -172,22 +179,23 @@ def serve(path: str) -> None:
 
 
 class Server:
-    """A warm interpreter server for the repo at `root`, started with `env` (default: this
-    process's environment); its socket, log and client script in `folder` (default: a temporary one)."""
+    """A warm interpreter server for the repo, started with `env` (default: this process's
+    environment with PYTHONHASHSEED=HASH_SEED); its socket, log and client script in a temporary folder."""
 
-    def __init__(self, env: dict[str, str] | None = None, folder: Path | None = None, root: Path = ROOT):
+    def __init__(self, env: dict[str, str] | None = None):
         # The socket in a short folder of its own: a Unix socket's path is limited to ~107 bytes,
         # which a deep pytest temporary folder can exceed.
         self._tmp = tempfile.TemporaryDirectory(prefix="warm-")
-        folder = Path(folder or self._tmp.name)
+        folder = Path(self._tmp.name)
         self.socket = os.path.join(self._tmp.name, "server.sock")
         self.python = folder / "python"  # a client for $PREFBENCH_PYTHON
         command = " ".join(shlex.quote(str(a)) for a in (sys.executable, Path(__file__).resolve(), "client", self.socket))
         self.python.write_text(f"#!/bin/sh\nexec {command} \"$@\"\n")
         self.python.chmod(0o755)
         self._log = open(folder / "server.log", "w")  # noqa: SIM115  (open while the server runs)
-        self._proc = subprocess.Popen([sys.executable, __file__, "serve", self.socket], cwd=root,
-                                      env=os.environ if env is None else env, stdin=subprocess.DEVNULL,
+        env = {**os.environ, "PYTHONHASHSEED": HASH_SEED} if env is None else env
+        self._proc = subprocess.Popen([sys.executable, __file__, "serve", self.socket], cwd=ROOT,
+                                      env=env, stdin=subprocess.DEVNULL,
                                       stdout=self._log, stderr=subprocess.STDOUT)
 
     @classmethod

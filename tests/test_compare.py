@@ -92,7 +92,7 @@ def test_noise_floor_script_feeds_the_pr_comment(workspace, tmp_path):
     """benchmarks/noise_floor.sh for real in the session's shared run (llama3, train.seed 1 and 2,
     two small queued experiments, two workers); then the PR comment judges seed 1 -> seed 2
     against the file. With n = 2 the two runs differ by sqrt(2) sd, always within the 2 sd of noise."""
-    ws = workspace["portable"]
+    ws = workspace["second"]
     assert "| llama3 | 2 |" in ws.log("9-noise")  # the seed-group table
 
     # the same numbers straight from `dvc exp show --json`

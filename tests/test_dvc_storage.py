@@ -3,9 +3,9 @@ shared through a git remote, and the parallel experiment queue.
 
 All of it ran in the session's shared run (tests/workspace.py): the native copy pushed its default
 run to a local DVC remote, cloned itself and pulled, pushed the tfidf experiment through a bare
-git remote into that clone; the portable copy ran the same data stages with other float kernels and
-another PYTHONHASHSEED, then the gemma2 experiment (this CPU's kernels), then two seeds through the
-queue with two workers (portable kernels). The remotes are local folders (no network).
+git remote into that clone; the second copy ran the same data stages under another PYTHONHASHSEED,
+then the gemma2 experiment, then two seeds through the queue with two workers. The remotes are
+local folders (no network).
 """
 
 from __future__ import annotations
@@ -88,23 +88,23 @@ def experiments(show: list) -> dict[str, dict]:
 # ---------------------------------------------------------------- tests
 
 def test_two_runs_give_identical_data_and_tokens(workspace):
-    """The same data stages in two copies with another PYTHONHASHSEED (and other float
-    kernels): the data stages' DVC-cached outputs (no float math before train) are byte-identical
-    as dvc.lock records them, so `dvc status`, the run cache and the remote see one version, not one
-    per run. (The float stages agree across kernels: benchmarks/cpu_repro.sh; within the tolerance of
-    the committed reference on any CPU: tests/test_e2e.py; on
-    one machine the adapter is the committed one bit for bit, which is why evaluate may skip.)"""
-    native, portable = workspace["native"], workspace["portable"]
+    """The same data stages in two copies, fresh interpreters with PYTHONHASHSEED=1 and the warm
+    server's with another: the data stages' DVC-cached outputs (no float math before train) are
+    byte-identical as dvc.lock records them, so `dvc status`, the run cache and the remote see one
+    version, not one per run. (The float stages agree across CPU kernels: benchmarks/cpu_repro.sh;
+    within the tolerance of the committed reference on any CPU: tests/test_e2e.py; on one machine
+    the adapter is the committed one bit for bit, which is why evaluate may skip.)"""
+    native, second = workspace["native"], workspace["second"]
     data_outs = ("data/sample/train.csv", "data/prepared", "data/tokens")
-    for copy in (native, portable):
+    for copy in (native, second):
         for stage in STAGES[:3]:
             assert f"Running stage '{stage}'" in copy.log("1-repro")
     a = lock_outs(native.repo, native.logs / "llama3" / "dvc.lock")
-    b = lock_outs(native.repo, portable.logs / "llama3" / "dvc.lock")
+    b = lock_outs(native.repo, second.logs / "llama3" / "dvc.lock")
     assert {k: a[k] for k in data_outs} == {k: b[k] for k in data_outs}
-    assert md5_files(native.logs / "llama3" / "tokens") == md5_files(portable.logs / "llama3" / "tokens")
+    assert md5_files(native.logs / "llama3" / "tokens") == md5_files(second.logs / "llama3" / "tokens")
     # gemma2's experiment re-tokenized the same prepared data (its tokenizer; not re-prepared)
-    c = lock_outs(native.repo, portable.logs / "gemma2" / "dvc.lock")
+    c = lock_outs(native.repo, second.logs / "gemma2" / "dvc.lock")
     assert c["data/prepared"] == a["data/prepared"] and c["data/tokens"] != a["data/tokens"]
 
 
@@ -139,7 +139,7 @@ def test_experiment_pushed_to_git_remote_is_pulled_with_its_outputs(workspace):
 
 
 def test_queue_runs_two_seeds_in_parallel(workspace):
-    ws = workspace["portable"]
+    ws = workspace["second"]
     status = ws.log("9-noise")
     assert status.count("Success") >= 2, status
     exps = experiments(ws.json("exp-show-queue.json"))

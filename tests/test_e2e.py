@@ -77,12 +77,12 @@ def test_default_run_reproduces_the_reference(workspace, model):
 
 
 def test_model_experiments_rerun_only_model_stages_and_switching_back_is_cached(workspace):
-    data = workspace["portable"].log("1-repro")  # `dvc repro tokenize`, then `dvc exp run -S model=gemma2`
+    data = workspace["second"].log("1-repro")  # `dvc repro tokenize`, then `dvc exp run -S model=gemma2`
     assert all(f"Running stage '{s}'" in data for s in ("sample", "prepare", "tokenize")) and "'train'" not in data
-    for exp in (workspace["portable"].log("4-gemma2"), workspace["native"].log("5-tfidf")):
+    for exp in (workspace["second"].log("4-gemma2"), workspace["native"].log("5-tfidf")):
         assert "Running stage 'prepare'" not in exp
         assert all(f"Running stage '{s}'" in exp for s in ("tokenize", "train", "evaluate", "predict")), exp[-3000:]
-    workspace["portable"].check()
+    workspace["second"].check()
     ws = workspace["native"]
     back = ws.log("6-back")
     assert "Running stage 'train'" not in back and "Stage 'train' is cached" in back

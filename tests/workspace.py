@@ -1,29 +1,25 @@
 """The one pipeline run the DVC tests share: the README's commands, run once per test session in
 fresh git copies of the repo.
 
-Two copies run side by side, one core each. NATIVE uses this CPU's kernels and runs the README and
-the pull-request workflow through: `make repro`, `dvc repro` again (nothing to do), `dvc push` /
-`git clone` + `dvc pull`, `dvc exp run -S model=tfidf`, switching back to llama3 (restored from
-the run cache), `dvc exp show` / `dvc metrics diff`, `dvc exp push` / `exp pull` through a git
-remote and the workflow's own `run:` steps. PORTABLE has another PYTHONHASHSEED and runs its data
-stages (`dvc repro tokenize`, whose outputs must be the native copy's byte for byte) and
-benchmarks/noise_floor.sh (two seeds through the parallel queue, each training llama3) on
-PyTorch's portable vector code (ATEN_CPU_CAPABILITY=default: a different rounding of every
-element-wise op and reduction, as a CPU unlike this one gives), and `dvc exp run -S model=gemma2`
-between them on this CPU's kernels. Each LLM's default run trains once (COPY_OF), on this CPU's
-kernels, and is checked against the committed reference (tests/test_e2e.py). The default runs
-under other kernels are benchmarks/cpu_repro.sh's (both models: the same log-loss to 6 decimals,
-benchmarks/results/cpu-repro.jsonl): the portable kernels made gemma2's default training the
-longest command of the session, and MKL's reproducible path (MKL_CBWR=COMPATIBLE) slower still.
-Which copy runs what keeps the two copies' scripts about as long: the session waits for the longer.
+Two copies run side by side, one core each. NATIVE runs the README and the pull-request workflow
+through: `make repro`, `dvc repro` again (nothing to do), `dvc push` / `git clone` + `dvc pull`,
+`dvc exp run -S model=tfidf`, switching back to llama3 (restored from the run cache), `dvc exp
+show` / `dvc metrics diff`, `dvc exp push` / `exp pull` through a git remote and the workflow's own
+`run:` steps. SECOND runs its data stages (`dvc repro tokenize`, whose outputs must be the native
+copy's byte for byte) under another PYTHONHASHSEED, `dvc exp run -S model=gemma2`, and
+benchmarks/noise_floor.sh (two seeds through the parallel queue, each training llama3). Each LLM's
+default run trains once (COPY_OF) and is checked against the committed reference
+(tests/test_e2e.py). The default runs under other CPU kernels (PyTorch's portable ones, MKL's
+reproducible path) are benchmarks/cpu_repro.sh's: the same log-loss to 6 decimals for both models
+(benchmarks/results/cpu-repro.jsonl). Which copy runs what keeps the two copies' scripts about as
+long: the session waits for the longer.
 
 The native `make repro` starts every stage as a user's does: a fresh interpreter per stage, with
-nothing activated. Every later stage, and all of the portable copy's, runs through
-$PREFBENCH_PYTHON (scripts/python.sh) on a warm interpreter server (tests/forked.py): the same
-stage code on the same kernels, without its seconds of imports per stage. The portable copy starts
-its own, with its kernels; the native copy's stages, and the portable copy's gemma2 experiment, are
-children of the session's server (the library imported from the checkout, which the copy's files
-equal), each with the copy's environment.
+nothing activated (PYTHONHASHSEED=1). Every later stage, and all of the second copy's, runs through
+$PREFBENCH_PYTHON (scripts/python.sh) on the session's warm interpreter server (tests/forked.py,
+PYTHONHASHSEED=forked.HASH_SEED): the same stage code (the library imported from the checkout,
+which the copies' files equal) on the same kernels, each stage with its copy's environment, without
+its seconds of imports per stage.
 
 After each model's run the copy's outputs are snapshotted into logs/<model>/ (metrics, adapter,
 dvclive, submission), so the per-stage smoke tests read them after the copy has moved on. Every
@@ -45,10 +41,8 @@ import yaml
 
 from scripts.write_reference import write_reference
 from tests import forked
-from tests.forked import Server
 from tests.gitcopy import BIN, ROOT, env, git_copy
 
-PORTABLE = {"ATEN_CPU_CAPABILITY": "default"}
 # The pull-request workflow's steps that run here as on GitHub (install: the venv is linked in;
 # posting the comment needs GitHub).
 WORKFLOW_STEPS = ("Reproduce the default pipeline (CPU)", "Build the review comment", "Plots against the base")
@@ -56,19 +50,19 @@ WORKFLOW_STEPS = ("Reproduce the default pipeline (CPU)", "Build the review comm
 # the default run's numbers (those are checked above). A tenth of an epoch (6 steps): the data stages are the
 # committed run's (restored from the cache), and train, evaluate and predict run.
 QUEUE_EPOCHS = 0.1
-QUEUE_SET = f"-S train.epochs={QUEUE_EPOCHS}"
+QUEUE_SET = f"-S train.epochs={QUEUE_EPOCHS} -S predict.swap_tta=false"  # (the submission's A/B swap: not needed)
 SNAPSHOT = ("metrics", "data/tokens", "models/adapter", "dvclive", "data/submission.csv", "params.yaml", "dvc.lock")
 MODEL_LOGS = {"llama3": "1-repro", "gemma2": "4-gemma2", "tfidf": "5-tfidf"}  # the command that ran each model
-# the copy whose run a test reads (each on this CPU's kernels)
-COPY_OF = {"llama3": "native", "gemma2": "portable", "tfidf": "native"}
+COPY_OF = {"llama3": "native", "gemma2": "second", "tfidf": "native"}  # the copy whose run a test reads
+HASH_SEEDS = {"native": "1", "second": forked.HASH_SEED}  # the copy's fresh interpreters; its stages on the server
 
 
-def user_env(kernels: dict[str, str]) -> dict[str, str]:
+def user_env() -> dict[str, str]:
     """A fresh shell's environment: the venv not on PATH, no VIRTUAL_ENV; one thread per copy, so
     the two copies share two cores without oversubscription (float64 results do not depend on it)."""
     path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p).resolve() != BIN.resolve())
-    e = {k: v for k, v in env().items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", *PORTABLE)}
-    e.update(PATH=path, OMP_NUM_THREADS="1", **kernels)
+    e = {k: v for k, v in env().items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    e.update(PATH=path, OMP_NUM_THREADS="1")
     return e
 
 
@@ -82,24 +76,22 @@ def snap(name: str) -> str:
     return f"mkdir -p ../logs/{name} && cp -r {' '.join(SNAPSHOT)} ../logs/{name}/"
 
 
-def script(native: bool, warm_python: Path) -> str:
-    """The user's session; logs and snapshots in ../logs (outside the repo copy). Stages run on
-    `warm_python`'s server after the first `make repro`, except the portable copy's gemma2
-    experiment: on the session's server (this CPU's kernels)."""
+def script(native: bool) -> str:
+    """The user's session; logs and snapshots in ../logs (outside the repo copy). Stages run on the
+    session's server after the native copy's first `make repro`."""
     dvc = ".venv/bin/dvc"
-    warm = f"export PREFBENCH_PYTHON={warm_python}"  # later stages on the warm server
+    warm = f"export PREFBENCH_PYTHON={forked.server().python}"  # later stages on the warm server
     noise_floor = [  # the noise floor of two seeds through the queue, two workers in parallel
         (f"QUEUE_SET='{QUEUE_SET}' MODELS=llama3 SEED_PARAMS=train.seed SEEDS=1,2 JOBS=2 POLL_S=10 "
          "bash benchmarks/noise_floor.sh > ../logs/9-noise.log 2>&1"),
         "cp metrics/noise.json ../logs/noise.json",
         f"{dvc} exp show --json > ../logs/exp-show-queue.json"]
-    if not native:  # data stages, the gemma2 experiment (this CPU's kernels), the noise floor (queued on HEAD)
+    if not native:  # data stages, the gemma2 experiment, the noise floor (queued on HEAD)
         return "\n".join(["set -ex", warm, f"{dvc} repro tokenize > ../logs/1-repro.log 2>&1",
                           "mkdir -p ../logs/llama3 && cp -r data/tokens dvc.lock ../logs/llama3/",
                           # (nothing new when the committed dvc.lock already holds these data stages)
                           "git add -A && git commit -qm 'data stages' --allow-empty",
-                          (f"env -u ATEN_CPU_CAPABILITY PREFBENCH_PYTHON={forked.server().python} {dvc} exp run"
-                           " -S model=gemma2 --name gemma2-exp > ../logs/4-gemma2.log 2>&1"),
+                          f"{dvc} exp run -S model=gemma2 --name gemma2-exp > ../logs/4-gemma2.log 2>&1",
                           snap("gemma2"),
                           # params.yaml back to llama3; the queue runs each experiment from HEAD's
                           # files and the cached data stages, whatever the workspace's outputs are
@@ -193,26 +185,16 @@ def run_of(copies: dict[str, Copy], model: str) -> Run:
 
 
 def build(tmp_path_factory) -> dict[str, Copy]:
-    procs, servers = {}, []
-    for name, kernels, hash_seed in (("native", {}, "1"), ("portable", PORTABLE, "2")):
+    procs = {}
+    for name, hash_seed in HASH_SEEDS.items():
         top = tmp_path_factory.mktemp(f"workspace-{name}")
         repo = git_copy(top / "prefbench")
         (repo / ".venv").symlink_to(BIN.parent)  # what `make install` made; git ignores it
         (top / "logs").mkdir()
-        e = {**user_env(kernels), "PYTHONHASHSEED": hash_seed}
-        if kernels:  # its own server: the kernels are chosen while torch is imported
-            (top / "warm").mkdir()
-            servers.append(Server(env=e, folder=top / "warm", root=repo))
-            python = servers[-1].python
-        else:  # the session's server (this CPU's kernels); each stage gets the copy's environment
-            python = forked.server().python
-        procs[name] = (top, subprocess.Popen(["bash", "-c", script(name == "native", python)], cwd=repo, env=e,
+        procs[name] = (top, subprocess.Popen(["bash", "-c", script(name == "native")], cwd=repo,
+                                             env={**user_env(), "PYTHONHASHSEED": hash_seed},
                                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    try:
-        outs = {name: proc.communicate(timeout=3600)[0] for name, (_, proc) in procs.items()}  # both finish first
-    finally:
-        for server in servers:
-            server.close()
+    outs = {name: proc.communicate(timeout=3600)[0] for name, (_, proc) in procs.items()}  # both finish first
     copies = {name: Copy(top, proc.returncode, outs[name]) for name, (top, proc) in procs.items()}
     if os.environ.get("PREFBENCH_WRITE_REFERENCE") == "1":  # after a change meant to move the default run
         write_reference({m: copies[COPY_OF[m]].logs / m / "metrics" / "eval.json" for m in ("llama3", "gemma2")},
