@@ -15,11 +15,13 @@ SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "arena_train_sample.csv"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-# Nor the user's huggingface_hub cache: the session has its own (empty) one, made by the first
-# process and inherited by the pytest workers and the warm server (which reads it while importing).
-# tests/test_security.py serves a hub id from it.
+# Nor the user's huggingface_hub cache, nor transformers' cache of remote code: the session has its
+# own (empty) ones, made by the first process and inherited by the pytest workers and the warm
+# server (which reads them while importing). tests/test_security.py serves a hub id from the first
+# and runs a model folder's code into the second (its control, trust_remote_code=True).
 if "PREFBENCH_TEST_HUB_CACHE" not in os.environ:
     os.environ["PREFBENCH_TEST_HUB_CACHE"] = os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="prefbench-hub-")
+    os.environ["HF_MODULES_CACHE"] = os.path.join(os.environ["HF_HUB_CACHE"], "modules")
     atexit.register(shutil.rmtree, os.environ["PREFBENCH_TEST_HUB_CACHE"], ignore_errors=True)
 
 

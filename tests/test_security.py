@@ -136,8 +136,9 @@ def model_params(pretrained: Path):
     return parse_params(raw).selected
 
 
-def trusted_load(folder: Path, modules_cache: Path) -> subprocess.CompletedProcess:
-    """Control, in a child process: transformers itself with trust_remote_code=True."""
+def trusted_load(folder: Path) -> subprocess.CompletedProcess:
+    """Control, in a child process (on the session's warm server: its transformers imported with the
+    session's own HF_MODULES_CACHE, tests/conftest.py): transformers itself with trust_remote_code=True."""
     code = (
         "import sys, transformers\n"
         "for cls in ('AutoTokenizer', 'AutoModelForSequenceClassification'):\n"
@@ -146,10 +147,7 @@ def trusted_load(folder: Path, modules_cache: Path) -> subprocess.CompletedProce
         "    except Exception as e:\n"
         "        print(cls, type(e).__name__, e)\n"
     )
-    env = {**os.environ, "HF_MODULES_CACHE": str(modules_cache), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, env=env,
-                          cwd=modules_cache.parent)
+    return forked.run("-c", code, folder, cwd=folder.parent)
 
 
 def test_auto_map_custom_code_is_not_run_for_a_known_architecture(tmp_path):
@@ -171,7 +169,7 @@ def test_auto_map_custom_code_is_not_run_for_a_known_architecture(tmp_path):
     assert not any(m.startswith("transformers_modules") for m in sys.modules)
 
     # Control: the folder is genuinely armed; trusting it runs all three files.
-    control = trusted_load(folder, tmp_path / "hf_modules")
+    control = trusted_load(folder)
     ran = sorted(p.name for p in markers.iterdir())
     assert ran == sorted(EVIL_MODULES), f"control did not run the folder's code: {ran}\n{control.stdout}{control.stderr[-2000:]}"
 
