@@ -27,8 +27,8 @@ if "PREFBENCH_TEST_HUB_CACHE" not in os.environ:
 
 def pytest_configure(config):
     """One warm interpreter server (tests/forked.py) for the whole session, started here, in the
-    process that starts the pytest-xdist workers (or runs the tests itself), so that it imports
-    torch & co. while the workers collect, and once instead of once per worker."""
+    process that starts the pytest-xdist workers (or runs the tests itself), so that torch & co.
+    are imported once: the workers, and the stage processes the tests start, are forked from it."""
     from tests import forked
     if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get(forked.SHARED):
         return
@@ -39,6 +39,12 @@ def pytest_configure(config):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
     config.prefbench_server = forked.Server()
     os.environ[forked.SHARED] = config.prefbench_server.shared  # the workers inherit it
+    # The pytest-xdist workers are children forked from it too, started with torch & co. imported:
+    # `-n N` made N plain `popen` specs, which execnet starts as `python -u -c <bootstrap>`; here
+    # through the server's client script instead of the interpreter.
+    tx = config.getoption("tx", None) or []
+    if tx and all(spec == "popen" for spec in tx):
+        config.option.tx = [f"popen//python={config.prefbench_server.python}"] * len(tx)
 
 
 def pytest_unconfigure(config):

@@ -90,7 +90,7 @@ def _recv(sock: socket.socket, nfds: int = 0) -> tuple[dict, list[int]]:
 # ---------------------------------------------------------------- server
 
 def _run_child(request: dict, fds: list[int]) -> None:
-    """In the forked child: become `python -m module args` (or `python -c code args`) and exit."""
+    """In the forked child: become `python [-u] [-B] -m module args` (or `-c code args`) and exit."""
     import atexit
     import runpy
 
@@ -101,6 +101,12 @@ def _run_child(request: dict, fds: list[int]) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     argv = request["argv"]
+    while argv[0] in ("-u", "-B"):  # the interpreter options execnet starts pytest-xdist's workers with
+        if argv.pop(0) == "-u":  # unbuffered stdout and stderr
+            sys.stdout.reconfigure(write_through=True)
+            sys.stderr.reconfigure(write_through=True)
+        else:
+            sys.dont_write_bytecode = True
     sys.path.insert(0, request["cwd"])  # as `python -m` puts the working directory first
     code = 0
     try:
