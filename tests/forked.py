@@ -11,12 +11,14 @@ child's pid at once and its exit status when it ends (negative: killed by that s
 subprocess reports it). It is a separate process: a crash, a SIGKILL or `sys.exit` in the child
 leaves the caller alone.
 
-Two callers:
+Three callers:
 - tests, through `run` and `start` (like subprocess.run / Popen), on the session's server, which
   tests/conftest.py starts before the pytest workers and they share (`server`);
 - DVC's stage commands in the session's shared run (tests/workspace.py): `scripts/python.sh` runs
   $PREFBENCH_PYTHON when set, and `Server.python` is a two-line client script for it
-  (`python tests/forked.py client -m stages.train ...`, stdlib only, started in milliseconds).
+  (`python tests/forked.py client -m stages.train ...`, stdlib only, started in milliseconds);
+- pytest-xdist, which starts its workers through that client script (tests/conftest.py): each
+  worker is a child of the server, its test modules' imports of torch & co. already done.
 
 What a fork cannot give: what is fixed when the interpreter starts or the libraries are imported
 (PYTHONHASHSEED, ATEN_CPU_CAPABILITY, the hub's offline switch and cache folder) is the server's,

@@ -5,6 +5,7 @@ so does the client script that DVC's stage commands reach through $PREFBENCH_PYT
 import os
 import signal
 import subprocess
+import sys
 import time
 
 from tests import forked
@@ -44,3 +45,15 @@ def test_client_script_passes_stdin_and_exit_status_through():
     proc = subprocess.run([str(server.python), "-c", "import sys; print(sys.stdin.read().upper()); sys.exit(4)"],
                           input="piped", capture_output=True, text=True, timeout=60)
     assert (proc.returncode, proc.stdout) == (4, "PIPED\n")
+
+
+def test_client_script_takes_the_interpreter_options_execnet_starts_xdist_workers_with():
+    """`python -u -B -c ...`, as execnet starts a pytest-xdist worker (tests/conftest.py forks the
+    workers from the server): the options are taken as the interpreter takes them (unbuffered
+    output, no bytecode written), not passed on as the command."""
+    code = ("import sys; print(sys.argv, sys.stdout.write_through, sys.stderr.write_through,"
+            " sys.dont_write_bytecode)")
+    argv = ["-u", "-B", "-c", code, "x"]
+    got = subprocess.run([str(forked.server().python), *argv], capture_output=True, text=True, timeout=60)
+    real = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=60)
+    assert (got.returncode, got.stdout) == (0, real.stdout) == (0, "['-c', 'x'] True True True\n"), got.stderr

@@ -54,7 +54,9 @@ QUEUE_SET = f"-S train.epochs={QUEUE_EPOCHS} -S predict.swap_tta=false"  # (the 
 SNAPSHOT = ("metrics", "data/tokens", "models/adapter", "dvclive", "data/submission.csv", "params.yaml", "dvc.lock")
 MODEL_LOGS = {"llama3": "1-repro", "gemma2": "4-gemma2", "tfidf": "5-tfidf"}  # the command that ran each model
 COPY_OF = {"llama3": "native", "gemma2": "second", "tfidf": "native"}  # the copy whose run a test reads
-HASH_SEEDS = {"native": "1", "second": forked.HASH_SEED}  # the copy's fresh interpreters; its stages on the server
+# PYTHONHASHSEED of each copy's shell: native's `make repro` stages are fresh interpreters with 1; the
+# second copy's stages all run on the server, whose seed is fixed at its start (forked.HASH_SEED)
+HASH_SEEDS = {"native": "1", "second": forked.HASH_SEED}
 
 
 def user_env() -> dict[str, str]:
