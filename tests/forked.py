@@ -1,6 +1,6 @@
 """`python -m <module> args` for tests, without paying for the interpreter's imports each time.
 
-A stage process spends about 10 s (2-core CPU machine) importing torch, transformers and peft
+A stage process spends seconds of CPU importing torch, transformers and peft
 before its first line runs; the tests start dozens of them. Here each one is a child forked from a
 server process that imported those libraries once. The server is single-threaded (forking it is
 safe, unlike forking a pytest worker): it accepts a request on a Unix socket (argv, working
@@ -187,23 +187,22 @@ def serve(path: str) -> None:
 
 
 class Server:
-    """A warm interpreter server for the repo, started with `env` (default: this process's
-    environment with PYTHONHASHSEED=HASH_SEED); its socket, log and client script in a temporary folder."""
+    """A warm interpreter server for the repo, started with this process's environment and
+    PYTHONHASHSEED=HASH_SEED; its socket, log and client script in a temporary folder."""
 
-    def __init__(self, env: dict[str, str] | None = None):
+    def __init__(self):
         # The socket in a short folder of its own: a Unix socket's path is limited to ~107 bytes,
         # which a deep pytest temporary folder can exceed.
         self._tmp = tempfile.TemporaryDirectory(prefix="warm-")
         folder = Path(self._tmp.name)
-        self.socket = os.path.join(self._tmp.name, "server.sock")
+        self.socket = str(folder / "server.sock")
         self.python = folder / "python"  # a client for $PREFBENCH_PYTHON
         command = " ".join(shlex.quote(str(a)) for a in (sys.executable, Path(__file__).resolve(), "client", self.socket))
         self.python.write_text(f"#!/bin/sh\nexec {command} \"$@\"\n")
         self.python.chmod(0o755)
         self._log = open(folder / "server.log", "w")  # noqa: SIM115  (open while the server runs)
-        env = {**os.environ, "PYTHONHASHSEED": HASH_SEED} if env is None else env
         self._proc = subprocess.Popen([sys.executable, __file__, "serve", self.socket], cwd=ROOT,
-                                      env=env, stdin=subprocess.DEVNULL,
+                                      env={**os.environ, "PYTHONHASHSEED": HASH_SEED}, stdin=subprocess.DEVNULL,
                                       stdout=self._log, stderr=subprocess.STDOUT)
 
     @classmethod
