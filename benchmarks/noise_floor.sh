@@ -5,6 +5,8 @@
 # Defaults: MODELS="llama3 gemma2" SEED_PARAMS="train.seed data.seed" SEEDS=0,1,2,3,4 OUT=metrics/noise.json
 # JOBS=1 (queue workers; 2 runs two experiments at once) QUEUE_SET="" (more `-S key=value` for every
 # queued experiment, e.g. the test suite's small runs: QUEUE_SET="-S sample.rows=200").
+# DVC and prefbench.compare run on $PREFBENCH_PYTHON where set (the stages' Python: scripts/python.sh),
+# else on the repo's .venv (or the `python` on PATH).
 #
 # Per model it queues `dvc exp run --queue -S model=M -S train.seed=SEEDS` and the same for
 # data.seed (with the defaults 2 x 5 experiments a model, one of them the default run itself),
@@ -13,7 +15,9 @@
 # its seed group. Commit OUT: `python -m prefbench.pr_comment` judges changes against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -x .venv/bin/python ]; then export PATH="$PWD/.venv/bin:$PATH"; fi  # DVC's stages run `python`
+if [ -x .venv/bin/python ]; then export PATH="$PWD/.venv/bin:$PATH"; fi  # the venv's python and dvc
+PY=${PREFBENCH_PYTHON:-python}  # prefbench's Python, as scripts/python.sh takes it; DVC is the one beside it
+dvc() { "$PY" -m dvc "$@"; }
 MODELS=${MODELS:-llama3 gemma2}
 SEED_PARAMS=${SEED_PARAMS:-train.seed data.seed}
 SEEDS=${SEEDS:-0,1,2,3,4}
@@ -49,4 +53,4 @@ if [ "$(failed)" != "$failed_before" ]; then
   echo "error: an experiment failed: see \`dvc queue logs NAME\` for the Failed ones above" >&2
   exit 1
 fi
-python -m prefbench.compare --rev "$BASE" --noise-out "$OUT"
+"$PY" -m prefbench.compare --rev "$BASE" --noise-out "$OUT"

@@ -29,8 +29,9 @@ NOISE_METRICS = ("log_loss", "accuracy")
 
 
 def dvc(*args: str) -> str:
-    """Run DVC (the one installed beside this Python); its stdout, or exit naming the command."""
-    cmd = [sys.executable, "-m", "dvc", *args]
+    """Run DVC (the one installed beside prefbench's Python: $PREFBENCH_PYTHON where set, as for the
+    stages, else this one); its stdout, or exit naming the command."""
+    cmd = [os.environ.get("PREFBENCH_PYTHON") or sys.executable, "-m", "dvc", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     if proc.returncode != 0:
         raise SystemExit(f"error: dvc {' '.join(args)} exited {proc.returncode}:\n{proc.stderr.strip()}")

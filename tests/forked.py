@@ -17,6 +17,10 @@ Three callers:
 - DVC's stage commands in the session's shared run (tests/workspace.py): `scripts/python.sh` runs
   $PREFBENCH_PYTHON when set, and `Server.python` is a two-line client script for it
   (`python tests/forked.py client -m stages.train ...`, stdlib only, started in milliseconds);
+  prefbench's own DVC calls (prefbench.compare.dvc: `$PREFBENCH_PYTHON -m dvc`) go through it too;
+- the tests' DVC commands after the first, fresh `make repro` (`Server.dvc`, a client script for
+  `-m dvc`: the venv's `dvc` entry point is `dvc.cli.main` as `python -m dvc` is), which spare
+  DVC's second of imports a command;
 - pytest-xdist, which starts its workers through that client script (tests/conftest.py): each
   worker is a child of the server, its test modules' imports of torch & co. already done.
 
@@ -44,10 +48,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # What the stages and benchmarks import; the model classes are imported lazily by transformers, and
 # DVC's repo class by dvclive's Live (it looks for the DVC repo it runs in).
+# DVC's command line imports its commands' modules (its queue's celery, networkx for the DAG) per command.
 PRELOAD = ("torch", "transformers", "peft", "accelerate", "dvclive", "dvc.repo", "dvc.scm", "sklearn.linear_model",
            "sklearn.feature_extraction.text", "sklearn.model_selection", "sklearn.calibration",
            "transformers.models.llama.modeling_llama", "transformers.models.gemma2.modeling_gemma2",
-           "prefbench.models", "prefbench.train", "prefbench.infer", "prefbench.tfidf", "prefbench.packing")
+           "prefbench.models", "prefbench.train", "prefbench.infer", "prefbench.tfidf", "prefbench.packing",
+           "dvc.cli", "dvc.cli.parser", "dvc.repo.experiments.queue.celery", "dvc.repo.experiments.show",
+           "dvc.repo.metrics.diff", "dvc.repo.params.diff", "dvc.repo.plots.diff", "dvc.repo.graph", "dvc.compare",
+           "dvc.render.converter", "dvc.repo.index", "networkx", "pygit2", "pyparsing")
 
 
 # The hash seed of the servers' interpreters (fixed when an interpreter starts; a forked child keeps
@@ -188,7 +196,7 @@ def serve(path: str) -> None:
 
 class Server:
     """A warm interpreter server for the repo, started with this process's environment and
-    PYTHONHASHSEED=HASH_SEED; its socket, log and client script in a temporary folder."""
+    PYTHONHASHSEED=HASH_SEED; its socket, log and client scripts (`python`, `dvc`) in a temporary folder."""
 
     def __init__(self):
         # The socket in a short folder of its own: a Unix socket's path is limited to ~107 bytes,
@@ -199,7 +207,10 @@ class Server:
         self.python = folder / "python"  # a client for $PREFBENCH_PYTHON
         command = " ".join(shlex.quote(str(a)) for a in (sys.executable, Path(__file__).resolve(), "client", self.socket))
         self.python.write_text(f"#!/bin/sh\nexec {command} \"$@\"\n")
-        self.python.chmod(0o755)
+        self.dvc = folder / "dvc"  # `dvc ARGS` on the server
+        self.dvc.write_text(f"#!/bin/sh\nexec {command} -m dvc \"$@\"\n")
+        for script in (self.python, self.dvc):
+            script.chmod(0o755)
         self._log = open(folder / "server.log", "w")  # noqa: SIM115  (open while the server runs)
         self._proc = subprocess.Popen([sys.executable, __file__, "serve", self.socket], cwd=ROOT,
                                       env={**os.environ, "PYTHONHASHSEED": HASH_SEED}, stdin=subprocess.DEVNULL,
@@ -212,6 +223,7 @@ class Server:
         self = cls.__new__(cls)
         self.socket, python = shared.split(os.pathsep)
         self.python, self._proc = Path(python), None
+        self.dvc = self.python.with_name("dvc")
         return self
 
     @property

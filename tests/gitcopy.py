@@ -5,7 +5,7 @@ every untracked file git does not ignore: what `git add -A` would commit), then 
 commit, so DVC sees a clean repo with the pipeline, params and models
 but none of the DVC outputs or cache of the real checkout. `sh(...)` runs a command with the
 venv's bin folder first on PATH, so `dvc` and the `python` in dvc.yaml's commands (and DVC's
-queue workers) are the venv's.
+queue workers) are the venv's; `dvc()` is the same DVC on the session's warm server.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests import forked
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-DVC = str(BIN / "dvc")
 GIT_ID = ("-c", "user.email=test@prefbench.invalid", "-c", "user.name=prefbench test")
 
 
@@ -30,6 +31,12 @@ def env(**extra: str) -> dict[str, str]:
             "GIT_COMMITTER_NAME": "prefbench test", "GIT_COMMITTER_EMAIL": "test@prefbench.invalid"}
     base.update(extra)
     return base
+
+
+def dvc() -> str:
+    """The tests' `dvc` command: DVC's command line on the session's warm server (tests/forked.py),
+    without its second of imports a command."""
+    return str(forked.server().dvc)
 
 
 def run(*cmd: str, cwd: Path | str, check: bool = True, timeout: float | None = None,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gitcopy import DVC, git_commit, git_copy, sh
+from tests.gitcopy import dvc, git_commit, git_copy, sh
 
 LOSS = "dvclive/plots/metrics/train/loss.tsv"
 LR = "dvclive/plots/metrics/train/learning_rate.tsv"
@@ -51,7 +51,7 @@ def repo(tmp_path_factory):
 
 
 def test_dvc_plots_show_draws_loss_lr_confusion_and_reliability(repo):
-    out = json.loads(sh(DVC, "plots", "show", "--json", cwd=repo))
+    out = json.loads(sh(dvc(), "plots", "show", "--json", cwd=repo))
     assert not out.get("errors"), out.get("errors")
     data = out["data"]
     for plot_id, fields in EXPECTED.items():
@@ -68,7 +68,7 @@ def test_dvc_plots_show_draws_loss_lr_confusion_and_reliability(repo):
 
 
 def test_dvc_plots_diff_draws_both_revisions(repo):
-    out = json.loads(sh(DVC, "plots", "diff", "--json", "main", "other", cwd=repo))
+    out = json.loads(sh(dvc(), "plots", "diff", "--json", "main", "other", cwd=repo))
     assert not out.get("errors"), out.get("errors")
     for plot_id in EXPECTED:
         (entry,) = out["data"][plot_id]
@@ -77,7 +77,7 @@ def test_dvc_plots_diff_draws_both_revisions(repo):
 
 
 def test_dvc_plots_diff_draws_the_scatter_one_point_per_revision(repo):
-    out = json.loads(sh(DVC, "plots", "diff", "--json", "main", "other", cwd=repo))
+    out = json.loads(sh(dvc(), "plots", "diff", "--json", "main", "other", cwd=repo))
     (entry,) = out["data"]["metrics/speed_accuracy.json"]
     points = {r["rev"]: (r["model"], r["seconds_per_sample"], r["log_loss"]) for r in rows(entry["content"])}
     main = json.loads((repo / "metrics" / "speed_accuracy.json").read_text())[0]
@@ -108,16 +108,16 @@ def assert_offline(html: str, plots: int) -> None:
 
 def test_dvc_plots_show_and_diff_pages_are_offline(repo, tmp_path):
     """Plain `dvc plots show` / `dvc plots diff`, no option: DVC's config gives the offline template."""
-    sh(DVC, "plots", "show", "-o", str(tmp_path / "show"), cwd=repo)
+    sh(dvc(), "plots", "show", "-o", str(tmp_path / "show"), cwd=repo)
     assert_offline((tmp_path / "show" / "index.html").read_text(), len(EXPECTED) + 1)  # + speed_accuracy.json
-    sh(DVC, "plots", "diff", "main", "other", "-o", str(tmp_path / "diff"), cwd=repo)
+    sh(dvc(), "plots", "diff", "main", "other", "-o", str(tmp_path / "diff"), cwd=repo)
     html = (tmp_path / "diff" / "index.html").read_text()
     assert_offline(html, len(EXPECTED) + 1)
     assert '"rev": "other"' in html
 
 
 def test_reliability_template_draws_one_line_per_class(repo):
-    out = json.loads(sh(DVC, "plots", "show", CALIBRATION, "--template", "reliability",
+    out = json.loads(sh(dvc(), "plots", "show", CALIBRATION, "--template", "reliability",
                         "-x", "predicted", "-y", "observed", "--json", cwd=repo))
     spec = out["data"][CALIBRATION][0]["content"]
     curve = spec["layer"][1]["encoding"]

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from prefbench.pr_comment import MARKER, noise_section
+from tests import forked
 from tests.conftest import ROOT
-from tests.gitcopy import git_copy, sh
+from tests.gitcopy import dvc, env, git_copy, sh
 
 WORKFLOW = ROOT / ".github" / "workflows" / "pr.yml"
 
@@ -85,9 +85,13 @@ def pr_repo(tmp_path_factory):
 
 
 def comment(repo: Path, tmp_path: Path) -> tuple[str, str]:
+    """`python -m prefbench.pr_comment --base main` in `repo`, on the session's warm server, its DVC
+    calls too ($PREFBENCH_PYTHON, prefbench.compare.dvc)."""
     out = tmp_path / "comment.md"
-    stdout = sh(sys.executable, "-m", "prefbench.pr_comment", "--base", "main", "--out", str(out), cwd=repo)
-    return out.read_text(), stdout
+    proc = forked.run("-m", "prefbench.pr_comment", "--base", "main", "--out", out, cwd=repo,
+                      env=env(PREFBENCH_PYTHON=str(forked.server().python)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out.read_text(), proc.stdout
 
 
 def test_comment_without_changes_says_so(pr_repo, tmp_path):
@@ -127,7 +131,7 @@ def noise_row(body: str, metric: str) -> list[str]:
 
 def metrics_diff(repo: Path) -> dict:
     """`dvc metrics diff --json main` in `repo`, as prefbench.pr_comment.build asks for it."""
-    return json.loads(sh(sys.executable, "-m", "dvc", "metrics", "diff", "--json", "main", cwd=repo) or "{}")
+    return json.loads(sh(dvc(), "metrics", "diff", "--json", "main", cwd=repo) or "{}")
 
 
 def test_comment_marks_changes_within_and_beyond_two_sd_of_the_noise_floor(pr_repo, tmp_path):

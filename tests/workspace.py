@@ -19,7 +19,10 @@ nothing activated (PYTHONHASHSEED=1). Every later stage, and all of the second c
 $PREFBENCH_PYTHON (scripts/python.sh) on the session's warm interpreter server (tests/forked.py,
 PYTHONHASHSEED=forked.HASH_SEED): the same stage code (the library imported from the checkout,
 which the copies' files equal) on the same kernels, each stage with its copy's environment, without
-its seconds of imports per stage.
+its seconds of imports per stage. So do the copies' own DVC commands after that `make repro`
+(forked.Server.dvc: `-m dvc`, what the venv's `dvc` entry point runs) and prefbench's DVC calls
+(prefbench.compare.dvc and benchmarks/noise_floor.sh: `$PREFBENCH_PYTHON -m dvc`; the queue's
+workers are processes DVC starts itself); the workflow's steps run the venv's `dvc` as written.
 
 After each model's run the copy's outputs are snapshotted into logs/<model>/ (metrics, adapter,
 dvclive, submission), so the per-stage smoke tests read them after the copy has moved on. Every
@@ -79,9 +82,9 @@ def snap(name: str) -> str:
 
 
 def script(native: bool) -> str:
-    """The user's session; logs and snapshots in ../logs (outside the repo copy). Stages run on the
-    session's server after the native copy's first `make repro`."""
-    dvc = ".venv/bin/dvc"
+    """The user's session; logs and snapshots in ../logs (outside the repo copy). Stages and DVC
+    commands run on the session's server after the native copy's first `make repro`."""
+    dvc = forked.server().dvc
     warm = f"export PREFBENCH_PYTHON={forked.server().python}"  # later stages on the warm server
     noise_floor = [  # the noise floor of two seeds through the queue, two workers in parallel
         (f"QUEUE_SET='{QUEUE_SET}' MODELS=llama3 SEED_PARAMS=train.seed SEEDS=1,2 JOBS=2 POLL_S=10 "
