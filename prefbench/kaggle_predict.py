@@ -7,9 +7,9 @@ Usage (in the notebook, after installing the bundle's wheel):
 One `python -m stages.predict` process per GPU (--devices, default: every visible GPU, at least
 one process), each seeing only its GPU: the test rows are dealt to them by length, longest first,
 in turn (prefbench.data.deal_round_robin, as the predict stage deals rows to GPUs), so each gets
-the same mix of long and short rows. The parts are merged back into the input's row order. With
-one process the test file is handed over whole: the submission is byte for byte the predict
-stage's. At the end it prints the hours the hidden test set (predict.kaggle_rows) would take.
+the same mix of long and short rows; a tfidf bundle runs --devices CPU processes (default one). The
+parts are merged back into the input's row order. With one process the test file is handed over
+whole: the submission is byte for byte the predict stage's. At the end it prints the hours the hidden test set (predict.kaggle_rows) would take.
 """
 
 from __future__ import annotations
@@ -81,11 +81,15 @@ def main(bundle: Path | None = None, argv: list[str] | None = None) -> dict:
     parser.add_argument("--pretrained", help="the base weights (LLMs), if not where params.yaml says")
     parser.add_argument("--work", type=Path, help="folder for the parts (default: a temporary one)")
     args = parser.parse_args(argv)
-    import torch  # after argparse: --help stays quick (the GPU count; the stages import the rest)
-
     from prefbench.data import deal_round_robin
 
-    gpus = torch.cuda.device_count()
+    raw = yaml.safe_load((args.bundle / "params.yaml").read_text())
+    if "kind" in raw["models"][raw["model"]]:  # the tfidf baseline (`kind: tfidf`): CPU processes, no GPU
+        gpus = 0
+    else:
+        import torch  # after argparse: --help stays quick (the GPU count; the stages import the rest)
+
+        gpus = torch.cuda.device_count()
     n = args.devices or max(gpus, 1)
     if gpus and n > gpus:
         raise SystemExit(f"error: --devices {n}: {gpus} GPUs visible")
@@ -112,7 +116,7 @@ def main(bundle: Path | None = None, argv: list[str] | None = None) -> dict:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         sub.to_csv(args.out, index=False)
         parts = [json.loads(m.read_text()) for _, _, m in procs]
-    kaggle_rows = yaml.safe_load((args.bundle / "params.yaml").read_text())["predict"]["kaggle_rows"]
+    kaggle_rows = raw["predict"]["kaggle_rows"]
     summary = {**projection(parts, len(df), kaggle_rows), "wall_seconds": time.perf_counter() - start}
     print(f"predict.py: {len(df)} rows -> {args.out} with {summary['processes']} process(es) on "
           f"{summary['device']}: {summary['seconds_per_sample']:.5f} s/sample; {kaggle_rows:,} rows would take "

@@ -2,13 +2,13 @@ import copy
 import json
 import math
 import statistics
-import sys
 
 import pytest
 
 from prefbench.compare import experiments, groups_markdown, noise_floor, seed_groups
+from tests import forked
 from tests.conftest import ROOT
-from tests.gitcopy import git_commit, git_copy, run, sh
+from tests.gitcopy import env, git_commit, git_copy, sh
 from tests.workspace import QUEUE_EPOCHS
 
 
@@ -72,15 +72,16 @@ def test_command_prints_the_seed_groups_writes_the_noise_floor_and_needs_a_group
     metrics/noise.json's content; without a seed group it fails saying so."""
     rows = real_exp_show()
     (tmp_path / "none.json").write_text(json.dumps(rows))  # four runs, no two differing only in seeds
-    proc = run(sys.executable, "-m", "prefbench.compare", "--json", str(tmp_path / "none.json"), cwd=ROOT, check=False)
+    proc = forked.run("-m", "prefbench.compare", "--json", tmp_path / "none.json")
     assert proc.returncode != 0 and "no seed group" in proc.stderr and "4 experiments" in proc.stderr
     commit = rows[1]
     llama = next(e for e in commit["experiments"] if e["name"] == "gpu-llama3")["revs"][0]
     commit["experiments"].append({"name": "l-t1", "revs": [seeded(llama, "l-t1", {"train.seed": 1}, log_loss=1.0)]})
     (tmp_path / "exp.json").write_text(json.dumps(rows))
     out = tmp_path / "noise" / "noise.json"
-    stdout = sh(sys.executable, "-m", "prefbench.compare", "--json", str(tmp_path / "exp.json"), "--noise-out", str(out),
-                cwd=ROOT)
+    proc = forked.run("-m", "prefbench.compare", "--json", tmp_path / "exp.json", "--noise-out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stdout = proc.stdout
     assert "| - | llama3 | 2 |" in stdout and str(out) in stdout
     noise = json.loads(out.read_text())
     assert list(noise["models"]) == ["llama3"] and noise["models"]["llama3"]["n"] == 2
@@ -122,7 +123,11 @@ def test_noise_floor_script_feeds_the_pr_comment(workspace, tmp_path):
         (repo / "metrics" / "eval.json").write_text(json.dumps(evals[seed]))
         if seed == 1:
             git_commit(repo, "seed 1 and its noise floor")
-    body = sh(sys.executable, "-m", "prefbench.pr_comment", "--base", "main", cwd=repo)
+    # on the session's warm server, its DVC calls too ($PREFBENCH_PYTHON: prefbench.compare.dvc)
+    proc = forked.run("-m", "prefbench.pr_comment", "--base", "main", cwd=repo,
+                      env=env(PREFBENCH_PYTHON=str(forked.server().python)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    body = proc.stdout
     (line,) = [line for line in body.splitlines() if line.startswith("| log_loss |")]
     assert line.endswith("| within noise |") and f"({floor['n']})" in line, body
 
