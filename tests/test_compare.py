@@ -67,6 +67,23 @@ def test_seed_groups_report_mean_and_sample_sd_per_group():
     assert {"train.seed": 2, "data.seed": 42} in floor["models"]["llama3"]["seeds"]
 
 
+def test_dvc_runs_beside_prefbench_python(tmp_path, monkeypatch):
+    """prefbench.compare.dvc (the noise floor's and the PR comment's DVC calls) runs `$PREFBENCH_PYTHON
+    -m dvc ARGS` where that is set, as scripts/python.sh takes it for the stages; a failing command
+    exits naming it and its status."""
+    from prefbench.compare import dvc
+
+    argv = tmp_path / "argv"
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\necho "$@" > {argv}\necho output\n[ "$3" = fail ] && exit 3\nexit 0\n')
+    python.chmod(0o755)
+    monkeypatch.setenv("PREFBENCH_PYTHON", str(python))
+    assert dvc("exp", "show", "--json") == "output\n"
+    assert argv.read_text().split() == ["-m", "dvc", "exp", "show", "--json"]
+    with pytest.raises(SystemExit, match="dvc fail exited 3"):
+        dvc("fail")
+
+
 def test_command_prints_the_seed_groups_writes_the_noise_floor_and_needs_a_group(tmp_path):
     """`python -m prefbench.compare --json ... --noise-out ...`: the seed-group table on stdout and
     metrics/noise.json's content; without a seed group it fails saying so."""
