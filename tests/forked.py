@@ -11,16 +11,16 @@ child's pid at once and its exit status when it ends (negative: killed by that s
 subprocess reports it). It is a separate process: a crash, a SIGKILL or `sys.exit` in the child
 leaves the caller alone.
 
-Three callers:
+Four callers:
 - tests, through `run` and `start` (like subprocess.run / Popen), on the session's server, which
   tests/conftest.py starts before the pytest workers and they share (`server`);
 - DVC's stage commands in the session's shared run (tests/workspace.py): `scripts/python.sh` runs
   $PREFBENCH_PYTHON when set, and `Server.python` is a two-line client script for it
   (`python tests/forked.py client -m stages.train ...`, stdlib only, started in milliseconds);
   prefbench's own DVC calls (prefbench.compare.dvc: `$PREFBENCH_PYTHON -m dvc`) go through it too;
-- the tests' DVC commands after the first, fresh `make repro` (`Server.dvc`, a client script for
-  `-m dvc`: the venv's `dvc` entry point is `dvc.cli.main` as `python -m dvc` is), which spare
-  DVC's second of imports a command;
+- the tests' DVC commands, all but the shared run's first `make repro` (`Server.dvc`, a client
+  script for `-m dvc`: the venv's `dvc` entry point is `dvc.cli.main`, as `python -m dvc` is),
+  which spares DVC's second of imports a command;
 - pytest-xdist, which starts its workers through that client script (tests/conftest.py): each
   worker is a child of the server, its test modules' imports of torch & co. already done.
 
@@ -47,8 +47,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the stages and benchmarks import; the model classes are imported lazily by transformers, and
-# DVC's repo class by dvclive's Live (it looks for the DVC repo it runs in).
-# DVC's command line imports its commands' modules (its queue's celery, networkx for the DAG) per command.
+# DVC's repo class by dvclive's Live (it looks for the DVC repo it runs in); what DVC's command line
+# imports for its commands (the queue's celery, networkx for the DAG, git through pygit2).
 PRELOAD = ("torch", "transformers", "peft", "accelerate", "dvclive", "dvc.repo", "dvc.scm", "sklearn.linear_model",
            "sklearn.feature_extraction.text", "sklearn.model_selection", "sklearn.calibration",
            "transformers.models.llama.modeling_llama", "transformers.models.gemma2.modeling_gemma2",

@@ -19,8 +19,8 @@ nothing activated (PYTHONHASHSEED=1). Every later stage, and all of the second c
 $PREFBENCH_PYTHON (scripts/python.sh) on the session's warm interpreter server (tests/forked.py,
 PYTHONHASHSEED=forked.HASH_SEED): the same stage code (the library imported from the checkout,
 which the copies' files equal) on the same kernels, each stage with its copy's environment, without
-its seconds of imports per stage. So do the copies' own DVC commands after that `make repro`
-(forked.Server.dvc: `-m dvc`, what the venv's `dvc` entry point runs) and prefbench's DVC calls
+its seconds of imports per stage. So do the copies' own DVC commands, all but that `make repro`'s
+(forked.Server.dvc: `-m dvc`, what the venv's `dvc` entry point runs), and prefbench's DVC calls
 (prefbench.compare.dvc and benchmarks/noise_floor.sh: `$PREFBENCH_PYTHON -m dvc`; the queue's
 workers are processes DVC starts itself); the workflow's steps run the venv's `dvc` as written.
 
