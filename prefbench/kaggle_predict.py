@@ -9,7 +9,8 @@ one process), each seeing only its GPU: the test rows are dealt to them by lengt
 in turn (prefbench.data.deal_round_robin, as the predict stage deals rows to GPUs), so each gets
 the same mix of long and short rows; a tfidf bundle runs --devices CPU processes (default one). The
 parts are merged back into the input's row order. With one process the test file is handed over
-whole: the submission is byte for byte the predict stage's. At the end it prints the hours the hidden test set (predict.kaggle_rows) would take.
+whole: the submission is byte for byte the predict stage's. At the end it prints the hours the
+hidden test set (predict.kaggle_rows) would take.
 """
 
 from __future__ import annotations

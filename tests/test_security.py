@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from tests.gitcopy import dvc, ROOT, git_commit, git_copy, shrink_params
+from tests.gitcopy import ROOT, dvc, git_commit, git_copy, shrink_params
 from tests import forked
 from tests.gitcopy import env as child_env
 
@@ -311,8 +311,8 @@ def test_hub_tokens_never_written_by_the_pipeline(tmp_path, monkeypatch):
     load_tokenizer(raw["models"][raw["model"]]["pretrained"])
     assert HF_TOKEN in reads, reads
 
-    # the stages on the session's warm interpreter server (tests/forked.py); each stage gets the
-    # environment of `dvc repro`, tokens included
+    # DVC and the stages on the session's warm interpreter server (tests/forked.py); each stage gets
+    # the environment of `dvc repro`, tokens included
     env = child_env(**tokens)
     proc = subprocess.run([dvc(), "repro"], cwd=repo, capture_output=True, text=True,
                           env={**env, "PREFBENCH_PYTHON": str(forked.server().python)})
