@@ -33,6 +33,12 @@ def env(**extra: str) -> dict[str, str]:
     return base
 
 
+def warm_env(**extra: str) -> dict[str, str]:
+    """`env()` with $PREFBENCH_PYTHON the session's warm server (tests/forked.py): the stages a
+    command starts, and prefbench's DVC calls (prefbench.compare.dvc), run there."""
+    return env(PREFBENCH_PYTHON=str(forked.server().python), **extra)
+
+
 def dvc() -> str:
     """The tests' `dvc` command: DVC's command line on the session's warm server (tests/forked.py),
     without its second of imports a command."""

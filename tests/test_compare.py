@@ -8,7 +8,7 @@ import pytest
 from prefbench.compare import experiments, groups_markdown, noise_floor, seed_groups
 from tests import forked
 from tests.conftest import ROOT
-from tests.gitcopy import env, git_commit, git_copy, sh
+from tests.gitcopy import git_commit, git_copy, sh, warm_env
 from tests.workspace import QUEUE_EPOCHS
 
 
@@ -142,7 +142,7 @@ def test_noise_floor_script_feeds_the_pr_comment(workspace, tmp_path):
             git_commit(repo, "seed 1 and its noise floor")
     # on the session's warm server, its DVC calls too ($PREFBENCH_PYTHON: prefbench.compare.dvc)
     proc = forked.run("-m", "prefbench.pr_comment", "--base", "main", cwd=repo,
-                      env=env(PREFBENCH_PYTHON=str(forked.server().python)))
+                      env=warm_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     body = proc.stdout
     (line,) = [line for line in body.splitlines() if line.startswith("| log_loss |")]

@@ -17,7 +17,7 @@ import yaml
 from prefbench.pr_comment import MARKER, noise_section
 from tests import forked
 from tests.conftest import ROOT
-from tests.gitcopy import dvc, env, git_copy, sh
+from tests.gitcopy import dvc, git_copy, sh, warm_env
 
 WORKFLOW = ROOT / ".github" / "workflows" / "pr.yml"
 
@@ -89,7 +89,7 @@ def comment(repo: Path, tmp_path: Path) -> tuple[str, str]:
     calls too ($PREFBENCH_PYTHON, prefbench.compare.dvc)."""
     out = tmp_path / "comment.md"
     proc = forked.run("-m", "prefbench.pr_comment", "--base", "main", "--out", out, cwd=repo,
-                      env=env(PREFBENCH_PYTHON=str(forked.server().python)))
+                      env=warm_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out.read_text(), proc.stdout
 

@@ -24,9 +24,8 @@ import pytest
 import torch
 import yaml
 
-from tests.gitcopy import ROOT, dvc, git_commit, git_copy, shrink_params
+from tests.gitcopy import ROOT, dvc, git_commit, git_copy, shrink_params, warm_env
 from tests import forked
-from tests.gitcopy import env as child_env
 
 SOURCE_DIRS = ("prefbench", "stages")
 EVIL_MODULES = ("configuration_evil", "modeling_evil", "tokenization_evil")
@@ -313,9 +312,7 @@ def test_hub_tokens_never_written_by_the_pipeline(tmp_path, monkeypatch):
 
     # DVC and the stages on the session's warm interpreter server (tests/forked.py); each stage gets
     # the environment of `dvc repro`, tokens included
-    env = child_env(**tokens)
-    proc = subprocess.run([dvc(), "repro"], cwd=repo, capture_output=True, text=True,
-                          env={**env, "PREFBENCH_PYTHON": str(forked.server().python)})
+    proc = subprocess.run([dvc(), "repro"], cwd=repo, capture_output=True, text=True, env=warm_env(**tokens))
     assert proc.returncode == 0, f"dvc repro failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     for stage in stages:
