@@ -1,0 +1,188 @@
+"""Inference per model: the path `dvc repro`'s evaluate stage runs on this card, and the padded
+path beside it, each checked against fp32 eager on the same weights, then profiled by GPU kernel.
+
+Per model (models/<name>: full-size architecture, random-init weights, real arena lengths):
+  1. fp32 eager logits on CHECK_ROWS of the timed rows (spread over the lengths): the reference
+     (Gemma2's softcaps applied).
+  2. The evaluate stage's model: weights in the resolved dtype, attention and kernels as `auto`
+     resolves them here, a LoRA adapter added and merged (`prefbench.models.prepare_for_inference`).
+  3. Cells, each `reps` passes over the same rows, the first after the pipeline's own warm-up:
+       default: what evaluate runs (`prefbench.infer.packs`: packed forwards of `token_budget`
+                tokens where the attention takes packed rows, else padded batches)
+       padded:  length-sorted batches of eval_batch_size rows padded to the multiple evaluate uses
+     seconds = the median pass; MFU = model FLOPs of the real tokens (prefbench.flops) / seconds /
+     peak, against the bf16 matmul peak measured in this run and the datasheet's.
+  4. torch.profiler over one more pass of the default cell: device time per sample by kernel
+     category (matmuls, attention, fused kernels, the rest), the "where does the time go".
+"""
+
+from __future__ import annotations
+
+import gc
+from collections import defaultdict
+
+import numpy as np
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from benchmarks.card import ROOT
+from benchmarks.lengths import bench_lengths, bench_sequences
+from benchmarks.settings import bench_params
+from prefbench.flops import forward_flops, mfu
+from prefbench.infer import packs, pad_multiple_for, predict
+from prefbench.lora import add_lora
+from prefbench.models import (apply_kernels, count_parameters, label_config_kwargs, prepare_for_inference,
+                              resolve_attention, resolve_dtype, resolve_kernels)
+from prefbench.packing import predict_packed
+
+CHECK_ROWS = 16  # timed rows also run in fp32 eager
+# Largest |logit - fp32 eager| / largest |fp32 eager logit| accepted for a bf16 / fp16 cell: bf16
+# keeps 8 bits of mantissa, and 40+ layers of rounding reach a few percent on random-init weights.
+CHECK_TOLERANCE = 0.1
+PAD_ID = 0  # bench_sequences draws no id below 10
+
+KERNEL_CATEGORIES = (  # GPU kernel name fragments -> category, first match wins (lower-case)
+    ("attention", ("flash", "fmha", "attention", "flex", "softmax")),
+    ("matmul", ("gemm", "nvjet", "xmma", "cutlass", "wgmma", "splitk", "matmul", "aten::mm", "aten::addmm", "aten::bmm")),
+    ("fused_norm_rope_act", ("_rms_norm", "_rope", "_swiglu", "_geglu", "liger")),
+    ("copy_cast", ("copy", "cast", "convert", "fill", "cat")),
+    ("elementwise_reduce", ("elementwise", "vectorized", "reduce", "tanh", "mul", "add", "rsqrt", "pow", "mean", "sum")),
+)
+
+
+def kernel_category(name: str) -> str:
+    low = name.lower()
+    return next((cat for cat, keys in KERNEL_CATEGORIES if any(k in low for k in keys)), "other")
+
+
+def errors(logits: np.ndarray, ref: np.ndarray) -> dict:
+    """Against the fp32 eager reference: max |diff| / max |ref|, ||diff|| / ||ref||, all finite."""
+    d = logits.astype(np.float64) - ref
+    rel = float(np.abs(d).max() / (np.abs(ref).max() + 1e-12))
+    return {"max_rel_error": rel, "rel_l2_error": float(np.linalg.norm(d) / (np.linalg.norm(ref) + 1e-12)),
+            "finite": bool(np.isfinite(logits).all()), "within_tolerance": rel <= CHECK_TOLERANCE}
+
+
+def cast_parameters_(model, dtype: torch.dtype) -> None:
+    """Cast weights only: model.to(dtype) would also cast buffers such as RoPE's inv_freq, which
+    must stay fp32 (a bf16 inv_freq shifts positions by whole radians at 1000 tokens)."""
+    for p in model.parameters():
+        p.data = p.data.to(dtype)
+
+
+def profile_pass(run_once, rows: int, dev: torch.device) -> dict:
+    """Device milliseconds per sample by kernel category over one pass of `run_once` (CPU time of
+    aten ops on a CPU), and the 8 costliest kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = dev.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        run_once()
+    by_cat, by_kernel = defaultdict(float), defaultdict(float)
+    for e in prof.key_averages():
+        on_device = "CUDA" in str(getattr(e, "device_type", ""))
+        if cuda != on_device or (not cuda and not e.key.startswith("aten::")):
+            continue
+        ms = (e.self_device_time_total if cuda else e.self_cpu_time_total) / 1e3
+        by_cat[kernel_category(e.key)] += ms
+        by_kernel[e.key[:90]] += ms
+    total = sum(by_cat.values())
+    return {"ms_per_sample": round(total / rows, 4),
+            "by_category_ms_per_sample": {k: round(v / rows, 4) for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])},
+            "share": {k: round(v / total, 4) for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])} if total else {},
+            "top_kernels_ms_per_sample": {k: round(v / rows, 4)
+                                          for k, v in sorted(by_kernel.items(), key=lambda kv: -kv[1])[:8]}}
+
+
+def measure_model(name: str, rows: int, reps: int, dev: torch.device, peak: float, sheet: float | None,
+                  log=print) -> dict:
+    """Both cells and the profile of one model (see the module docstring)."""
+    on_gpu = dev.type == "cuda"
+    params = bench_params(name, on_gpu)
+    cfg, ev = params.selected, params.evaluate
+    config = AutoConfig.from_pretrained(ROOT / "models" / name, **label_config_kwargs())
+    config.pad_token_id = PAD_ID
+    capability = torch.cuda.get_device_capability(dev) if on_gpu else None
+    torch.manual_seed(0)
+    with torch.device(dev):
+        model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32,
+                                                               attn_implementation="eager").eval()
+    counts = count_parameters(model)
+    lengths = bench_lengths(rows, cfg.max_length, seed=0)
+    seqs = bench_sequences(lengths, config.vocab_size, seed=2)
+    picked = np.argsort(lengths, kind="stable")[:: max(1, len(seqs) // CHECK_ROWS)][:CHECK_ROWS]
+    ref = predict(model, [seqs[i] for i in picked], 4, PAD_ID, dev, warmup_batches=0)["logits"].astype(np.float64)
+    log(f"{name}: fp32 eager reference on {len(picked)} rows")
+
+    # The evaluate stage's model (prefbench.infer.LLMRunner through prefbench.models.load_copies).
+    dtype = resolve_dtype(cfg.dtype, dev.type, capability)
+    attn = resolve_attention(cfg.attn_implementation, config.model_type, dev.type, capability)
+    kernels = resolve_kernels(cfg.kernels, dev.type, capability)
+    cast_parameters_(model, dtype)
+    model.set_attn_implementation(attn)
+    apply_kernels(model, kernels)
+    model = prepare_for_inference(add_lora(model, cfg), cfg).eval()  # B = 0 at init: the base's function
+    packed = packs(cfg, attn, params.model)
+    flops = forward_flops(config, counts["params_non_embedding"], lengths)
+    common = {"attn": attn, "kernels": kernels, "dtype": str(dtype).removeprefix("torch."), "rows": len(seqs),
+              "tokens": int(lengths.sum()), "max_length": cfg.max_length}
+
+    def padded_once(warm: bool) -> dict:
+        return predict(model, seqs, cfg.eval_batch_size, PAD_ID, dev, warmup_batches=ev.warmup_batches if warm else 0,
+                       warmup_shapes=ev.warmup_shapes and warm, pad_multiple=pad_multiple_for(dev), cfg=cfg,
+                       name=params.model)
+
+    def packed_once(warm: bool) -> dict:
+        return predict_packed(model, seqs, cfg.token_budget, PAD_ID, dev, warmup=warm)
+
+    def cell(once, layout: str) -> dict:
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats(dev)
+        passes = [once(True)] + [once(False) for _ in range(reps - 1)]
+        secs = float(np.median([p["seconds"] for p in passes]))
+        first = passes[0]
+        out = {**common, "layout": layout, "packed": layout == "packed",
+               "s_per_sample": secs / len(seqs), "seconds_passes": [round(p["seconds"], 4) for p in passes],
+               "warmup_seconds": round(first["warmup_seconds"], 2),
+               "tokens_per_s": first["tokens"] / secs, "computed_tokens": first["padded_tokens"],
+               "padding_share": round(1 - first["tokens"] / first["padded_tokens"], 4),
+               "mfu": mfu(flops, secs, peak), "mfu_datasheet": mfu(flops, secs, sheet) if sheet else None,
+               "peak_memory_gb": round(torch.cuda.max_memory_allocated(dev) / 1e9, 2) if on_gpu else None,
+               "check": errors(first["logits"][picked], ref),
+               **({"token_budget": cfg.token_budget, "packs": first["packs"]} if layout == "packed"
+                  else {"batch_size": cfg.eval_batch_size, "batch_shapes": first["batch_shapes"]})}
+        on_sheet = f" (datasheet {out['mfu_datasheet']:.3f})" if sheet else ""
+        tag = " [default]" if (layout == "packed") == packed else ""
+        log(f"{name} {layout}{tag} ({attn}, kernels {kernels}): {out['s_per_sample']:.5f} s/sample, "
+            f"MFU {out['mfu']:.3f}{on_sheet}, max rel. error vs fp32 eager {out['check']['max_rel_error']:.4f}")
+        return out
+
+    padded = cell(padded_once, "padded")
+    default = cell(packed_once, "packed") if packed else dict(padded)
+    profile = profile_pass(lambda: (packed_once if packed else padded_once)(False), len(seqs), dev)
+    log(f"{name} profile of the default path: {profile['by_category_ms_per_sample']} ms/sample")
+    result = {"family": config.model_type, "layers": config.num_hidden_layers, **counts, "flops_forward": flops,
+              "default": default, "padded": padded, "profile": profile}
+    del model
+    gc.collect()
+    if on_gpu:
+        torch.cuda.empty_cache()
+    return result
+
+
+def run(models: list[str], rows: int, reps: int, dev: torch.device, peak: float, sheet: float | None,
+        record, log=print) -> dict:
+    """Every model's cells; `record(name, result_or_failure)` after each, so a failure keeps the rest."""
+    out = {}
+    for name in models:
+        try:
+            out[name] = measure_model(name, rows, reps, dev, peak, sheet, log)
+        except Exception as e:  # noqa: BLE001  one model's failure is recorded, the other still runs
+            out[name] = {"failed": f"{type(e).__name__}: {str(e)[:600]}"}
+            log(f"{name}: inference failed: {out[name]['failed']}")
+            gc.collect()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+        record(name, out[name])
+    return out

@@ -1,0 +1,54 @@
+"""The params a benchmark runs the pipeline with: the repo's own params.yaml, the model switched to
+a full-size architecture (random-init weights: the timing is real, the log-loss is not), and the
+settings for an 8-9B model on one GPU that the README gives. Everything else (dtype, attention,
+kernels, packing, token_budget, warm-up) stays `auto` / the default, so what is measured is what
+`dvc repro` runs with those settings on the card at hand.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import yaml
+from transformers import AutoConfig
+
+from benchmarks.card import ROOT
+from prefbench.config import Params, parse_params
+
+MODELS = ("llama3-8b", "gemma2-9b")  # folders under models/: full-size configs and tokenizers, no weights
+KEYS = {"llama": "llama3", "gemma2": "gemma2"}  # model family -> its entry in params.yaml
+
+# One GPU, 8-9B models (README, "On a GPU"): prompt + both responses in 1024 tokens; training in
+# packed batches of 8192 tokens without gradient checkpointing (fits 80 GB for both models);
+# learning rate for 8-9B LoRA (the tiny defaults' 3e-3 is for the tiny models).
+GPU_MODEL = {"max_length": 1024, "train_token_budget": 8192, "gradient_checkpointing": False, "eval_batch_size": 16}
+GPU_TRAIN = {"learning_rate": 1e-4, "epochs": 1, "checkpoint_every": 0, "devices": 1}
+# A CPU smoke run of the same code with the tiny models (what the tests run).
+CPU_MODEL = {"max_length": 128, "train_token_budget": 512, "gradient_checkpointing": False, "eval_batch_size": 4}
+CPU_TRAIN = {"learning_rate": 1e-4, "epochs": 1, "checkpoint_every": 0, "devices": 1}
+
+
+def family_key(name: str) -> str:
+    """params.yaml's entry for the model folder `name` (models/<name>), by its config's family."""
+    model_type = AutoConfig.from_pretrained(ROOT / "models" / name).model_type
+    if model_type not in KEYS:
+        raise ValueError(f"models/{name}: family {model_type!r} has no entry in params.yaml ({', '.join(KEYS)})")
+    return KEYS[model_type]
+
+
+def raw_params(name: str, on_gpu: bool, **model_overrides) -> dict:
+    """params.yaml as a dict with `model` and its entry set for models/<name> and the settings above."""
+    raw = copy.deepcopy(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    key = family_key(name)
+    raw["model"] = key
+    raw["models"][key].update(pretrained=str(ROOT / "models" / name), **(GPU_MODEL if on_gpu else CPU_MODEL),
+                              **model_overrides)
+    raw["train"].update(GPU_TRAIN if on_gpu else CPU_TRAIN)
+    for stage in ("evaluate", "predict"):
+        raw[stage]["devices"] = 1
+    return raw
+
+
+def bench_params(name: str, on_gpu: bool, **model_overrides) -> Params:
+    """The typed params of `raw_params` (checked as every stage checks them)."""
+    return parse_params(raw_params(name, on_gpu, **model_overrides))
