@@ -13,8 +13,8 @@ from tests.workspace import QUEUE_EPOCHS
 
 
 def real_exp_show():
-    # `dvc exp show --json` as DVC 3.67 wrote it on the GPU run (benchmarks/results)
-    return json.loads((ROOT / "benchmarks" / "results" / "repro-exp-show.json").read_text())
+    # `dvc exp show --json` as DVC 3.67 wrote it on a GPU run of both full-size models
+    return json.loads((ROOT / "tests" / "data" / "exp-show-gpu.json").read_text())
 
 
 def test_flattens_baseline_and_experiments():
