@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= dev
 BIN := $(VENV)/bin
 
-.PHONY: install repro test clean
+.PHONY: install repro test bench clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -26,6 +26,12 @@ repro: install
 # marked xdist_group("workspace")) while the other runs everything else; the 15 slowest are listed.
 test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
+
+# The GPU headline numbers (README, docs/performance.md) into benchmarks/results/<card>-<date>/, then
+# the docs' tables from them. Needs a CUDA machine installed with EXTRAS=dev,gpu.
+bench: install
+	$(BIN)/python -m benchmarks run
+	$(BIN)/python -m benchmarks report
 
 clean:
 	rm -rf $(VENV)

@@ -2,7 +2,7 @@
 committed results into the docs' tables.
 
 Usage:
-    python -m benchmarks run --out benchmarks/results/<card>-<date>/ [--only inference,evaluate,train]
+    python -m benchmarks run [--out benchmarks/results/<card>-<date>/] [--only inference,evaluate,train]
     python -m benchmarks report [--check]
 
 `run` (any CUDA machine after `make install ... EXTRAS=dev,gpu`; on a CPU it runs the same code on the
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="measure the headline set into a results folder")
-    run.add_argument("--out", required=True, type=Path, help="results folder, e.g. benchmarks/results/h100-2026-12-06")
+    run.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<card>-<date>, e.g. h100-2026-12-06)")
     run.add_argument("--only", default="inference,evaluate,train",
                      help="parts to run, comma-separated (inference, evaluate, train); merged with those already in OUT")
     run.add_argument("--models", help="folders under models/ (default: llama3-8b,gemma2-9b on a GPU, "
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"--models: no models/{missing[0]}/config.json")
     rows = args.rows or (512 if gpu else 12)
+    args.out = args.out or card.default_out(card.device())
     head = headline.run(args.out, [p for p in headline.PARTS if p in parts], models, rows, args.reps,
                         args.steps or (64 if gpu else 3), argv)
     print(f"wrote {args.out / 'headline.json'}" + (f"; not run: {len(head['not_run'])} (see MANIFEST.md)"

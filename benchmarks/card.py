@@ -10,6 +10,7 @@ import datetime
 import hashlib
 import os
 import platform
+import re
 import subprocess
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -87,6 +88,17 @@ def code_state(root: Path = ROOT) -> dict:
         except (OSError, subprocess.CalledProcessError):
             commit = None
     return {"commit": commit, "dirty": dirty, "code_digest": digest.hexdigest()[:16]}
+
+
+def slug(name: str) -> str:
+    """A card's short name for a results folder: "NVIDIA H100 80GB HBM3" -> "h100", a CPU -> "cpu"."""
+    found = re.search(r"\b([A-Z]{1,3}\d{2,4}[A-Za-z]?)\b", name)
+    return found.group(1).lower() if found else "cpu"
+
+
+def default_out(dev: torch.device) -> Path:
+    """benchmarks/results/<card>-<date>: the folder `run` writes to without --out."""
+    return ROOT / "benchmarks" / "results" / f"{slug(describe(dev)['name'])}-{datetime.date.today().isoformat()}"
 
 
 def now() -> str:

@@ -134,6 +134,7 @@ def merge(out: Path) -> dict:
                 continue
             cells = {k: pick(r[k], "s_per_sample", "mfu", "mfu_datasheet", "attn", "kernels", "packed", "dtype",
                              "tokens_per_s", "padding_share", "peak_memory_gb", "rows", "tokens", "max_length") | {"max_rel_error": r[k]["check"]["max_rel_error"],
+                                                                                   "plain_eager_max_rel_error": r[k]["check"]["plain_eager_max_rel_error"],
                                                                                    "checked": r[k]["check"]["within_tolerance"]}
                      for k in ("default", "padded")}
             head["inference"][name] = {**cells, "flops_forward": r["flops_forward"], "family": r["family"],

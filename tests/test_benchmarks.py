@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from benchmarks import docgen, headline, inference, report
@@ -106,3 +107,11 @@ def test_the_docs_check_fails_on_a_changed_number(tmp_path):
     (copy / "headline.json").write_text(json.dumps(head))
     doc = (ROOT / "docs" / "performance.md").read_text()
     assert docgen.render(doc, report.all_blocks(copy), ROOT) != doc
+
+
+def test_a_cell_passes_only_within_the_plain_models_own_error():
+    ref = np.array([[1.0, -2.0, 0.5]])
+    plain = inference.errors(ref + 0.02, ref)  # the dtype's own rounding: 1% of the largest logit
+    assert inference.judged(inference.errors(ref + 0.03, ref), plain)["within_tolerance"]
+    assert not inference.judged(inference.errors(ref + 0.2, ref), plain)["within_tolerance"]  # a wrong function
+    assert not inference.judged(inference.errors(ref * np.nan, ref), plain)["within_tolerance"]
