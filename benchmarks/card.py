@@ -92,13 +92,14 @@ def code_state(root: Path = ROOT) -> dict:
 
 def slug(name: str) -> str:
     """A card's short name for a results folder: "NVIDIA H100 80GB HBM3" -> "h100", a CPU -> "cpu"."""
-    found = re.search(r"\b([A-Z]{1,3}\d{2,4}[A-Za-z]?)\b", name)
-    return found.group(1).lower() if found else "cpu"
+    found = re.search(r"\b([A-Z]{1,3}\d{1,4}[A-Za-z]?|\d{4})\b", name)
+    return found.group(1).lower() if found else "gpu"
 
 
 def default_out(dev: torch.device) -> Path:
     """benchmarks/results/<card>-<date>: the folder `run` writes to without --out."""
-    return ROOT / "benchmarks" / "results" / f"{slug(describe(dev)['name'])}-{datetime.date.today().isoformat()}"
+    card = slug(describe(dev)["name"]) if dev.type == "cuda" else "cpu"
+    return ROOT / "benchmarks" / "results" / f"{card}-{datetime.date.today().isoformat()}"
 
 
 def now() -> str:
