@@ -61,7 +61,7 @@ from benchmarks.gpu_bench import ROOT, cast_parameters_, datasheet_peak, measure
 from benchmarks.lengths import token_lengths
 from prefbench.config import ModelParams, TrainParams
 from prefbench.flops import forward_flops, lora_train_flops, mfu
-from prefbench.infer import GPU_PAD_MULTIPLE as PAD_MULTIPLE  # as evaluate and predict pad on a GPU
+from prefbench.batching import GPU_PAD_MULTIPLE as PAD_MULTIPLE  # as evaluate and predict pad on a GPU
 from prefbench.infer import predict
 from prefbench.models import (apply_kernels, count_parameters, label_config_kwargs, prepare_for_inference,
                               resolve_attention, resolve_kernels)

@@ -35,8 +35,8 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from benchmarks.lengths import token_lengths
 from prefbench.config import ModelParams, TrainParams
 from prefbench.flops import forward_flops, lora_train_flops, mfu
-from prefbench.infer import GPU_PAD_MULTIPLE as PAD_MULTIPLE  # as evaluate and predict pad on a GPU
-from prefbench.infer import predict, softmax  # noqa: F401  (softmax kept for ad-hoc checks)
+from prefbench.batching import GPU_PAD_MULTIPLE as PAD_MULTIPLE  # as evaluate and predict pad on a GPU
+from prefbench.infer import predict
 from prefbench.models import count_parameters, label_config_kwargs, resolve_attention, resolve_kernels
 from prefbench.lora import add_lora
 from prefbench.train import train

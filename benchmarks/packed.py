@@ -39,7 +39,7 @@ from benchmarks import default_path
 from benchmarks.default_path import bench_lengths, bench_sequences, errors
 from benchmarks.gpu_bench import ROOT, cast_parameters_
 from prefbench.flops import forward_flops, mfu
-from prefbench.infer import GPU_PAD_MULTIPLE as PAD_MULTIPLE  # as evaluate and predict pad on a GPU
+from prefbench.batching import GPU_PAD_MULTIPLE as PAD_MULTIPLE  # as evaluate and predict pad on a GPU
 from prefbench.infer import predict
 from prefbench.models import apply_kernels, count_parameters, label_config_kwargs, resolve_attention, resolve_kernels
 from prefbench.packing import predict_packed

@@ -19,9 +19,9 @@ from transformers import (MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING, AutoConfig,
                           AutoTokenizer)
 from transformers.utils import logging as hf_logging
 
-from prefbench.cli import is_terminal
 from prefbench.config import ModelParams, ParamsError
 from prefbench.data import LABEL_NAMES
+from prefbench.progress import is_terminal
 
 # peft 0.21 reads the attribute transformers 5 renamed (PeftModel.__init__), once per model load;
 # nothing here can act on it. Only this message is silenced; other FutureWarnings still show.

@@ -40,13 +40,13 @@ from dvclive import Live
 from prefbench.checkpoints import remove_checkpoints
 from prefbench.cli import run
 from prefbench.config import Params, by_kind, load_params
+from prefbench.device_errors import BatchOutOfMemoryError, NonFiniteLossError
 from prefbench.files import atomic_path
-from prefbench.infer import BatchOutOfMemoryError
 from prefbench.launch import launched, relaunch
 from prefbench.lora import save_adapter
 from prefbench.metrics import device_name, peak_memory_gb, round_floats, write_json
 from prefbench.models import pick_devices
-from prefbench.train import NonFiniteLossError, fine_tune, make_accelerator, mixed_precision
+from prefbench.train import fine_tune, make_accelerator, mixed_precision
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from prefbench.config import ParamsError
 from prefbench.data import deal_round_robin
 from prefbench.infer import predict, predict_sharded
 from prefbench.models import load_model, pick_devices
-from prefbench.train import shard
+from prefbench.train_batches import shard
 from tests import forked
 from tests.conftest import ROOT
 from tests.test_stages import run_stage
