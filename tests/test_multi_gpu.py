@@ -200,8 +200,9 @@ def test_compiled_merged_copies_predict_like_the_plain_model(tiny_gemma_tok):
     from peft import LoraConfig, TaskType, get_peft_model
 
     from prefbench.config import load_params
-    from prefbench.models import compile_for_inference
+    from prefbench.models import prepare_for_inference
     cfg = load_params(ROOT / "params.yaml").models["gemma2"]
+    cfg.compile = True
     cfg.pretrained = str(ROOT / "models" / "tiny-gemma2")
     cpu = torch.device("cpu")
 
@@ -216,7 +217,7 @@ def test_compiled_merged_copies_predict_like_the_plain_model(tiny_gemma_tok):
     plain = predict(adapted(), seqs, 8, tiny_gemma_tok.pad_token_id, cpu)
     import torch._dynamo.utils as dynamo_utils
     dynamo_utils.counters.clear()
-    copies = [compile_for_inference(adapted(), cfg, backend="eager") for _ in range(2)]
+    copies = [prepare_for_inference(adapted(), cfg, backend="eager") for _ in range(2)]
     assert all(isinstance(c, torch._dynamo.eval_frame.OptimizedModule) for c in copies)
     compiled = predict_sharded(copies, [cpu, cpu], seqs, 8, tiny_gemma_tok.pad_token_id)
     assert compiled["warmup_seconds"] > 0 and dynamo_utils.counters["stats"]["unique_graphs"] >= 1
