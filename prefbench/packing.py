@@ -73,7 +73,7 @@ def pack_rows(lengths, token_budget: int) -> list[np.ndarray]:
 def next_fit(order, lengths, token_budget: int) -> list[np.ndarray]:
     """Row indices cut into groups in the given `order`: each group takes rows until the next would
     take it past `token_budget` tokens; a row longer than the budget is a group of its own. Packs
-    (`pack_rows`: longest first) and token-budget training batches (prefbench.train: shuffled)."""
+    (`pack_rows`: longest first) and token-budget training batches (prefbench.train_batches: shuffled)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     if isinstance(token_budget, bool) or not isinstance(token_budget, (int, np.integer)) or token_budget < 1:
         raise ValueError(f"token_budget must be a positive number of tokens, got {token_budget!r}")

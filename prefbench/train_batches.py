@@ -43,7 +43,7 @@ def budget_batches(lengths: np.ndarray, token_budget: int, rng: np.random.Genera
 
 class EpochBatches(Sampler):
     """Batch sampler: each iteration is one epoch, a fresh shuffle from the generator seeded once:
-    batches of `batch_size` rows (prefbench.infer.shuffled_batches) taken last batch first (the order
+    batches of `batch_size` rows (prefbench.batching.shuffled_batches) taken last batch first (the order
     of the loop before accelerate, which popped them off the list: the same numbers), or with
     `token_budget` > 0 `budget_batches`, whose count differs between epochs."""
 
@@ -108,7 +108,7 @@ class ShardCollate:
     def __init__(self, sequences: list[np.ndarray], labels: np.ndarray, pad_token_id: int, rank: int, world: int,
                  mask_padding: bool = True, packed: bool = False, by_tokens: bool = False):
         self.sequences, self.pad_token_id, self.rank, self.world = sequences, pad_token_id, rank, world
-        self.mask_padding = mask_padding  # prefbench.infer.masks_padding
+        self.mask_padding = mask_padding  # prefbench.batching.masks_padding
         self.packed, self.by_tokens = packed, by_tokens
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.lengths = np.array([len(s) for s in sequences])

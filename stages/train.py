@@ -22,7 +22,7 @@ GPUs, CPU processes over gloo), and waits: the dvc.yaml command stays one line. 
 `accelerate launch` itself (several machines: README "Several GPUs") it trains at once, in the
 launcher's processes. Every process takes its share of each batch (train_batch_size rows, or rows
 up to train_token_budget tokens), so the optimizer steps are those of one device
-(prefbench.train.shard, shard_tokens), and the main process writes the outputs. seconds_per_sample
+(prefbench.train_batches.shard, shard_tokens), and the main process writes the outputs. seconds_per_sample
 is wall time; `devices` says how many processes ran.
 """
 

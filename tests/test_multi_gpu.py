@@ -139,7 +139,7 @@ def test_two_machines_train_packed_budget_batches_like_one_process(tokens):
     --machine_rank R` per machine, here two "machines" of one CPU process each on 127.0.0.1; the
     stage, already launched, trains in the launcher's processes whatever train.devices says. The
     params are packed training with token-budget batches (pb1.yaml): each rank's share of a batch
-    split by tokens (prefbench.train.shard_tokens), packed into one row through PackedClassifier
+    split by tokens (prefbench.train_batches.shard_tokens), packed into one row through PackedClassifier
     (the module DDP wraps, so its gradients are all-reduced), against the same params on one
     process. (Padded batches under DDP, and the stage's own relaunch for train.devices: 2, run in
     tests/test_resume.py's resume under DDP.)"""
