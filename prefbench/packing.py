@@ -1,4 +1,4 @@
-"""Padding-free (packed) inference: rows laid end to end in one sequence per forward pass.
+"""Padding-free (packed) forward passes, for inference and training: rows laid end to end in one sequence.
 
 Why: a padded batch computes its pad tokens too. On the real arena rows at max_length 1024,
 length-sorted batches of 16 padded to a multiple of 64 still compute pad tokens
