@@ -30,7 +30,8 @@ from benchmarks.card import ROOT
 from benchmarks.lengths import bench_lengths, bench_sequences
 from benchmarks.settings import bench_params
 from prefbench.flops import forward_flops, mfu
-from prefbench.infer import packs, pad_multiple_for, predict
+from prefbench.batching import pad_multiple_for
+from prefbench.infer import packs, predict
 from prefbench.lora import add_lora
 from prefbench.models import (apply_kernels, count_parameters, label_config_kwargs, prepare_for_inference,
                               resolve_attention, resolve_dtype, resolve_kernels)

@@ -12,7 +12,7 @@
   state.json            fingerprint, format, and where training stands (TrainState)
 accelerate reads its .bin/.pkl/.pt files with torch.load(weights_only=True) (accelerate.utils.load:
 tensors, numbers and numpy arrays only, no code is unpickled); the batch order is not stored:
-the train loop replays the seeded shuffles (prefbench.train.EpochBatches).
+the train loop replays the seeded shuffles (prefbench.train_batches.EpochBatches).
 
 All processes write a checkpoint together (accelerate: the main process writes the weights,
 optimizer and scheduler, each process its RNG states) into `.tmp-step-*`, which the main process

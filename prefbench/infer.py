@@ -1,21 +1,18 @@
-"""Inference: batching, the timed predict loop, and the one entry point of evaluate and predict.
-
-Real arena rows range from a few dozen tokens to far past max_length. Padding every batch to
-max_length wastes most of the compute on pad tokens, so batches are cut from rows sorted by
-length and padded only to their own longest row (dynamic padding).
+"""Inference: the timed predict loop, and the one entry point of the evaluate and predict stages.
 
 `run_inference` is what the evaluate and predict stages run, for either kind of model (through
 `prefbench.config.by_kind`: the LLMs here, `LLMRunner`; the scikit-learn baseline in
 `prefbench.tfidf.Runner`): load the model (timed on its own), encode each view of the rows
-(untimed, as tokenising is a stage of its own), then the timed predict loop. `evaluate_split`
-and `predict_rows` turn its result into metrics/eval.json and metrics/predict.json.
+(untimed, as tokenising is a stage of its own), then the timed predict loop (`predict_sharded`
+on length-sorted, dynamically padded batches from prefbench.batching, or prefbench.packing's
+packed loop). `evaluate_split` and `predict_rows` turn its result into metrics/eval.json and
+metrics/predict.json.
 """
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -25,141 +22,16 @@ import pandas as pd
 import torch
 import transformers
 
-from prefbench.cli import progress
+from prefbench.batching import (collate, length_sorted_batches, masks_padding, pad_multiple_for, padded_shape,
+                                synchronize, to_device)
 from prefbench.config import ModelParams, Params, ParamsError, by_kind
 from prefbench.data import deal_round_robin
+from prefbench.device_errors import check_finite, oom_guard
 from prefbench.metrics import accuracy, device_name, log_loss, peak_memory_gb, prior_log_loss, softmax
 from prefbench.models import adapter_seed, load_copies, load_tokenizer, pick_devices
 from prefbench.packing import predict_packed, resolve_packing
+from prefbench.progress import progress
 from prefbench.tokenize import encode_rows, read_tokens
-
-__all__ = ["softmax"]  # re-exported: it lives in prefbench.metrics (prefbench.tfidf needs it too)
-
-# On a GPU, batch widths are rounded up to a multiple of 64 tokens: matmul shapes stay
-# tensor-core friendly, and the per-shape work (cuDNN attention plans, flash-attn-4 / Triton JIT
-# kernels, torch.compile graphs) sees at most max_length / 64 widths (16 at 1024). On a CPU
-# padding only costs: rows are padded to the batch's longest.
-GPU_PAD_MULTIPLE = 64
-
-
-def pad_multiple_for(device: torch.device) -> int:
-    """The multiple that batch widths are rounded up to on `device`: GPU_PAD_MULTIPLE on a GPU, else 1."""
-    return GPU_PAD_MULTIPLE if device.type == "cuda" else 1
-
-
-class BatchOutOfMemoryError(RuntimeError):
-    """The device ran out of memory on one batch; the message says which settings to lower."""
-
-
-def oom_message(phase: str, rows: int, longest: int, cfg: ModelParams | None = None, name: str = "<model>",
-                step: int | None = None, tokens: int | None = None) -> str:
-    """What ran out of memory (`phase` is "train" or "evaluate"), on which batch, and what to lower.
-
-    `rows` and `longest` describe the failing batch: its number of rows and its longest row in
-    tokens (batches are padded to their longest row); `tokens`, this process's tokens of it. A
-    training batch of `train_token_budget` tokens names that setting instead of train_batch_size.
-    """
-    key = f"models.{name}"
-    where = f"training (optimizer step {step})" if phase == "train" and step is not None else (
-        "training" if phase == "train" else "evaluation")
-    on_process = f", {tokens} tokens on this process" if tokens is not None else ""
-    msg = f"out of memory in {where} on a batch of {rows} rows{on_process}, the longest {longest} tokens"
-    if cfg is not None:
-        msg += f" (max_length {cfg.max_length})"
-    if phase == "train":
-        if cfg is not None and cfg.train_token_budget:
-            fixes = [f"{key}.train_token_budget (now {cfg.train_token_budget}; raise train.grad_accum_steps to "
-                     "keep the tokens per optimizer step)", f"or {key}.max_length"]
-        else:
-            now = f" (now {cfg.train_batch_size})" if cfg is not None else ""
-            fixes = [f"{key}.train_batch_size{now} (raise train.grad_accum_steps to keep the effective batch size)",
-                     f"or {key}.max_length"]
-        extra = [] if cfg is not None and cfg.gradient_checkpointing else [f"{key}.gradient_checkpointing: true"]
-    else:
-        now = f" (now {cfg.eval_batch_size})" if cfg is not None else ""
-        fixes = [f"{key}.eval_batch_size{now}", f"or {key}.max_length"]
-        extra = []
-    if cfg is None or cfg.quantization == "none":
-        extra.append(f"{key}.quantization: 4bit (CUDA, bitsandbytes)")
-    msg += ". Lower " + " ".join(fixes)
-    if extra:
-        msg += ", or set " + " or ".join(extra)
-    return msg + "."
-
-
-@contextmanager
-def oom_guard(phase: str, rows: int, longest: int, cfg: ModelParams | None = None, name: str = "<model>",
-              step: int | None = None, tokens: int | None = None):
-    """Turn torch.OutOfMemoryError inside the block into a BatchOutOfMemoryError naming the batch."""
-    try:
-        yield
-    except torch.OutOfMemoryError as err:
-        raise BatchOutOfMemoryError(oom_message(phase, rows, longest, cfg, name, step, tokens)) from err
-
-
-def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Row indices in batches of similar length, longest first (an OOM shows up at once)."""
-    order = np.argsort(-lengths, kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def shuffled_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
-                     mega: int = 16) -> list[np.ndarray]:
-    """Training batches: random, but each drawn from a 'mega-batch' of `mega` batches sorted by
-    length, so padding stays small while batch order and composition stay random."""
-    perm = rng.permutation(len(lengths))
-    batches = []
-    for i in range(0, len(perm), batch_size * mega):
-        chunk = perm[i:i + batch_size * mega]
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
-    order = rng.permutation(len(batches))
-    return [batches[k] for k in order]
-
-
-def collate(sequences: list[np.ndarray], pad_token_id: int, pad_to: int | None = None,
-            pad_multiple: int = 1, mask_padding: bool = True) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sequence rounded up to `pad_multiple` (or to `pad_to`), with the mask
-    (all ones with `mask_padding=False`: see `masks_padding`).
-
-    run_inference passes `pad_multiple_for(device)`: GPU_PAD_MULTIPLE on a GPU (see there), 1 on a CPU.
-    """
-    width = pad_to or -(-max(len(s) for s in sequences) // pad_multiple) * pad_multiple
-    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long) if mask_padding else torch.ones_like(ids)
-    for i, s in enumerate(sequences):
-        ids[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-def masks_padding(model) -> bool:
-    """False for eager attention with a sliding window (Gemma2 on a CPU or T4): there a pad position
-    more than a window past its row's last token has no key left to attend to, its softmax is nan,
-    and the next layer's 0 x nan carries it into the real tokens (seen: tiny Gemma2, rows 10 and
-    130 tokens in one batch). With right padding and causal attention no real token attends to a
-    later pad position, so leaving the pads unmasked gives the real tokens the same mask, bit for
-    bit, and the pads something to attend to. Classifiers pool the last non-pad token by input id."""
-    config = model.config
-    return not (getattr(config, "sliding_window", None) and config._attn_implementation == "eager")
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    """A batch's tensors on `device`; other values (a packed row's max_length, a Python int: no host
-    sync) as they are."""
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def synchronize(*devices: torch.device) -> None:
-    """Wait for every GPU among `devices` (each once) to finish its queued work."""
-    for device in set(devices):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-
-def padded_shape(lengths: np.ndarray, pad_to: int | None, pad_multiple: int) -> tuple[int, int]:
-    """(rows, width) of the batch `collate` makes from rows of these lengths."""
-    return len(lengths), pad_to or -(-int(lengths.max()) // pad_multiple) * pad_multiple
 
 
 def warmup_plan(batches: list[np.ndarray], lengths: np.ndarray, warmup_batches: int, warmup_shapes: bool,
@@ -245,21 +117,6 @@ def predict_sharded(models: list, devices: list[torch.device], sequences: list[n
     return {"logits": logits, "seconds": seconds, "tokens": int(lengths.sum()), "padded_tokens": padded_tokens,
             "devices": len(models), "warmup_seconds": warmup_seconds,
             "batch_shapes": len({padded_shape(lengths[b], pad_to, pad_multiple) for p in plans for b in p})}
-
-
-class NonFiniteLogitsError(RuntimeError):
-    """Some rows got nan or inf logits; the message says how many."""
-
-
-def check_finite(logits: np.ndarray, dtype_name: str = "?", name: str = "<model>") -> None:
-    """Raise NonFiniteLogitsError if any row's logits are nan or inf: a log-loss from them would
-    be nan or meaningless, so the stage writes no metrics at all."""
-    bad = int((~np.isfinite(logits)).any(axis=1).sum())
-    if bad:
-        raise NonFiniteLogitsError(
-            f"{bad} of {len(logits)} rows have non-finite logits (nan or inf), computing in "
-            f"{dtype_name}; no metrics written. In float16 (overflow), set models.{name}.dtype: bfloat16 "
-            "or float32; otherwise the adapter itself may hold nan weights (see the training loss).")
 
 
 # ---------------------------------------------------------------- the entry point of evaluate and predict

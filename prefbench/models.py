@@ -7,7 +7,6 @@ weights: timing is real, predictions are not, and `weights: random-init` says so
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -19,9 +18,9 @@ from transformers import (MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING, AutoConfig,
                           AutoTokenizer)
 from transformers.utils import logging as hf_logging
 
-from prefbench.cli import is_terminal
 from prefbench.config import ModelParams, ParamsError
 from prefbench.data import LABEL_NAMES
+from prefbench.progress import is_terminal
 
 # peft 0.21 reads the attribute transformers 5 renamed (PeftModel.__init__), once per model load;
 # nothing here can act on it. Only this message is silenced; other FutureWarnings still show.
@@ -30,10 +29,6 @@ warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprec
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pth")
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def pick_devices(n: int, key: str, visible: int | None = None) -> list[torch.device]:
@@ -374,8 +369,3 @@ def prepare_for_inference(model, cfg: ModelParams, backend: str = "inductor"):
     if cfg.quantization == "none" and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     return torch.compile(model, dynamic=True, backend=backend) if cfg.compile else model
-
-
-def compile_for_inference(model, cfg: ModelParams, backend: str = "inductor"):
-    """LoRA merged (unless 4-bit), then torch.compile(dynamic=True), whatever `cfg.compile` says."""
-    return prepare_for_inference(model, dataclasses.replace(cfg, compile=True), backend)

@@ -1,4 +1,4 @@
-"""Padding-free (packed) inference: rows laid end to end in one sequence per forward pass.
+"""Padding-free (packed) forward passes, for inference and training: rows laid end to end in one sequence.
 
 Why: a padded batch computes its pad tokens too. On the real arena rows at max_length 1024,
 length-sorted batches of 16 padded to a multiple of 64 still compute pad tokens
@@ -38,8 +38,9 @@ import torch
 import torch.nn.functional as F
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from prefbench.cli import progress
+from prefbench.batching import synchronize
 from prefbench.config import ParamsError
+from prefbench.progress import progress
 
 # attn_implementation values whose kernel takes cu_seqlens (varlen): packing pays only with these.
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
@@ -72,7 +73,7 @@ def pack_rows(lengths, token_budget: int) -> list[np.ndarray]:
 def next_fit(order, lengths, token_budget: int) -> list[np.ndarray]:
     """Row indices cut into groups in the given `order`: each group takes rows until the next would
     take it past `token_budget` tokens; a row longer than the budget is a group of its own. Packs
-    (`pack_rows`: longest first) and token-budget training batches (prefbench.train: shuffled)."""
+    (`pack_rows`: longest first) and token-budget training batches (prefbench.train_batches: shuffled)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     if isinstance(token_budget, bool) or not isinstance(token_budget, (int, np.integer)) or token_budget < 1:
         raise ValueError(f"token_budget must be a positive number of tokens, got {token_budget!r}")
@@ -272,7 +273,7 @@ def predict_packed(models, sequences: list[np.ndarray], token_budget: int, pad_t
     if warmup:
         for d, share in enumerate(shares):  # one copy at a time, as predict_sharded warms up
             run(d, [share[i] for i in warmup_packs([totals[k] for k in share])])
-    _sync(*devices)
+    synchronize(*devices)
     warmup_seconds = time.perf_counter() - start
     start = time.perf_counter()
     with progress(total=len(packs), desc="predict", unit="pack") as bar:
@@ -281,16 +282,10 @@ def predict_packed(models, sequences: list[np.ndarray], token_budget: int, pad_t
         else:
             with ThreadPoolExecutor(len(models)) as pool:
                 list(pool.map(lambda d: run(d, shares[d], bar), range(len(models))))
-        _sync(*devices)
+        synchronize(*devices)
     seconds = time.perf_counter() - start
     return {"logits": logits, "seconds": seconds, "warmup_seconds": warmup_seconds,
             "tokens": int(lengths.sum()), "padded_tokens": int(lengths.sum()), "packs": len(packs),
             "pack_shapes": len(set(totals)), "rows_over_budget": int((lengths > token_budget).sum()),
             "token_budget": token_budget, "devices": len(models),
             "fill": float(lengths.sum() / (len(packs) * token_budget)) if packs else 0.0}
-
-
-def _sync(*devices: torch.device) -> None:
-    for device in devices:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)

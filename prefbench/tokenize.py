@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from prefbench.cli import progress
+from prefbench.progress import progress
 
 MARKERS = ("<prompt>: ", "\n\n<response_a>: ", "\n\n<response_b>: ")
 TURN_SEPARATOR = "\n\n"

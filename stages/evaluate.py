@@ -25,8 +25,9 @@ import pandas as pd
 from prefbench.cli import run
 from prefbench.config import load_params
 from prefbench.data import LABEL_NAMES
+from prefbench.device_errors import BatchOutOfMemoryError, NonFiniteLogitsError
 from prefbench.files import atomic_path
-from prefbench.infer import BatchOutOfMemoryError, NonFiniteLogitsError, SPEED_ACCURACY, evaluate_split
+from prefbench.infer import SPEED_ACCURACY, evaluate_split
 from prefbench.metrics import calibration_rows, round_floats, write_json
 
 

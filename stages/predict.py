@@ -25,7 +25,8 @@ import pandas as pd
 from prefbench.cli import run
 from prefbench.config import load_params
 from prefbench.data import LABEL_COLUMNS, read_test_csv
-from prefbench.infer import BatchOutOfMemoryError, NonFiniteLogitsError, predict_rows
+from prefbench.device_errors import BatchOutOfMemoryError, NonFiniteLogitsError
+from prefbench.infer import predict_rows
 from prefbench.metrics import round_floats, write_json
 
 

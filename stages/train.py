@@ -22,7 +22,7 @@ GPUs, CPU processes over gloo), and waits: the dvc.yaml command stays one line. 
 `accelerate launch` itself (several machines: README "Several GPUs") it trains at once, in the
 launcher's processes. Every process takes its share of each batch (train_batch_size rows, or rows
 up to train_token_budget tokens), so the optimizer steps are those of one device
-(prefbench.train.shard, shard_tokens), and the main process writes the outputs. seconds_per_sample
+(prefbench.train_batches.shard, shard_tokens), and the main process writes the outputs. seconds_per_sample
 is wall time; `devices` says how many processes ran.
 """
 
@@ -40,13 +40,13 @@ from dvclive import Live
 from prefbench.checkpoints import remove_checkpoints
 from prefbench.cli import run
 from prefbench.config import Params, by_kind, load_params
+from prefbench.device_errors import BatchOutOfMemoryError, NonFiniteLossError
 from prefbench.files import atomic_path
-from prefbench.infer import BatchOutOfMemoryError
 from prefbench.launch import launched, relaunch
 from prefbench.lora import save_adapter
 from prefbench.metrics import device_name, peak_memory_gb, round_floats, write_json
 from prefbench.models import pick_devices
-from prefbench.train import NonFiniteLossError, fine_tune, make_accelerator, mixed_precision
+from prefbench.train import fine_tune, make_accelerator, mixed_precision
 
 
 def main() -> None:

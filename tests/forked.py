@@ -28,7 +28,9 @@ What a fork cannot give: what is fixed when the interpreter starts or the librar
 (PYTHONHASHSEED, ATEN_CPU_CAPABILITY, the hub's offline switch and cache folder) is the server's,
 whatever a request's environment says; the session's server is started with the session's
 environment, and HASH_SEED. The `python -m` command line itself, as a user's `dvc repro` runs it,
-is tested with real interpreters (the shared run's native `make repro`).
+is tested with real interpreters (the shared run's native `make repro`). What a fork can give, it
+does: a child that runs in another copy of the repo (a git copy, a DVC queue's temporary copy)
+imports that copy's prefbench, not the server's preloaded one (`_forget_other_checkout`).
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ def _run_child(request: dict, fds: list[int]) -> None:
         else:
             sys.dont_write_bytecode = True
     sys.path.insert(0, request["cwd"])  # as `python -m` puts the working directory first
+    _forget_other_checkout()
     code = 0
     try:
         if argv[0] == "-c":
@@ -144,6 +147,24 @@ def _run_child(request: dict, fds: list[int]) -> None:
             except (OSError, ValueError):
                 pass
     os._exit(code)
+
+
+def _forget_other_checkout() -> None:
+    """In a child that runs in another copy of the repo (a test's git copy, a DVC queue's temporary
+    copy under .dvc/tmp/exps/): drop the repo's packages the server imported from its own checkout
+    (prefbench, through PRELOAD) where the child's sys.path finds them elsewhere first, so that the
+    child imports the copy's library, as a fresh `python -m` in the copy would. Torch & co. stay
+    imported; the copy's modules are read again (their own code, a fraction of a second)."""
+    import importlib.machinery
+
+    packages = {name.split(".")[0] for name, module in list(sys.modules.items())
+                if name != "__main__" and Path(getattr(module, "__file__", None) or "/").is_relative_to(ROOT)}
+    for package in packages:
+        spec = importlib.machinery.PathFinder.find_spec(package, sys.path)  # where a fresh interpreter looks
+        if spec is None or spec.origin == getattr(sys.modules.get(package), "__file__", None):
+            continue
+        for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+            del sys.modules[name]
 
 
 def serve(path: str) -> None:

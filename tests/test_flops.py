@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from prefbench.config import load_params
 from prefbench.flops import attention_pairs, forward_flops, layer_windows, lora_train_flops
 from prefbench.models import count_parameters, label_config_kwargs, load_model, resolve_attention
-from prefbench.train import add_lora
+from prefbench.lora import add_lora
 from tests.conftest import ROOT
 
 MM, BMM = torch.ops.aten.mm, torch.ops.aten.bmm

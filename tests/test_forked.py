@@ -3,12 +3,14 @@
 so does the client script that DVC's stage commands reach through $PREFBENCH_PYTHON."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 from tests import forked
+from tests.conftest import ROOT
 
 
 def test_exit_status_and_output_as_a_fresh_interpreter_gives_them():
@@ -57,3 +59,23 @@ def test_client_script_takes_the_interpreter_options_execnet_starts_xdist_worker
     got = subprocess.run([str(forked.server().python), *argv], capture_output=True, text=True, timeout=60)
     real = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=60)
     assert (got.returncode, got.stdout) == (0, real.stdout) == (0, "['-c', 'x'] True True True\n"), got.stderr
+
+
+def test_a_child_in_another_copy_of_the_repo_runs_that_copys_library(tmp_path):
+    """The server preloads prefbench from its own checkout; a stage run in a copy of the repo (a
+    test's git copy, a DVC queue's temporary one) imports the copy's prefbench, modules the server
+    preloaded included, as `python -m` in the copy would. In the checkout the preloaded ones stay."""
+    copy = tmp_path / "copy"
+    for package in ("prefbench", "stages"):
+        shutil.copytree(ROOT / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
+    infer = copy / "prefbench" / "infer.py"
+    infer.write_text(infer.read_text() + "\nIN_THE_COPY = True\n")
+    probe = ("import sys; import stages.evaluate, prefbench.infer;"
+             "print(prefbench.infer.__file__, sys.modules['prefbench.models'].__file__,"
+             " getattr(prefbench.infer, 'IN_THE_COPY', False))")
+    (copy / "probe.py").write_text(probe)
+    proc = forked.run("-m", "probe", cwd=copy)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == [str(infer), str(copy / "prefbench" / "models.py"), "True"]
+    home = forked.run("-c", probe.replace("import stages.evaluate, ", "import "), cwd=ROOT)
+    assert home.stdout.split() == [str(ROOT / "prefbench" / "infer.py"), str(ROOT / "prefbench" / "models.py"), "False"]

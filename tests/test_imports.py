@@ -68,3 +68,26 @@ def test_the_cycle_check_finds_a_cycle_through_a_function_level_import(tmp_path)
     assert [p.stem for p in find_cycle(graph)] == ["a", "b", "a"]
     (tmp_path / "prefbench" / "b.py").write_text("def f():\n    return 1\n")
     assert find_cycle(import_graph(tmp_path / "prefbench", tmp_path)) is None
+
+
+def reaches(graph: dict[Path, set[Path]], start: Path, goal: Path) -> bool:
+    """Whether `start` imports `goal`, directly or through other modules."""
+    todo, seen = [start], set()
+    while todo:
+        node = todo.pop()
+        if node == goal:
+            return True
+        if node not in seen:
+            seen.add(node)
+            todo += graph.get(node, ())
+    return False
+
+
+def test_training_and_inference_stand_side_by_side():
+    """The train loop and the inference loop share what both need (prefbench.batching,
+    prefbench.device_errors) from below; neither imports the other, so either can be read alone."""
+    graph = import_graph(ROOT / "prefbench", ROOT)
+    infer, train = ROOT / "prefbench" / "infer.py", ROOT / "prefbench" / "train.py"
+    assert reaches(graph, train, ROOT / "prefbench" / "batching.py")  # the check sees paths
+    assert not reaches(graph, infer, train), "prefbench.infer imports prefbench.train"
+    assert not reaches(graph, train, infer), "prefbench.train imports prefbench.infer"

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from prefbench.batching import collate, length_sorted_batches, shuffled_batches
 from prefbench.config import load_params
-from prefbench.infer import collate, length_sorted_batches, predict, shuffled_batches
+from prefbench.infer import predict
 from prefbench.models import load_model
 from tests.conftest import ROOT
 
@@ -42,7 +43,8 @@ def test_dynamic_padding_and_batching_do_not_change_predictions(tiny_llama_tok, 
 def test_warmup_plan_runs_every_padded_shape_once_before_the_timer():
     """warmup_shapes: one untimed batch per distinct (rows, padded width), none twice; without it, only
     the first warmup_batches (a shape first seen inside the timed loop pays its compile/plan there)."""
-    from prefbench.infer import padded_shape, warmup_plan
+    from prefbench.batching import padded_shape
+    from prefbench.infer import warmup_plan
     lengths = np.random.default_rng(0).integers(5, 1025, 2003)
     batches = length_sorted_batches(lengths, 16)
     shapes = [padded_shape(lengths[b], None, 64) for b in batches]
@@ -71,7 +73,7 @@ def test_warmup_shapes_leave_predictions_and_the_timed_rows_unchanged(tiny_llama
 
 
 def test_batches_are_padded_to_64_on_a_gpu_and_to_their_longest_row_on_a_cpu():
-    from prefbench.infer import GPU_PAD_MULTIPLE, pad_multiple_for
+    from prefbench.batching import GPU_PAD_MULTIPLE, pad_multiple_for
     seqs = [np.arange(70), np.arange(3)]
     gpu, cpu = pad_multiple_for(torch.device("cuda", 0)), pad_multiple_for(torch.device("cpu"))
     assert collate(seqs, 0, pad_multiple=gpu)["input_ids"].shape == (2, 2 * GPU_PAD_MULTIPLE) and GPU_PAD_MULTIPLE == 64
@@ -136,7 +138,7 @@ def test_rows_a_window_shorter_than_their_batch_stay_finite_with_sliding_window_
     left to attend to). Batched, every row's logits are the row's own, computed alone."""
     from transformers import AutoConfig
 
-    from prefbench.infer import masks_padding
+    from prefbench.batching import masks_padding
     from prefbench.models import classifier_class
 
     path = str(ROOT / "models" / "tiny-gemma2")

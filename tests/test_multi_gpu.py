@@ -24,7 +24,7 @@ from prefbench.config import ParamsError
 from prefbench.data import deal_round_robin
 from prefbench.infer import predict, predict_sharded
 from prefbench.models import load_model, pick_devices
-from prefbench.train import shard
+from prefbench.train_batches import shard
 from tests import forked
 from tests.conftest import ROOT
 from tests.test_stages import run_stage
@@ -139,7 +139,7 @@ def test_two_machines_train_packed_budget_batches_like_one_process(tokens):
     --machine_rank R` per machine, here two "machines" of one CPU process each on 127.0.0.1; the
     stage, already launched, trains in the launcher's processes whatever train.devices says. The
     params are packed training with token-budget batches (pb1.yaml): each rank's share of a batch
-    split by tokens (prefbench.train.shard_tokens), packed into one row through PackedClassifier
+    split by tokens (prefbench.train_batches.shard_tokens), packed into one row through PackedClassifier
     (the module DDP wraps, so its gradients are all-reduced), against the same params on one
     process. (Padded batches under DDP, and the stage's own relaunch for train.devices: 2, run in
     tests/test_resume.py's resume under DDP.)"""
@@ -200,8 +200,9 @@ def test_compiled_merged_copies_predict_like_the_plain_model(tiny_gemma_tok):
     from peft import LoraConfig, TaskType, get_peft_model
 
     from prefbench.config import load_params
-    from prefbench.models import compile_for_inference
+    from prefbench.models import prepare_for_inference
     cfg = load_params(ROOT / "params.yaml").models["gemma2"]
+    cfg.compile = True
     cfg.pretrained = str(ROOT / "models" / "tiny-gemma2")
     cpu = torch.device("cpu")
 
@@ -216,7 +217,7 @@ def test_compiled_merged_copies_predict_like_the_plain_model(tiny_gemma_tok):
     plain = predict(adapted(), seqs, 8, tiny_gemma_tok.pad_token_id, cpu)
     import torch._dynamo.utils as dynamo_utils
     dynamo_utils.counters.clear()
-    copies = [compile_for_inference(adapted(), cfg, backend="eager") for _ in range(2)]
+    copies = [prepare_for_inference(adapted(), cfg, backend="eager") for _ in range(2)]
     assert all(isinstance(c, torch._dynamo.eval_frame.OptimizedModule) for c in copies)
     compiled = predict_sharded(copies, [cpu, cpu], seqs, 8, tiny_gemma_tok.pad_token_id)
     assert compiled["warmup_seconds"] > 0 and dynamo_utils.counters["stats"]["unique_graphs"] >= 1

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from prefbench.config import load_params
-from prefbench.infer import BatchOutOfMemoryError, oom_message, predict
+from prefbench.device_errors import (BatchOutOfMemoryError, NonFiniteLogitsError, NonFiniteLossError, check_finite,
+                                     non_finite_message, oom_message)
+from prefbench.infer import predict
 from prefbench.models import load_model, load_tokenizer
 from prefbench.tokenize import read_tokens
 from prefbench.lora import add_lora
-from prefbench.train import NonFiniteLossError, non_finite_message, train
-from prefbench.infer import NonFiniteLogitsError, check_finite
+from prefbench.train import train
 from tests import forked
 from tests.conftest import ROOT
 from tests.test_resume import tokens, train_args, write_params  # noqa: F401  (tokens: a fixture)

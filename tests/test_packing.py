@@ -150,7 +150,7 @@ def test_pooling_follows_the_stock_classifier_on_trailing_pad_tokens(tiny_gemma_
 def test_unmerged_lora_adapter_is_packed_through_peft(tiny_llama_tok):
     """A peft-wrapped model (4-bit evaluate keeps the adapter unmerged): LoRA layers in the base
     model and the adapter's score head copy both act in the packed path."""
-    from prefbench.train import add_lora
+    from prefbench.lora import add_lora
 
     pad = tiny_llama_tok.pad_token_id
     cfg = load_params(ROOT / "params.yaml").models["llama3"]

@@ -12,7 +12,8 @@ from sklearn.linear_model import LogisticRegression
 
 from prefbench.config import ParamsError, TfidfParams, parse_params
 from prefbench.data import read_test_csv
-from prefbench.infer import run_inference, softmax
+from prefbench.infer import run_inference
+from prefbench.metrics import softmax
 from prefbench.tfidf import Classifier, Featuriser, fit_classifier, read_features
 from tests.conftest import ROOT
 

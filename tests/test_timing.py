@@ -24,7 +24,7 @@ import prefbench.infer
 import prefbench.models
 from prefbench.config import load_params
 from prefbench.models import load_model, load_tokenizer
-from prefbench.train import add_lora
+from prefbench.lora import add_lora
 from tests.test_resume import tokens, write_params  # noqa: F401  (tokens: a fixture)
 
 PER_BATCH = 1_000.0  # seconds added to every collate call
@@ -155,7 +155,7 @@ def test_train_steady_rate_leaves_out_the_first_steps(monkeypatch, tmp_path):
     import numpy as np
 
     import prefbench.train
-    from prefbench.train import ShardCollate
+    from prefbench.train_batches import ShardCollate
     params = load_params(write_params(tmp_path / "params.yaml")[1])
     cfg, tp = params.selected, params.train
     cfg.train_batch_size = 4

@@ -27,12 +27,14 @@ import numpy as np
 import pytest
 import torch
 
+from prefbench.batching import collate, masks_padding
 from prefbench.config import load_params
-from prefbench.infer import BatchOutOfMemoryError, collate, masks_padding
+from prefbench.device_errors import BatchOutOfMemoryError
 from prefbench.lora import add_lora
 from prefbench.models import load_model, load_tokenizer
 from prefbench.packing import PackedClassifier, collate_packed
-from prefbench.train import EpochBatches, budget_batches, shard, shard_tokens, train
+from prefbench.train import train
+from prefbench.train_batches import EpochBatches, budget_batches, shard, shard_tokens
 from tests.conftest import ROOT
 
 CPU = torch.device("cpu")

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from prefbench.cli import LOG_LINES, progress
+from prefbench.progress import LOG_LINES, progress
 
 
 class Terminal(io.StringIO):
