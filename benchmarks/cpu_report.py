@@ -140,16 +140,16 @@ def data_label(run: dict) -> str:
 def tfidf(root: Path) -> str:
     rows = ["| model | log_loss | log_loss_prior | accuracy | seconds_per_sample | params_total "
             "| data (committed result) |", "|---|---|---|---|---|---|---|"]
-    where = []
-    for rel in TFIDF:
-        run, name = load(root, rel), Path(rel).name
+    runs = {Path(rel).name: load(root, rel) for rel in TFIDF}
+    for name, run in runs.items():
         ev = run["metrics/eval.json"]
         rows.append(f"| tfidf (scikit-learn) | {ev['log_loss']:.4f} | {ev['log_loss_prior']:.4f} "
                     f"| {ev['accuracy']:.3f} | {ev['seconds_per_sample']:.2e} | {ev['params_total']:,} "
                     f"| {data_label(run)} (`{name}`) |")
-        where.append(f"`{name}`: `{run['command']}` at commit {short(run['commit'])} on {run['machine']}")
-    return "\n".join(rows) + (f"\n\nMade by `python -m benchmarks.tfidf_baseline` (a fresh clone of the "
-                              f"commit; files in `benchmarks/results/`): {'; '.join(where)}.\n")
+    where = sorted({f"commit {short(run['commit'])} on {run['machine']}" for run in runs.values()})
+    commands = "; ".join(f"`{run['command']}` (`{name}`)" for name, run in runs.items())
+    return "\n".join(rows) + (f"\n\nMade by `python -m benchmarks.tfidf_baseline` at {' and '.join(where)}, "
+                              f"each run in a fresh clone: {commands}; files in `benchmarks/results/`.\n")
 
 
 def bundle_projection(root: Path) -> str:
