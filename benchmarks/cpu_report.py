@@ -10,7 +10,7 @@ Each generator is a function of the repo's root that reads committed files only 
     pr-review-example  docs/pr-review-example.md (made by scripts/pr_example.sh), quoted
 
 Usage: python -m benchmarks.cpu_report [--check]
-renders these blocks in README.md, CONTRIBUTING.md and docs/*.md and leaves every other block as
+renders these blocks in README.md and docs/*.md and leaves every other block as
 it is (`python -m benchmarks report` renders them all); --check only reports files that differ.
 """
 
@@ -189,7 +189,7 @@ FILES: dict[str, tuple[str, ...]] = {  # what each block reads
 
 def documents(root: Path) -> list[Path]:
     """The Markdown files whose blocks are generated."""
-    return [p for p in (root / "README.md", root / "CONTRIBUTING.md") if p.exists()] + sorted((root / "docs").glob("*.md"))
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
 
 
 def generators_for(text: str, blocks: dict[str, Callable[[Path], str]] = BLOCKS) -> dict[str, Callable[[Path], str]]:

@@ -15,6 +15,7 @@ from benchmarks.docgen import blocks_in
 from tests.conftest import ROOT
 
 DOCS = documents(ROOT)
+PAGES = [*DOCS, ROOT / "CONTRIBUTING.md"]  # whose links are checked
 README_MAX_LINES = 300
 # Pages written on other branches at the same time as this test; checked as soon as they exist.
 NOT_YET = {"docs/performance.md", "docs/faults.md"}
@@ -74,7 +75,7 @@ def anchors(page: Path) -> set[str]:
 
 def test_links_between_pages_resolve():
     broken = []
-    for page in DOCS:
+    for page in PAGES:
         for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
             if re.match(r"[a-z]+:", target):
                 continue  # a web address
