@@ -6,7 +6,6 @@ Each generator is a function of the repo's root that reads committed files only 
     noise-floor        the spread per model, with the 2 sd the pull-request comment holds changes to
     cpu-repro          the default training under other CPU kernels and dtypes
     tfidf              the scikit-learn baseline's committed runs
-    bundle-projection  the Kaggle bundle's projected hours for the baseline
     pr-review-example  docs/pr-review-example.md (made by scripts/pr_example.sh), quoted
 
 Usage: python -m benchmarks.cpu_report [--check]
@@ -152,17 +151,6 @@ def tfidf(root: Path) -> str:
                               f"each run in a fresh clone: {commands}; files in `benchmarks/results/`.\n")
 
 
-def bundle_projection(root: Path) -> str:
-    run = load(root, TFIDF[0])
-    b = run["bundle_predict"]
-    same = "equal" if run["bundle_same_submission_as_predict_stage"] else "NOT equal"
-    processes = f"{b['processes']} process{'es' if b['processes'] != 1 else ''}"
-    return (f"The tfidf baseline of the real sample (`{Path(TFIDF[0]).name}`, `bundle_predict`; its test file "
-            f"was the generated one): {b['projected_hours']:.2f} h on a CPU for {b['kaggle_rows']:,} rows, from "
-            f"{b['seconds_per_sample']:.4f} s/sample over {b['rows']} rows in {processes}, "
-            f"TF-IDF of the rows and the process start included (commit {short(run['commit'])}, "
-            f"{run['machine']}); the bundle's submission was {same} to the predict stage's.\n")
-
 
 def pr_review_example(root: Path) -> str:
     example = (root / PR_EXAMPLE).read_text().strip().splitlines()
@@ -174,7 +162,6 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "noise-floor": noise_floor,
     "cpu-repro": cpu_repro,
     "tfidf": tfidf,
-    "bundle-projection": bundle_projection,
     "pr-review-example": pr_review_example,
 }
 FILES: dict[str, tuple[str, ...]] = {  # what each block reads
@@ -182,7 +169,6 @@ FILES: dict[str, tuple[str, ...]] = {  # what each block reads
     "noise-floor": (NOISE,),
     "cpu-repro": (CPU_REPRO, REFERENCE),
     "tfidf": TFIDF,
-    "bundle-projection": TFIDF[:1],
     "pr-review-example": (PR_EXAMPLE,),
 }
 
