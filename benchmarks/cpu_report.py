@@ -178,15 +178,12 @@ def documents(root: Path) -> list[Path]:
     return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
 
 
-def generators_for(text: str, blocks: dict[str, Callable[[Path], str]] = BLOCKS) -> dict[str, Callable[[Path], str]]:
-    """`blocks`, and for every other block in `text` a generator that returns its body as it is."""
-    keep = {m.group("name"): (lambda _root, body=m.group("body"): body) for m in BLOCK.finditer(text)}
-    return {**keep, **blocks}
-
-
 def render_file(path: Path, root: Path = ROOT) -> str:
-    text = path.read_text()
-    return render(text, generators_for(text), root, where=str(path))
+    """`path`'s text with its CPU blocks rendered from `root`'s files; every other block (the GPU
+    ones, `python -m benchmarks report`'s) left exactly as it is, an empty one included."""
+    def fill(m) -> str:
+        return render(m.group(0), BLOCKS, root, where=str(path)) if m.group("name") in BLOCKS else m.group(0)
+    return BLOCK.sub(fill, path.read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
