@@ -104,8 +104,10 @@ def cpu_repro(root: Path) -> str:
     rows = ["| run | model | dtype | environment | log-loss | accuracy | against this CPU's kernels |",
             "|---|---|---|---|---|---|---|"]
     for r in runs:
-        base = native[(r["model"], r["dtype"])]
-        if r is base:
+        base = native.get((r["model"], r["dtype"]))
+        if base is None:
+            against = "(no run on this CPU's kernels to compare)"
+        elif r is base:
             against = "(this CPU's kernels)"
         elif (r["log_loss"], r["accuracy"]) == (base["log_loss"], base["accuracy"]):
             against = "equal to 6 decimals"
@@ -113,7 +115,7 @@ def cpu_repro(root: Path) -> str:
             against = f"log-loss {r['log_loss'] - base['log_loss']:+.6f}"
         rows.append(f"| `{r['run']}` | {r['model']} | {r['dtype']} | `{r['env']}` | {r['log_loss']:.6f} "
                     f"| {r['accuracy']:.6f} | {against} |")
-    text = [f"On {'; '.join(machines)}, one thread, `{CPU_REPRO}` (`bash benchmarks/cpu_repro.sh`):", "",
+    text = [f"On {'; '.join(machines)}: `{CPU_REPRO}` (`bash benchmarks/cpu_repro.sh`):", "",
             *rows, ""]
     for model in MODELS:
         f64, f32 = native.get((model, "float64")), native.get((model, "float32"))
