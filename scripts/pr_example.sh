@@ -1,5 +1,5 @@
 #!/bin/sh
-# docs/pr-review-example.md, the README's "Pull-request review" example: in a fresh git copy of
+# docs/pr-review-example.md, the example docs/pr-review.md quotes: in a fresh git copy of
 # this repo, a branch that sets lora_r: 16 (both LLM entries; llama3 is selected), `dvc repro` as the workflow runs it,
 # then the comment against main. Usage: sh scripts/pr_example.sh   (uses .venv, or PYTHON=...)
 set -eu

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-TOLERANCE = 0.002  # cross-CPU tolerance on log-loss and accuracy (README "The default run")
+TOLERANCE = 0.002  # cross-CPU tolerance on log-loss and accuracy (docs/reproducibility.md)
 KEYS = ("log_loss", "log_loss_prior", "accuracy", "n_samples", "dtype", "params_trainable")
 
 
