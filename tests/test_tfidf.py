@@ -142,29 +142,6 @@ def test_committed_baseline_beats_the_prior_on_real_and_generated_data():
     assert real["metrics/data.json"]["rows_read"] == 999
 
 
-def readme_row(name: str) -> str:
-    """The README table row of one committed result, as the README must show it."""
-    ev = results(name)["metrics/eval.json"]
-    return (f"| tfidf (scikit-learn) | {ev['log_loss']:.4f} | {ev['log_loss_prior']:.4f} | {ev['accuracy']:.3f} | "
-            f"{ev['seconds_per_sample']:.2e} | {ev['params_total']:,} | {DATA[name]} (`{name}`) |")
-
-
-DATA = {"tfidf-arena-sample.json": "real sample, 999 rows", "tfidf-generated.json": "generated default, 2,000 rows"}
-
-
-def test_readme_baseline_rows_are_the_committed_results():
-    """The README's baseline rows: every number as the committed JSON has it, to the digits shown."""
-    lines = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| tfidf (scikit-learn) |")]
-    assert lines == [readme_row(name) for name in DATA], "\n".join(lines)
-
-
-def test_readme_bundle_hours_are_the_committed_ones():
-    run = results("tfidf-arena-sample.json")
-    assert run["bundle_same_submission_as_predict_stage"] is True
-    hours = run["bundle_predict"]["projected_hours"]
-    assert f"its test file was the generated one): {hours:.2f} h on a CPU" in (ROOT / "README.md").read_text()
-
-
 def test_compare_takes_the_baseline_with_the_llms():
     """prefbench.compare (dvc exp show --json): one entry each for the committed tfidf run and the
     committed LLM default run, with the metrics its seed groups read."""
