@@ -8,16 +8,13 @@ Each generator is a function of the repo's root that reads committed files only 
     tfidf              the scikit-learn baseline's committed runs
     pr-review-example  docs/pr-review-example.md (made by scripts/pr_example.sh), quoted
 
-Usage: python -m benchmarks.cpu_report [--check]
-renders these blocks in README.md and docs/*.md and leaves every other block as
-it is (`python -m benchmarks report` renders them all); --check only reports files that differ.
+`python -m benchmarks report` renders them with the GPU blocks (benchmarks/report.py) into
+README.md and docs/*.md; `render_file` renders these alone, leaving every other block as it is.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Callable
@@ -175,34 +172,9 @@ FILES: dict[str, tuple[str, ...]] = {  # what each block reads
 }
 
 
-def documents(root: Path) -> list[Path]:
-    """The Markdown files whose blocks are generated."""
-    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
-
-
 def render_file(path: Path, root: Path = ROOT) -> str:
     """`path`'s text with its CPU blocks rendered from `root`'s files; every other block (the GPU
     ones, `python -m benchmarks report`'s) left exactly as it is, an empty one included."""
     def fill(m) -> str:
         return render(m.group(0), BLOCKS, root, where=str(path)) if m.group("name") in BLOCKS else m.group(0)
     return BLOCK.sub(fill, path.read_text())
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 naming each file that differs")
-    args = parser.parse_args(argv)
-    stale = []
-    for path in documents(ROOT):
-        new = render_file(path)
-        if new != path.read_text():
-            stale.append(path.relative_to(ROOT))
-            if not args.check:
-                path.write_text(new)
-    for rel in stale:
-        print(f"{'differs' if args.check else 'rendered'}: {rel}")
-    return 1 if args.check and stale else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

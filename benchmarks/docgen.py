@@ -31,6 +31,11 @@ def render(text: str, generators: dict[str, Callable[[Path], str]], root: Path, 
     return BLOCK.sub(fill, text)
 
 
+def documents(root: Path) -> list[Path]:
+    """The Markdown files whose blocks are generated: README.md and docs/*.md."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
 def blocks_in(text: str) -> list[str]:
     """The names of the blocks in `text`, in order."""
     return [m.group("name") for m in BLOCK.finditer(text)]

@@ -178,13 +178,8 @@ def measure_model(name: str, rows: int, reps: int, dev: torch.device, peak: floa
     default = cell(packed_once, "packed") if packed else dict(padded)
     profile = profile_pass(lambda: (packed_once if packed else padded_once)(False), len(seqs), dev)
     log(f"{name} profile of the default path: {profile['by_category_ms_per_sample']} ms/sample")
-    result = {"family": config.model_type, "layers": config.num_hidden_layers, **counts, "flops_forward": flops,
-              "default": default, "padded": padded, "profile": profile}
-    del model
-    gc.collect()
-    if on_gpu:
-        torch.cuda.empty_cache()
-    return result
+    return {"family": config.model_type, "layers": config.num_hidden_layers, **counts, "flops_forward": flops,
+            "default": default, "padded": padded, "profile": profile}
 
 
 def run(models: list[str], rows: int, reps: int, dev: torch.device, peak: float, sheet: float | None,
@@ -197,8 +192,8 @@ def run(models: list[str], rows: int, reps: int, dev: torch.device, peak: float,
         except Exception as e:  # noqa: BLE001  one model's failure is recorded, the other still runs
             out[name] = {"failed": f"{type(e).__name__}: {str(e)[:600]}"}
             log(f"{name}: inference failed: {out[name]['failed']}")
-            gc.collect()
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+        gc.collect()  # the model went with measure_model's frame: give its memory back before the next
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
         record(name, out[name])
     return out

@@ -11,10 +11,9 @@ import json
 from pathlib import Path
 
 from benchmarks.card import ROOT
-from benchmarks.docgen import UnknownBlockError, blocks_in, render
+from benchmarks.docgen import UnknownBlockError, blocks_in, documents, render
 
 RESULTS = ROOT / "benchmarks" / "results"
-DOCS = ("README.md", "docs/*.md")
 MODEL_NAMES = {"llama3-8b": "Llama3-8B", "gemma2-9b": "Gemma2-9B"}
 
 
@@ -206,16 +205,9 @@ def gpu_blocks(folder: Path) -> dict:
 
 
 def all_blocks(folder: Path) -> dict:
-    blocks = gpu_blocks(folder)
-    try:
-        from benchmarks.cpu_report import BLOCKS as cpu
-    except ImportError:
-        cpu = {}
-    return {**cpu, **blocks}
+    from benchmarks.cpu_report import BLOCKS as cpu
 
-
-def doc_files(root: Path = ROOT) -> list[Path]:
-    return [p for pattern in DOCS for p in sorted(root.glob(pattern))]
+    return {**cpu, **gpu_blocks(folder)}
 
 
 def main(results: Path | None, check: bool) -> int:
@@ -223,7 +215,7 @@ def main(results: Path | None, check: bool) -> int:
     blocks = all_blocks(folder)
     stale = []
     print(f"results: {where(folder)}")
-    for path in doc_files():
+    for path in documents(ROOT):
         text = path.read_text()
         if not blocks_in(text):
             continue

@@ -5,6 +5,7 @@ committed results."""
 import json
 import os
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ HEADLINE_KEYS = ("commit", "date", "device", "versions", "peak_bf16_flops_measur
                  "inference", "flop_ratio_gemma2_over_llama3", "evaluate_stage", "train_stage")
 
 
-def bench(*args: str) -> "subprocess.CompletedProcess":  # noqa: F821
+def bench(*args: str) -> subprocess.CompletedProcess:
     """`python -m benchmarks args` on the session's warm server; the stages it starts run there too
     (through $PREFBENCH_PYTHON, as dvc.yaml's scripts/python.sh does)."""
     return forked.run("-m", "benchmarks", *args, env={**os.environ, "PREFBENCH_PYTHON": str(forked.server().python)})

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.cpu_report import BLOCKS, FILES, documents, render_file
-from benchmarks.docgen import blocks_in
+from benchmarks.cpu_report import BLOCKS, FILES, render_file
+from benchmarks.docgen import blocks_in, documents
 from tests.conftest import ROOT
 
 DOCS = documents(ROOT)
@@ -24,7 +24,7 @@ NOT_YET = {"docs/performance.md", "docs/faults.md"}
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_committed_page_is_its_rendering(path):
     assert render_file(path) == path.read_text(), (
-        f"{path.relative_to(ROOT)} differs from its committed files: python -m benchmarks.cpu_report")
+        f"{path.relative_to(ROOT)} differs from its committed files: python -m benchmarks report")
 
 
 def test_every_cpu_block_is_quoted_somewhere():
