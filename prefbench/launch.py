@@ -4,7 +4,7 @@
 several GPUs) that process only starts the same command again under accelerate's launcher, one
 process per device, and waits; the launched processes see accelerate's / torchrun's environment
 (LOCAL_RANK, WORLD_SIZE, ...) and train. A command already started by `accelerate launch` (by hand,
-e.g. one launcher per machine for several machines, README "Several GPUs") trains at once: its
+e.g. one launcher per machine for several machines, docs/multi-gpu.md) trains at once: its
 launcher decides the processes, and train.devices is not read.
 
 accelerate launches several processes through torchrun (its `--multi_gpu` mode); on a machine

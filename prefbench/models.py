@@ -50,7 +50,7 @@ def resolve_dtype(name: str, device_type: str, capability: tuple[int, int] | Non
     Why fp64 on a CPU: the CPU path runs the tiny default models, whose numbers are committed and
     compared in review on any machine. Kernels of another CPU (AVX2, AVX-512, AMX, another thread
     count) round differently and training amplifies that rounding; fp64's rounding is 1e-16, so
-    the run reproduces within the committed tolerance (measured in README "The default run",
+    the run reproduces within the committed tolerance (measured in docs/reproducibility.md,
     benchmarks/results/cpu-repro.jsonl). Set `float32` for speed when cross-machine agreement does not matter."""
     if name != "auto":
         return DTYPES[name]
@@ -161,7 +161,7 @@ def pin_liger_rope(environ=os.environ) -> None:
     to a CuTe DSL kernel compiled once per sequence length, about 0.4 s per compile, forward and
     backward. Packed training meets a new length at nearly every step: on one H100 that made
     Llama3's steps of 8192 tokens 2x slower on new batches than on batches seen before
-    (benchmarks/results/profile-train-h100.json). The Triton kernel takes the length at run time;
+    (benchmarks/results/profile-train-h100.json at commit 29c075c). The Triton kernel takes the length at run time;
     inference (no gradients) runs it already."""
     if not any(environ.get(k) for k in LIGER_IMPL_VARS):
         environ["LIGER_KERNEL_IMPL_ROPE"] = "nvidia-triton"

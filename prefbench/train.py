@@ -121,7 +121,7 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
     # Under autocast (GPU bf16 / fp16) peft would cast each LoRA layer's input (a full activation)
     # to the float32 LoRA weights, a copy autocast undoes at once for the matmul: off, same numbers
     # (tests/test_numerics.py). Why it matters: the copies take GPU time, and each is kept for the
-    # backward (GPU memory): README "Issue 10's goals" (benchmarks/results/train-cast-h100.*.json).
+    # backward (GPU memory): benchmarks/results/train-cast-h100.*.json at commit 29c075c.
     uncast = disable_input_dtype_casting(model, active=accelerator.mixed_precision != "no")
     dtype = resolve_dtype(cfg.dtype, device.type)
     checkpointing = checkpoint_dir is not None and tp.checkpoint_every > 0

@@ -19,7 +19,7 @@ memory stops the stage with a message saying what to change (exit status 1).
 With train.devices > 1 (or 0: all visible GPUs, when there are several) the stage starts itself
 again through `accelerate launch`, one process per device (prefbench.launch; on a machine without
 GPUs, CPU processes over gloo), and waits: the dvc.yaml command stays one line. Started by
-`accelerate launch` itself (several machines: README "Several GPUs") it trains at once, in the
+`accelerate launch` itself (several machines: docs/multi-gpu.md) it trains at once, in the
 launcher's processes. Every process takes its share of each batch (train_batch_size rows, or rows
 up to train_token_budget tokens), so the optimizer steps are those of one device
 (prefbench.train_batches.shard, shard_tokens), and the main process writes the outputs. seconds_per_sample

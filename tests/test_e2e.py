@@ -4,7 +4,7 @@ activated (the session's shared run, tests/workspace.py).
 Both models' log-loss must match the committed reference run (metrics/reference.json) within
 TOLERANCE, the cross-CPU tolerance: CI runs on whatever x86-64 CPU it gets, and the same runs under
 PyTorch's portable kernels end where this CPU's do to 6 decimals (benchmarks/cpu_repro.sh,
-tests/test_readme.py). The native copy also switches `model` back (restored from DVC's run
+benchmarks/results/cpu-repro.jsonl). The native copy also switches `model` back (restored from DVC's run
 cache, not trained again), compares with `dvc exp show` / `dvc metrics diff`, and runs the
 pull-request workflow's steps.
 
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.xdist_group("workspace")
 
 REFERENCE = ROOT / "metrics" / "reference.json"
 # TOLERANCE (0.002): cross-CPU tolerance on log-loss and accuracy. Measured differences between
-# kernel sets are far below it (README "The default run"); the seed-to-seed spread is far above.
+# kernel sets are far below it (docs/reproducibility.md); the seed-to-seed spread is far above.
 EVAL_KEYS = ("log_loss", "accuracy", "seconds_per_sample", "samples_per_second", "tokens_per_second",
              "load_seconds", "peak_memory_gb", "params_total", "params_embedding", "params_non_embedding",
              "params_trainable", "n_samples", "device", "dtype", "attn_implementation", "weights")

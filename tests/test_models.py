@@ -168,7 +168,7 @@ def test_kernels_liger_fails_naming_the_key_where_it_cannot_run():
 
 def test_liger_rope_is_pinned_to_its_triton_kernel_unless_the_user_chose(monkeypatch):
     """apply_kernels(liger) pins Liger's RoPE to Triton (its CuTe DSL kernel compiles once per sequence
-    length: packed training's every step; benchmarks/results/profile-train-h100.json), leaving any
+    length: packed training's every step; benchmarks/results/profile-train-h100.json at commit 29c075c), leaving any
     implementation the user set alone (liger-kernel faked here: not installed in this venv)."""
     import sys
     import types

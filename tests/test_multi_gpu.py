@@ -135,7 +135,7 @@ def assert_trains_like_one_process(tmp, k, one_k):
 
 
 def test_two_machines_train_packed_budget_batches_like_one_process(tokens):
-    """Several machines (README "Several GPUs"): one `accelerate launch --num_machines 2
+    """Several machines (docs/multi-gpu.md): one `accelerate launch --num_machines 2
     --machine_rank R` per machine, here two "machines" of one CPU process each on 127.0.0.1; the
     stage, already launched, trains in the launcher's processes whatever train.devices says. The
     params are packed training with token-budget batches (pb1.yaml): each rank's share of a batch
@@ -196,7 +196,7 @@ def test_compiled_merged_copies_predict_like_the_plain_model(tiny_gemma_tok):
     generator (Triton), and for this one graph it costs about 85 s of CPU on a 2-core machine
     without a compile cache, as in a clean CI run (AOTAutograd alone, `aot_eager`: 44 s; `eager`:
     16 s, the imports included). The GPU path through Inductor is measured, with recompiles in the
-    timed loop refused, in benchmarks/results/default-path-compile-h100.json."""
+    timed loop refused (benchmarks/results/default-path-compile-h100.json at commit 29c075c)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     from prefbench.config import load_params
