@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0 $(shell $(PYTHON) scripts/torch_index.py $(TORCH_INDEX))
 EXTRAS ?= dev
 BIN := $(VENV)/bin
 
-.PHONY: install repro test clean
+.PHONY: install repro queue test clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -22,6 +22,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 repro: install
 	$(BIN)/dvc repro
+
+# Runs the experiments queued with `.venv/bin/dvc exp run --queue ...`, JOBS at a time. DVC's queue
+# worker starts `dvc` by name, from PATH: the venv's bin folder goes first, so nothing needs to be
+# activated (`.venv/bin/dvc queue start` alone would start a worker that dies, leaving them Queued).
+JOBS ?= 1
+queue: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc queue start -j $(JOBS)
 
 # Two pytest workers: one builds the session's shared pipeline run (tests/workspace.py, the tests
 # marked xdist_group("workspace")) while the other runs everything else; the 15 slowest are listed.
