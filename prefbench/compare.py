@@ -26,6 +26,23 @@ EVAL = "metrics/eval.json"
 PARAMS = "params.yaml"
 SEED_PARAMS = ("train.seed", "data.seed")  # what only reshuffles: not sample.seed, which makes other data
 NOISE_METRICS = ("log_loss", "accuracy")
+# Speed: its seed-to-seed spread is timing noise (same shapes, same machine); a group's runs all
+# need it, as the quality metrics, only where they all have it.
+SPEED = "seconds_per_sample"
+
+
+def speed_verdict(delta: float | None, noise: float) -> str:
+    """A change of seconds_per_sample against the timing noise (seconds per sample, > 0 where
+    measured): within noise, or beyond it and which way."""
+    if delta is None:
+        return "-"
+    if delta == 0:
+        return "unchanged"
+    if noise <= 0:
+        return "no timing noise measured"
+    if abs(delta) <= noise:
+        return "within noise"
+    return f"beyond noise ({'slower' if delta > 0 else 'faster'})"
 
 
 def dvc(*args: str) -> str:
@@ -89,7 +106,7 @@ def seed_groups(exps: list[dict]) -> list[dict]:
                  "experiments": [m["experiment"] for m in members],
                  "seeds": [{k: m["params"].get(k) for k in SEED_PARAMS} for m in members],
                  "devices": sorted({str(m.get("device")) for m in members})}
-        for metric in NOISE_METRICS:
+        for metric in NOISE_METRICS + ((SPEED,) if all(m.get(SPEED) is not None for m in members) else ()):
             values = [float(m[metric]) for m in members]
             group[metric] = {"mean": statistics.mean(values), "sd": statistics.stdev(values), "values": values}
         out.append(group)
@@ -103,13 +120,29 @@ def group_labels(groups: list[dict]) -> list[str]:
     return [", ".join(f"{k}={g['key'].get(k)}" for k in differ) or "-" for g in groups]
 
 
+def speed_against(group: dict, first: dict | None) -> str:
+    """`group`'s mean seconds_per_sample against `first` (the model's first group), judged against
+    twice the larger of their seed-to-seed sds (the timing noise both measured)."""
+    if first is None or group is first:
+        return "-"
+    if SPEED not in group or SPEED not in first:
+        return "no timing"
+    delta = group[SPEED]["mean"] - first[SPEED]["mean"]
+    return speed_verdict(delta, 2 * max(group[SPEED]["sd"], first[SPEED]["sd"]))
+
+
 def groups_markdown(groups: list[dict]) -> str:
-    header = ("group", "model", "n", *(f"{m} mean ± sd" for m in NOISE_METRICS), "seeds varied")
+    header = ("group", "model", "n", *(f"{m} mean ± sd" for m in NOISE_METRICS), f"{SPEED} mean ± sd",
+              "speed vs the model's first group", "seeds varied")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    firsts: dict = {}
     for g, label in zip(groups, group_labels(groups)):
+        first = firsts.setdefault(g["model"], g)
         varied = [k for k in SEED_PARAMS if len({s[k] for s in g["seeds"]}) > 1]
         stats = [f"{g[m]['mean']:.4f} ± {g[m]['sd']:.4f}" for m in NOISE_METRICS]
-        lines.append("| " + " | ".join([label, str(g["model"]), str(g["n"]), *stats, ", ".join(varied)]) + " |")
+        speed = f"{g[SPEED]['mean']:.5f} ± {g[SPEED]['sd']:.5f}" if SPEED in g else "-"
+        lines.append("| " + " | ".join([label, str(g["model"]), str(g["n"]), *stats, speed,
+                                         speed_against(g, first), ", ".join(varied)]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -120,7 +153,8 @@ def noise_floor(groups: list[dict], command: str) -> dict:
         if g["model"] in models:
             continue
         models[g["model"]] = {
-            "n": g["n"], **{m: {"mean": round(g[m]["mean"], 6), "sd": round(g[m]["sd"], 6)} for m in NOISE_METRICS},
+            "n": g["n"], **{m: {"mean": round(g[m]["mean"], 6), "sd": round(g[m]["sd"], 6)}
+                            for m in (*NOISE_METRICS, SPEED) if m in g},
             "seeds": g["seeds"], "experiments": g["experiments"], "devices": g["devices"],
         }
     return {"command": command,
