@@ -74,6 +74,15 @@ def experiments(rows: list[dict]) -> list[dict]:
     return out
 
 
+def only(exps: list[dict], names: list[str]) -> list[dict]:
+    """The experiments named in `names`; exits naming any that `dvc exp show` lacks (failed ones
+    are left out by `experiments`)."""
+    missing = sorted(set(names) - {e["experiment"] for e in exps})
+    if missing:
+        raise SystemExit(f"error: --experiments: no finished experiment named {', '.join(missing)}")
+    return [e for e in exps if e["experiment"] in set(names)]
+
+
 def flatten(tree: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in tree.items():
@@ -170,9 +179,13 @@ def main() -> None:
                         "queued experiments belong to the commit they were queued on")
     parser.add_argument("--noise-out", help="write the noise floor (per model: its largest seed group) here, "
                         "e.g. metrics/noise.json")
+    parser.add_argument("--experiments", help="only these experiments, by name, comma-separated "
+                        "(benchmarks/noise_floor.sh: the ones it queued)")
     args = parser.parse_args()
     text = Path(args.json).read_text() if args.json else dvc("exp", "show", "--json", *(["--rev", args.rev] if args.rev else []))
     exps = experiments(json.loads(text))
+    if args.experiments:
+        exps = only(exps, args.experiments.split(","))
     groups = seed_groups(exps)
     if not groups:
         raise SystemExit(f"error: no seed group (2 or more experiments of one commit that differ only in "
