@@ -1,15 +1,16 @@
 # Two commands: `make repro` (install into .venv, run the default pipeline) and `make test`.
-# TORCH selects the torch wheel. torch==2.13.0 takes the CPU wheel on this project's CPU machines (and
-# in CI), where it lies on disk; elsewhere on Linux, PyPI's torch is a CUDA build of several GB: on a
-# CPU-only laptop use TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu". On a GPU machine:
+# TORCH selects the torch wheel. By default the CPU build: PyPI's Linux torch is a CUDA build of
+# several GB, so scripts/torch_index.py adds `--index-url $(TORCH_INDEX)` (PyTorch's CPU index) where
+# that index answers within 3 s, else nothing (pip's configured index or wheel folder). On a GPU machine:
 #   make repro TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" EXTRAS=dev,gpu
 PYTHON ?= python3
 VENV ?= .venv
-TORCH ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH ?= torch==2.13.0 $(shell $(PYTHON) scripts/torch_index.py $(TORCH_INDEX))
 EXTRAS ?= dev
 BIN := $(VENV)/bin
 
-.PHONY: install repro test bench clean
+.PHONY: install repro queue test bench clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -21,6 +22,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 repro: install
 	$(BIN)/dvc repro
+
+# Runs the experiments queued with `.venv/bin/dvc exp run --queue ...`, JOBS at a time. DVC's queue
+# worker starts `dvc` by name, from PATH: the venv's bin folder goes first, so nothing needs to be
+# activated (`.venv/bin/dvc queue start` alone would start a worker that dies, leaving them Queued).
+JOBS ?= 1
+queue: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc queue start -j $(JOBS)
 
 # Two pytest workers: one builds the session's shared pipeline run (tests/workspace.py, the tests
 # marked xdist_group("workspace")) while the other runs everything else; the 15 slowest are listed.

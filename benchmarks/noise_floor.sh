@@ -8,11 +8,14 @@
 # DVC and prefbench.compare run on $PREFBENCH_PYTHON where set (the stages' Python: scripts/python.sh),
 # else on the repo's .venv (or the `python` on PATH).
 #
-# Per model it queues `dvc exp run --queue -S model=M -S train.seed=SEEDS` and the same for
-# data.seed (with the defaults 2 x 5 experiments a model, one of them the default run itself),
-# runs the queue one experiment at a time (`dvc queue start -j 1`), waits until it is empty,
-# then `python -m prefbench.compare --rev <the commit> --noise-out OUT` writes per model the mean and sample sd of
-# its seed group. Commit OUT: `python -m prefbench.pr_comment` judges changes against it.
+# Per model and seed it queues `dvc exp run --queue -S model=M -S train.seed=S -n NAME`, and the same
+# for data.seed (with the defaults 2 x 5 experiments a model, one of them a copy of the default run),
+# each named nf-<run id>-<model>-<train|data>-<seed>, runs the queue one experiment at a time
+# (`dvc queue start -j 1`), waits until it is empty, then
+# `python -m prefbench.compare --rev <the commit> --experiments <those names> --noise-out OUT` writes per
+# model the mean and sample sd of its seed group: only the experiments this run queued, not others of
+# the commit with the same params (a user's own `-S train.seed=7`). Commit OUT:
+# `python -m prefbench.pr_comment` judges changes against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -x .venv/bin/python ]; then export PATH="$PWD/.venv/bin:$PATH"; fi  # the venv's python and dvc
@@ -27,12 +30,18 @@ JOBS=${JOBS:-1}
 QUEUE_SET=${QUEUE_SET:-}
 
 BASE=$(git rev-parse --short HEAD)  # the queued experiments belong to this commit, wherever HEAD goes meanwhile
+RUN=${RUN:-$(date +%Y%m%d%H%M%S)}  # this run's names are unique among the commit's experiments
 failed() { dvc queue status | grep -c Failed || true; }
 failed_before=$(failed)
+names=()
 for model in $MODELS; do
-  for seed in $SEED_PARAMS; do
-    # shellcheck disable=SC2086  # QUEUE_SET is a list of arguments
-    dvc exp run --queue -S "model=$model" -S "$seed=$SEEDS" $QUEUE_SET
+  for param in $SEED_PARAMS; do
+    for seed in ${SEEDS//,/ }; do
+      name="nf-$RUN-$model-${param%%.*}-$seed"
+      # shellcheck disable=SC2086  # QUEUE_SET is a list of arguments
+      dvc exp run --queue -S "model=$model" -S "$param=$seed" $QUEUE_SET -n "$name"
+      names+=("$name")
+    done
   done
 done
 dvc queue start -j "$JOBS"
@@ -53,4 +62,4 @@ if [ "$(failed)" != "$failed_before" ]; then
   echo "error: an experiment failed: see \`dvc queue logs NAME\` for the Failed ones above" >&2
   exit 1
 fi
-"$PY" -m prefbench.compare --rev "$BASE" --noise-out "$OUT"
+"$PY" -m prefbench.compare --rev "$BASE" --experiments "$(IFS=,; echo "${names[*]}")" --noise-out "$OUT"

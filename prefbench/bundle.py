@@ -7,20 +7,26 @@ DIR holds:
   adapter/          the trained adapter and score head (for `tfidf`: the fitted featuriser and classifier)
   base/             with --copy-base: the local `pretrained` folder (tiny models, tests)
   params.yaml       the resolved params: only the selected model, `pretrained` as it will be on Kaggle
-  wheels/           prefbench itself as a wheel (pip wheel --no-deps)
-  requirements.txt  the packages predict imports, pinned to this environment's versions
+  wheels/           prefbench itself as a wheel, and a wheel of every package predict needs that
+                    Kaggle's image lacks (`pip download`, the versions installed here)
+  requirements.txt  those packages, pinned: exactly what the wheels add to Kaggle's image
   predict.py        the entry: one `python -m stages.predict` per GPU (rows dealt by length as the
                     predict stage deals them), one submission.csv, the projected hours
   README.md         the commands, in the notebook's order
 
 Kaggle's scoring notebook has no internet: attach DIR (and, for an LLM, the base weights as a
-Kaggle model) and run the commands in DIR/README.md. Nothing here pickles: adapters are safetensors,
+Kaggle model) and run the commands in DIR/README.md: one `pip install --no-index --find-links`,
+then predict.py. The prefbench wheel requires only what predict imports (no DVC: only the
+pipeline needs it). The wheels are for this machine's platform and Python unless --platform and
+--python-version say Kaggle's (e.g. manylinux2014_x86_64 and 3.11). Nothing here pickles: adapters are safetensors,
 the tfidf model safetensors and JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -29,14 +35,18 @@ from importlib import metadata
 from pathlib import Path
 
 import yaml
+from packaging.requirements import Requirement
 
 from prefbench.config import TfidfParams, load_params
 
 ROOT = Path(__file__).resolve().parents[1]  # the source checkout the wheel is built from
 # What `python -m stages.predict` imports, directly or through the libraries (prefbench's own
-# dependencies minus dvc/dvclive, which only the pipeline needs).
-RUNTIME = ("torch", "transformers", "tokenizers", "safetensors", "huggingface-hub", "peft", "accelerate",
-           "numpy", "pandas", "pyarrow", "scikit-learn", "scipy", "pyyaml", "tqdm")
+# dependencies minus dvc/dvclive, which only the pipeline needs), for either kind of model.
+RUNTIME = ("torch", "transformers", "safetensors", "numpy", "pandas", "pyarrow", "pyyaml", "pydantic", "tqdm")
+RUNTIME_LLM = ("peft", "accelerate")
+RUNTIME_TFIDF = ("scikit-learn", "scipy")
+# What Kaggle's notebook image has: these and everything they require.
+KAGGLE_HAS = ("torch", "numpy", "pandas", "transformers")
 ENTRY = '''"""Kaggle entry point of a prefbench bundle: see README.md beside this file."""
 from pathlib import Path
 
@@ -46,24 +56,81 @@ main(bundle=Path(__file__).resolve().parent)
 '''
 
 
-def requirements() -> str:
-    """One `name==version` line per runtime package, as installed here (local labels dropped)."""
-    # The public version: a local label (torch's +cpu, +cu128) names a build, which Kaggle's own has.
-    lines = [f"{name}=={metadata.version(name).split('+')[0]}" for name in RUNTIME]
-    return "# pip download -r requirements.txt -d wheels  (online), then on Kaggle:\n" \
-           "# pip install --no-index --find-links wheels -r requirements.txt\n" + "\n".join(lines) + "\n"
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
 
 
-def build_wheel(dest: Path) -> Path:
+def closure(names) -> set[str]:
+    """`names` and every package they require (as installed here, markers evaluated), normalised."""
+    seen, todo = set(), [_norm(n) for n in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            raise SystemExit(f"error: {name} is not installed here: predict needs it (make install)") from None
+        seen.add(name)
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(_norm(req.name))
+    return seen
+
+
+def runtime(is_llm: bool) -> tuple[str, ...]:
+    return RUNTIME + (RUNTIME_LLM if is_llm else RUNTIME_TFIDF)
+
+
+def missing(is_llm: bool) -> dict[str, str]:
+    """name -> version (installed here, local label dropped) of every package predict needs that
+    Kaggle's image (KAGGLE_HAS and their requirements) lacks."""
+    # The public version: a local label (+cpu, +cu128) names a build, not an API.
+    return {name: metadata.version(name).split("+")[0]
+            for name in sorted(closure(runtime(is_llm)) - closure(KAGGLE_HAS))}
+
+
+def requirements(is_llm: bool) -> str:
+    lines = [f"{name}=={version}" for name, version in missing(is_llm).items()]
+    return (f"# What predict needs beyond Kaggle's image ({', '.join(KAGGLE_HAS)} and their requirements);\n"
+            "# wheels/ holds them: pip install --no-index --find-links wheels prefbench\n" + "\n".join(lines) + "\n")
+
+
+def download_wheels(dest: Path, is_llm: bool, find_links: str | None, platform: str | None,
+                    python_version: str | None) -> None:
+    """The wheels of `missing` into `dest` (pip download: the configured index, or only `find_links`)."""
+    pins = [f"{name}=={version}" for name, version in missing(is_llm).items()]
+    if not pins:
+        return
+    where = ["--no-index", "--find-links", find_links] if find_links else []
+    target = [*(["--platform", platform] if platform else []),
+              *(["--python-version", python_version] if python_version else [])]
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(dest),
+           *where, *target, *pins]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: pip download of {' '.join(pins)} failed (--no-wheels skips it):\n"
+                         f"{proc.stderr.strip()[-3000:]}")
+
+
+def build_wheel(dest: Path, is_llm: bool) -> Path:
     """prefbench as a wheel in `dest`, built from a copy of the sources (setuptools writes build/
-    and *.egg-info beside what it builds; the checkout stays clean). No network: the venv's
-    setuptools builds it (--no-build-isolation)."""
+    and *.egg-info beside what it builds; the checkout stays clean), requiring only what predict
+    imports for this kind of model: no DVC. No network: the venv's setuptools builds it
+    (--no-build-isolation)."""
     if not (ROOT / "pyproject.toml").is_file():
         raise SystemExit(f"error: no pyproject.toml in {ROOT}: run prefbench.bundle from a prefbench checkout")
+    pins = missing(is_llm)
+    deps = [f"{_norm(n)}=={pins[_norm(n)]}" if _norm(n) in pins else _norm(n) for n in runtime(is_llm)]
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "src"
         src.mkdir()
-        shutil.copy2(ROOT / "pyproject.toml", src / "pyproject.toml")
+        pyproject = (ROOT / "pyproject.toml").read_text()
+        pyproject, n = re.subn(r"(?ms)^dependencies = \[.*?^\]", "dependencies = " + json.dumps(deps), pyproject)
+        if n != 1:
+            raise SystemExit(f"error: {ROOT / 'pyproject.toml'}: no `dependencies = [...]` list to replace")
+        (src / "pyproject.toml").write_text(pyproject)
         for package in ("prefbench", "stages"):
             shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
         proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
@@ -90,7 +157,8 @@ def resolved_params(params_path: Path, pretrained: str | None) -> dict:
 
 
 def bundle(out: Path, params_path: Path, adapter: Path, pretrained: str | None = None,
-           copy_base: bool = False) -> Path:
+           copy_base: bool = False, wheels: bool = True, find_links: str | None = None,
+           platform: str | None = None, python_version: str | None = None) -> Path:
     params = load_params(params_path)
     if not (adapter / "resolved_params.json").is_file():
         raise SystemExit(f"error: {adapter} holds no trained model (resolved_params.json): run `dvc repro` first")
@@ -109,33 +177,36 @@ def bundle(out: Path, params_path: Path, adapter: Path, pretrained: str | None =
         pretrained = "base"  # relative to the bundle: predict.py resolves it
     raw = resolved_params(params_path, pretrained)
     (out / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    wheels = out / "wheels"
-    if wheels.exists():
-        shutil.rmtree(wheels)
-    wheel = build_wheel(wheels)
-    (out / "requirements.txt").write_text(requirements())
+    wheel_dir = out / "wheels"
+    if wheel_dir.exists():
+        shutil.rmtree(wheel_dir)
+    wheel = build_wheel(wheel_dir, is_llm)
+    if wheels:
+        download_wheels(wheel_dir, is_llm, find_links, platform, python_version)
+    (out / "requirements.txt").write_text(requirements(is_llm))
     (out / "predict.py").write_text(ENTRY)
-    (out / "README.md").write_text(readme(params.model, wheel.name, is_llm, raw["models"][params.model]))
+    (out / "README.md").write_text(readme(params.model, is_llm, raw["models"][params.model], wheels))
     return out
 
 
-def readme(model: str, wheel: str, is_llm: bool, entry: dict) -> str:
+def readme(model: str, is_llm: bool, entry: dict, wheels: bool) -> str:
     base = (f"Base weights: `pretrained` in params.yaml is `{entry.get('pretrained')}`; attach them as a Kaggle "
             "model input and pass its path with `--pretrained /kaggle/input/...` if it differs.\n\n") if is_llm else ""
+    fetch = "" if wheels else ("`wheels/` holds prefbench only (bundled with --no-wheels): while online, "
+                               "`pip download --no-deps -r requirements.txt -d wheels` first.\n\n")
     return f"""# prefbench bundle: {model}
 
 Upload this folder as a Kaggle dataset, attach it (and the competition data) to the notebook, then:
 
 ```
-!pip install --no-index --no-deps /kaggle/input/<this-dataset>/wheels/{wheel}
+!pip install --no-index --find-links /kaggle/input/<this-dataset>/wheels prefbench
 !python /kaggle/input/<this-dataset>/predict.py --test-csv /kaggle/input/lmsys-chatbot-arena/test.csv --out submission.csv
 ```
 
-{base}`requirements.txt` lists the packages predict imports at the versions it was tested with; Kaggle's
-image has most of them. Any that differ: `pip download -r requirements.txt -d wheels` while online,
-add them to `wheels/`, and install with `pip install --no-index --find-links wheels -r requirements.txt`.
-predict.py runs one process per visible GPU (rows dealt by length, as the predict stage deals
-them to GPUs) and prints the hours 25,000 rows would take on this hardware.
+{base}{fetch}`requirements.txt` names what predict needs beyond Kaggle's image ({", ".join(KAGGLE_HAS)} and
+their requirements), pinned to the versions it was tested with; `wheels/` carries them. predict.py runs
+one process per visible GPU (rows dealt by length, as the predict stage deals them to GPUs) and
+prints the hours the hidden test set would take on this hardware.
 """
 
 
@@ -147,8 +218,13 @@ def main() -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--pretrained", help="the base weights' path on Kaggle (LLMs), e.g. /kaggle/input/...")
     group.add_argument("--copy-base", action="store_true", help="copy the local base folder into the bundle")
+    parser.add_argument("--no-wheels", action="store_true", help="no wheels of the missing packages (README says how)")
+    parser.add_argument("--find-links", help="take those wheels from this folder only (pip download --no-index)")
+    parser.add_argument("--platform", help="the wheels' platform, e.g. manylinux2014_x86_64 (default: this one)")
+    parser.add_argument("--python-version", help="the wheels' Python, e.g. 3.11 (default: this one)")
     args = parser.parse_args()
-    out = bundle(Path(args.out), Path(args.params), Path(args.adapter), args.pretrained, args.copy_base)
+    out = bundle(Path(args.out), Path(args.params), Path(args.adapter), args.pretrained, args.copy_base,
+                 not args.no_wheels, args.find_links, args.platform, args.python_version)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6
     print(f"bundle: {out} ({size:.1f} MB): adapter, params.yaml, wheels/, requirements.txt, predict.py, README.md")
 

@@ -26,6 +26,23 @@ EVAL = "metrics/eval.json"
 PARAMS = "params.yaml"
 SEED_PARAMS = ("train.seed", "data.seed")  # what only reshuffles: not sample.seed, which makes other data
 NOISE_METRICS = ("log_loss", "accuracy")
+# Speed: its seed-to-seed spread is timing noise (same shapes, same machine); a group's runs all
+# need it, as the quality metrics, only where they all have it.
+SPEED = "seconds_per_sample"
+
+
+def speed_verdict(delta: float | None, noise: float) -> str:
+    """A change of seconds_per_sample against the timing noise (seconds per sample, > 0 where
+    measured): within noise, or beyond it and which way."""
+    if delta is None:
+        return "-"
+    if delta == 0:
+        return "unchanged"
+    if noise <= 0:
+        return "no timing noise measured"
+    if abs(delta) <= noise:
+        return "within noise"
+    return f"beyond noise ({'slower' if delta > 0 else 'faster'})"
 
 
 def dvc(*args: str) -> str:
@@ -55,6 +72,15 @@ def experiments(rows: list[dict]) -> list[dict]:
             params = flatten(((data.get("params") or {}).get(PARAMS) or {}).get("data") or {})
             out.append({"experiment": name, **metrics, "params": params, "baseline": commit.get("rev")})
     return out
+
+
+def only(exps: list[dict], names: list[str]) -> list[dict]:
+    """The experiments named in `names`; exits naming any that `dvc exp show` lacks (failed ones
+    are left out by `experiments`)."""
+    missing = sorted(set(names) - {e["experiment"] for e in exps})
+    if missing:
+        raise SystemExit(f"error: --experiments: no finished experiment named {', '.join(missing)}")
+    return [e for e in exps if e["experiment"] in set(names)]
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -89,7 +115,7 @@ def seed_groups(exps: list[dict]) -> list[dict]:
                  "experiments": [m["experiment"] for m in members],
                  "seeds": [{k: m["params"].get(k) for k in SEED_PARAMS} for m in members],
                  "devices": sorted({str(m.get("device")) for m in members})}
-        for metric in NOISE_METRICS:
+        for metric in NOISE_METRICS + ((SPEED,) if all(m.get(SPEED) is not None for m in members) else ()):
             values = [float(m[metric]) for m in members]
             group[metric] = {"mean": statistics.mean(values), "sd": statistics.stdev(values), "values": values}
         out.append(group)
@@ -103,13 +129,29 @@ def group_labels(groups: list[dict]) -> list[str]:
     return [", ".join(f"{k}={g['key'].get(k)}" for k in differ) or "-" for g in groups]
 
 
+def speed_against(group: dict, first: dict | None) -> str:
+    """`group`'s mean seconds_per_sample against `first` (the model's first group), judged against
+    twice the larger of their seed-to-seed sds (the timing noise both measured)."""
+    if first is None or group is first:
+        return "-"
+    if SPEED not in group or SPEED not in first:
+        return "no timing"
+    delta = group[SPEED]["mean"] - first[SPEED]["mean"]
+    return speed_verdict(delta, 2 * max(group[SPEED]["sd"], first[SPEED]["sd"]))
+
+
 def groups_markdown(groups: list[dict]) -> str:
-    header = ("group", "model", "n", *(f"{m} mean ± sd" for m in NOISE_METRICS), "seeds varied")
+    header = ("group", "model", "n", *(f"{m} mean ± sd" for m in NOISE_METRICS), f"{SPEED} mean ± sd",
+              "speed vs the model's first group", "seeds varied")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    firsts: dict = {}
     for g, label in zip(groups, group_labels(groups)):
+        first = firsts.setdefault(g["model"], g)
         varied = [k for k in SEED_PARAMS if len({s[k] for s in g["seeds"]}) > 1]
         stats = [f"{g[m]['mean']:.4f} ± {g[m]['sd']:.4f}" for m in NOISE_METRICS]
-        lines.append("| " + " | ".join([label, str(g["model"]), str(g["n"]), *stats, ", ".join(varied)]) + " |")
+        speed = f"{g[SPEED]['mean']:.5f} ± {g[SPEED]['sd']:.5f}" if SPEED in g else "-"
+        lines.append("| " + " | ".join([label, str(g["model"]), str(g["n"]), *stats, speed,
+                                         speed_against(g, first), ", ".join(varied)]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -120,7 +162,8 @@ def noise_floor(groups: list[dict], command: str) -> dict:
         if g["model"] in models:
             continue
         models[g["model"]] = {
-            "n": g["n"], **{m: {"mean": round(g[m]["mean"], 6), "sd": round(g[m]["sd"], 6)} for m in NOISE_METRICS},
+            "n": g["n"], **{m: {"mean": round(g[m]["mean"], 6), "sd": round(g[m]["sd"], 6)}
+                            for m in (*NOISE_METRICS, SPEED) if m in g},
             "seeds": g["seeds"], "experiments": g["experiments"], "devices": g["devices"],
         }
     return {"command": command,
@@ -136,9 +179,13 @@ def main() -> None:
                         "queued experiments belong to the commit they were queued on")
     parser.add_argument("--noise-out", help="write the noise floor (per model: its largest seed group) here, "
                         "e.g. metrics/noise.json")
+    parser.add_argument("--experiments", help="only these experiments, by name, comma-separated "
+                        "(benchmarks/noise_floor.sh: the ones it queued)")
     args = parser.parse_args()
     text = Path(args.json).read_text() if args.json else dvc("exp", "show", "--json", *(["--rev", args.rev] if args.rev else []))
     exps = experiments(json.loads(text))
+    if args.experiments:
+        exps = only(exps, args.experiments.split(","))
     groups = seed_groups(exps)
     if not groups:
         raise SystemExit(f"error: no seed group (2 or more experiments of one commit that differ only in "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 import transformers
 
+from prefbench import timing
 from prefbench.batching import (collate, length_sorted_batches, masks_padding, pad_multiple_for, padded_shape,
                                 synchronize, to_device)
 from prefbench.config import ModelParams, Params, ParamsError, by_kind
@@ -104,18 +105,23 @@ def predict_sharded(models: list, devices: list[torch.device], sequences: list[n
         with ThreadPoolExecutor(len(models)) as pool:
             return sum(pool.map(lambda k: work(k, plans[k], bar), range(len(models))))
 
-    start = time.perf_counter()
-    for k in range(len(models)):  # one copy at a time: the first batches compile (torch.compile, flex)
-        work(k, warmup_plan(plans[k], lengths, warmup_batches, warmup_shapes, pad_to, pad_multiple))
-    synchronize(*devices)
-    warmup_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    with progress(total=sum(len(p) for p in plans), desc="predict", unit="batch") as bar:
-        padded_tokens = run_all(bar)
+    # CPU: a fixed thread count and the median of several timed passes (prefbench.timing)
+    passes = timing.passes_for(devices)
+    with timing.fixed_threads(devices) as threads:
+        start = time.perf_counter()
+        for k in range(len(models)):  # one copy at a time: the first batches compile (torch.compile, flex)
+            work(k, warmup_plan(plans[k], lengths, warmup_batches, warmup_shapes, pad_to, pad_multiple))
         synchronize(*devices)
-    seconds = time.perf_counter() - start
+        warmup_seconds = time.perf_counter() - start
+        with progress(total=passes * sum(len(p) for p in plans), desc="predict", unit="batch") as bar:
+            def one_pass() -> int:
+                padded = run_all(bar)
+                synchronize(*devices)
+                return padded
+            padded_tokens, seconds, noise = timing.timed_passes(one_pass, passes)
     return {"logits": logits, "seconds": seconds, "tokens": int(lengths.sum()), "padded_tokens": padded_tokens,
             "devices": len(models), "warmup_seconds": warmup_seconds,
+            "threads": threads, "timing_passes": passes, "timing_noise": noise,
             "batch_shapes": len({padded_shape(lengths[b], pad_to, pad_multiple) for p in plans for b in p})}
 
 
@@ -153,6 +159,8 @@ class Inference:
     # max_length, device (its name) and devices (how many)
     info: dict
     featurise_seconds: float | None = None  # tfidf on test rows: featurising them (untimed above)
+    # threads (torch's; fixed on the CPU), timing_passes (median taken), timing_noise: prefbench.timing
+    timing: dict = field(default_factory=dict)
 
 
 class LLMRunner:
@@ -247,9 +255,11 @@ def run_inference(params: Params, stage: str, adapter: str | Path, rows: Rows, s
         tokens += result["tokens"]
         padded += result["padded_tokens"]
         shapes = max(shapes, result["batch_shapes"])
+        timing_info = {k: result.get(k, default) for k, default in timing.defaults().items()}
     return Inference(first.ids, first.labels, probs[0] if len(probs) == 1 else np.mean(probs, axis=0), seconds,
                      tokens, padded, warmup, load_seconds, shapes, peak_memory_gb(*runner.devices), runner.info,
-                     featurise if runner.reports_featurising and isinstance(rows, pd.DataFrame) else None)
+                     featurise if runner.reports_featurising and isinstance(rows, pd.DataFrame) else None,
+                     timing_info)
 
 
 PARAM_COUNTS = ("params_total", "params_embedding", "params_non_embedding", "params_trainable")
@@ -293,6 +303,7 @@ def evaluation_metrics(params: Params, inf: Inference, train_labels: np.ndarray)
         "warmup_seconds": inf.warmup_seconds,  # torch.compile's compile happens here
         "batch_shapes": inf.batch_shapes,  # distinct padded (rows, width) shapes, each warmed untimed
         "peak_memory_gb": inf.peak_memory_gb,
+        **inf.timing,  # threads, timing_passes, timing_noise
         **{k: info[k] for k in PARAM_COUNTS},
         "n_samples": n,
         "batch_size": params.selected.eval_batch_size,
@@ -321,7 +332,7 @@ def prediction_metrics(params: Params, inf: Inference, repaired: dict) -> dict:
         "kaggle_hours": pp.kaggle_hours,
         "fits_kaggle_limit": hours + (inf.load_seconds + inf.warmup_seconds) / 3600 < pp.kaggle_hours,
         "peak_memory_gb": inf.peak_memory_gb, "device": info["device"], "devices": info["devices"],
-        "repaired": dict(repaired),
+        **inf.timing, "repaired": dict(repaired),
         **{k: info[k] for k in ("dtype", "attn_implementation", "kernels", "lora_merged", "weights", "compiled",
                                 "packed")},
         **({"featurise_seconds": inf.featurise_seconds} if inf.featurise_seconds is not None else {}),

@@ -33,6 +33,12 @@ T4_CAVEAT = ("Projected from this machine. Kaggle's T4s have no bf16 (dtype auto
              "when this runs on Kaggle itself.")
 
 
+def caveat(summary: dict, is_llm: bool) -> str | None:
+    """T4_CAVEAT where it applies: an LLM timed on other hardware than Kaggle's T4 (a tfidf model
+    runs on the CPU, and Kaggle's CPUs are what it would use there too)."""
+    return T4_CAVEAT if is_llm and "T4" not in str(summary["device"]) else None
+
+
 def row_lengths(df: pd.DataFrame) -> list[int]:
     """Characters of prompt and both responses per row: the order tokens give, without tokenizing."""
     return [len(p) + len(a) + len(b) for p, a, b in zip(df["prompt"], df["response_a"], df["response_b"])]
@@ -56,7 +62,8 @@ def launch(params: Path, test_csv: Path, adapter: Path, work: Path, k: int, gpus
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = str(k)  # one GPU per process
     cmd = [sys.executable, "-m", "stages.predict", "--params", str(params), "--test-csv", str(test_csv),
-           "--adapter", str(adapter), "--out", str(sub), "--metrics", str(metrics)]
+           "--adapter", str(adapter), "--out", str(sub), "--metrics", str(metrics),
+           "--no-projection"]  # the one projection is this script's, over all processes
     return subprocess.Popen(cmd, env=env), sub, metrics
 
 
@@ -85,7 +92,8 @@ def main(bundle: Path | None = None, argv: list[str] | None = None) -> dict:
     from prefbench.data import deal_round_robin
 
     raw = yaml.safe_load((args.bundle / "params.yaml").read_text())
-    if "kind" in raw["models"][raw["model"]]:  # the tfidf baseline (`kind: tfidf`): CPU processes, no GPU
+    is_llm = "kind" not in raw["models"][raw["model"]]
+    if not is_llm:  # the tfidf baseline (`kind: tfidf`): CPU processes, no GPU
         gpus = 0
     else:
         import torch  # after argparse: --help stays quick (the GPU count; the stages import the rest)
@@ -121,7 +129,9 @@ def main(bundle: Path | None = None, argv: list[str] | None = None) -> dict:
     summary = {**projection(parts, len(df), kaggle_rows), "wall_seconds": time.perf_counter() - start}
     print(f"predict.py: {len(df)} rows -> {args.out} with {summary['processes']} process(es) on "
           f"{summary['device']}: {summary['seconds_per_sample']:.5f} s/sample; {kaggle_rows:,} rows would take "
-          f"{summary['projected_hours']:.2f} h (Kaggle limit {summary['kaggle_hours']} h).\n{T4_CAVEAT}")
+          f"{summary['projected_hours']:.2f} h (Kaggle limit {summary['kaggle_hours']} h).")
+    if note := caveat(summary, is_llm):
+        print(note)
     print("predict.py summary: " + json.dumps(summary))
     return summary
 

@@ -19,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-from prefbench.compare import EVAL, NOISE_METRICS, dvc
+from prefbench.compare import EVAL, NOISE_METRICS, SPEED, dvc, speed_verdict
 
 MARKER = "<!-- prefbench-pr-review -->"
 NOISE = "metrics/noise.json"  # prefbench.compare --noise-out writes it (benchmarks/noise_floor.sh)
@@ -72,7 +72,26 @@ def noise_section(diff: dict, noise: dict | None, current: dict, base: str) -> l
         cells = [metric, _num(old), _num(new), _num(delta), f"{mean:.4f} ± {sd:.4f} ({floor['n']})",
                  f"{2 * sd:.4f}", verdict]
         lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    return lines + speed_row(changes, floor, current)
+
+
+def speed_row(changes: dict, floor: dict, current: dict) -> list[str]:
+    """seconds_per_sample's change against the timing noise: the larger of 2 sd of the noise
+    floor's runs (where metrics/noise.json has them) and the half-ranges of both runs' timed passes
+    (eval.json's timing_noise, relative, times the run's seconds_per_sample; prefbench.timing)."""
+    change = changes.get(SPEED) or {"old": current.get(SPEED), "new": current.get(SPEED), "diff": 0}
+    old, new, delta = change.get("old"), change.get("new"), change.get("diff")
+    spread = changes.get("timing_noise")  # listed when it changed; the base's is then its "old"
+    noise_old, noise_new = (spread["old"] if spread else current.get("timing_noise")), current.get("timing_noise")
+    passes = sum((r or 0) * (v or 0) for r, v in ((noise_old, old), (noise_new, new)))
+    seeds = floor.get(SPEED)
+    noise = max(passes, 2 * seeds["sd"] if seeds else 0.0)
+    seeds_cell = f"{seeds['mean']:.5f} ± {seeds['sd']:.5f} ({floor['n']})" if seeds else "-"
+    cells = [SPEED, _num(old), _num(new), _num(delta), seeds_cell, f"{noise:.5f}", speed_verdict(delta, noise)]
+    return ["| " + " | ".join(cells) + " |", "",
+            f"`{SPEED}`'s noise (the 2 sd column) is the larger of 2 sd of the seed runs and the spread of "
+            "both runs' timed passes (`timing_noise`: CPU timings are the median of several passes at a "
+            "fixed thread count, `threads`)."]
 
 
 def _num(v) -> str:

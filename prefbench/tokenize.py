@@ -91,6 +91,22 @@ def to_table(ids: list[str], labels: list[int], sequences: list[list[int]]) -> p
     })
 
 
+# More than this share of a split's rows cut to max_length: the tokenize stage warns.
+TRUNCATION_WARN_SHARE = 0.5
+
+
+def truncation_warning(stats: dict[str, dict], name: str, max_length: int) -> str | None:
+    """One line when most rows of a split (`stats`: split -> length_stats) were cut to max_length, naming
+    the key to raise; None otherwise."""
+    worst = max(stats, key=lambda split: stats[split]["share_truncated"])
+    s = stats[worst]
+    if s["share_truncated"] <= TRUNCATION_WARN_SHARE:
+        return None
+    return (f"warning: {s['share_truncated']:.0%} of the {worst} rows ({s['rows_truncated']} of {s['rows']}) are cut "
+            f"to models.{name}.max_length = {max_length} tokens: the model sees only the start of each "
+            f"response; raise models.{name}.max_length (1024-2048 for the 8-9B models on a GPU)")
+
+
 def length_stats(lengths: np.ndarray, truncated: np.ndarray) -> dict:
     return {
         "rows": int(len(lengths)),
@@ -100,6 +116,7 @@ def length_stats(lengths: np.ndarray, truncated: np.ndarray) -> dict:
         "p95": float(np.percentile(lengths, 95)),
         "max": int(lengths.max()),
         "share_truncated": round(float(truncated.mean()), 4),
+        "rows_truncated": int(np.count_nonzero(truncated)),
     }
 
 

@@ -171,16 +171,18 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
                 st.loss_n += 1
                 if accelerator.sync_gradients:
                     st.step += 1
-                    bar.update(1)
                     marks.append((st.seconds + time.perf_counter() - start, st.tokens))
                     if st.step % tp.log_every == 0 or st.step == total_steps:
+                        # final_loss: the mean batch loss since the last logged step (the last point
+                        # of the loss curve); the bar shows it from this step on (postfix, then update)
                         st.final_loss = st.loss_sum / st.loss_n
                         values = {"loss": st.final_loss, "learning_rate": sched.get_last_lr()[0]}
                         st.history.append([st.step, values])
                         if log is not None:
                             log(st.step, values)
-                        bar.set_postfix(loss=f"{st.final_loss:.4f}")
+                        bar.set_postfix(loss=f"{st.final_loss:.4f}", refresh=False)
                         st.loss_sum, st.loss_n = 0.0, 0
+                    bar.update(1)
                     if checkpointing and st.step % tp.checkpoint_every == 0 and st.step < total_steps:
                         synchronize(device)
                         st.seconds += time.perf_counter() - start  # the clock stops while the checkpoint is written

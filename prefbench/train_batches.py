@@ -29,9 +29,29 @@ from prefbench.batching import collate, shuffled_batches
 from prefbench.packing import collate_packed, next_fit
 
 
+# A last batch of fewer rows than this share of train_batch_size joins another batch of its epoch:
+# its loss would weigh as much as a full batch's (1601 rows at 32 a batch: one row alone a step).
+MIN_BATCH_SHARE = 0.5
+
+
 def optimizer_steps(n_rows: int, batch_size: int, grad_accum: int, epochs: float) -> int:
-    batches_per_epoch = math.ceil(n_rows / batch_size)
+    whole, rest = divmod(n_rows, batch_size)
+    batches_per_epoch = max(1, whole + (rest >= batch_size * MIN_BATCH_SHARE))  # see merge_small_batch
     return max(1, math.ceil(batches_per_epoch * epochs / grad_accum))
+
+
+def merge_small_batch(batches: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
+    """The epoch's batches with a remainder batch under MIN_BATCH_SHARE x batch_size rows appended
+    to the batch after it (the one before, if it is last); an epoch of one batch stays as it is."""
+    small = [k for k, b in enumerate(batches) if len(b) < batch_size * MIN_BATCH_SHARE]
+    if len(batches) < 2 or not small:
+        return batches
+    k = small[0]
+    into = k + 1 if k + 1 < len(batches) else k - 1
+    out = list(batches)
+    out[into] = np.concatenate([batches[into], batches[k]])
+    del out[k]
+    return out
 
 
 def budget_batches(lengths: np.ndarray, token_budget: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -56,7 +76,7 @@ class EpochBatches(Sampler):
         """The next epoch's batches, in training order (moves the generator)."""
         if self.token_budget:
             return budget_batches(self.lengths, self.token_budget, self.rng)
-        return shuffled_batches(self.lengths, self.batch_size, self.rng)[::-1]
+        return merge_small_batch(shuffled_batches(self.lengths, self.batch_size, self.rng)[::-1], self.batch_size)
 
     def __len__(self) -> int:
         """Batches in the coming epoch (drawn now if need be: the generator moves as iterating would)."""

@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--adapter", required=True, help="adapter folder (stage train)")
     parser.add_argument("--out", required=True, help="submission CSV to write")
     parser.add_argument("--metrics", required=True, help="timing metrics JSON")
+    parser.add_argument("--no-projection", action="store_true",
+                        help="leave the projected hours out of the printed line (a bundle's predict.py prints its own)")
     args = parser.parse_args()
     params = load_params(args.params)
     pp = params.predict
@@ -52,10 +54,11 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     submission.to_csv(args.out, index=False, float_format="%.6f")
     write_json(args.metrics, round_floats(metrics))
+    projected = "" if args.no_projection else (
+        f"; {pp.kaggle_rows:,} rows would take {metrics['projected_hours']:.2f} h here (Kaggle limit "
+        f"{pp.kaggle_hours} h: {'fits' if metrics['fits_kaggle_limit'] else 'does NOT fit'})")
     print(f"predict: {metrics['n_samples']} rows -> {args.out} ({'with' if pp.swap_tta else 'no'} swap TTA), "
-          f"{metrics['seconds_per_sample']:.5f} s/sample on {metrics['device']}; {pp.kaggle_rows:,} rows would take "
-          f"{metrics['projected_hours']:.2f} h here (Kaggle limit {pp.kaggle_hours} h: "
-          f"{'fits' if metrics['fits_kaggle_limit'] else 'does NOT fit'})")
+          f"{metrics['seconds_per_sample']:.5f} s/sample on {metrics['device']}{projected}")
 
 
 if __name__ == "__main__":

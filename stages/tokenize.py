@@ -5,7 +5,8 @@ Usage: python -m stages.tokenize --params params.yaml --prepared data/prepared \
 Reads params: model, models.<model>.pretrained, models.<model>.max_length, tokenize.prompt_share
 (`kind: tfidf`: models.<model>.{word_ngram_max, char_ngram_max, max_features, min_df}).
 Writes train.arrow and val.arrow (id, label, input_ids; Arrow IPC, no pickle) and meta.json
-(tokenizer, pad id, max_length). DVC caches the folder per model, so switching models back
+(tokenizer, pad id, max_length). When most rows of a split are cut to max_length it warns, naming
+models.<model>.max_length (tokens.json: rows_truncated per split, truncation_warning). DVC caches the folder per model, so switching models back
 and forth restores it from the run cache instead of recomputing. For `kind: tfidf` the cache is
 the fitted featuriser and the feature matrices of both splits (prefbench.tfidf).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from prefbench.cli import run
 from prefbench.config import Params, by_kind, load_params
 from prefbench.metrics import write_json
 from prefbench.models import load_tokenizer
-from prefbench.tokenize import encode_rows, length_stats, to_table, write_table
+from prefbench.tokenize import encode_rows, length_stats, to_table, truncation_warning, write_table
 
 
 def main() -> None:
@@ -58,6 +60,10 @@ def tokenize_llm(params: Params, prepared: str, out: Path) -> dict:
         write_table(to_table(df["id"].tolist(), df["label"].tolist(), seqs), out / f"{split}.arrow")
         metrics[split] = length_stats(np.array([len(s) for s in seqs]), truncated)
         print(f"tokenize {split}: {metrics[split]}")
+    warning = truncation_warning({split: metrics[split] for split in ("train", "val")}, params.model, cfg.max_length)
+    metrics["truncation_warning"] = warning is not None  # most rows of a split cut to max_length
+    if warning:
+        print(f"tokenize: {warning}", file=sys.stderr)
     meta = {"model": params.model, "pretrained": cfg.pretrained, "pad_token_id": tok.pad_token_id,
             "max_length": cfg.max_length}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -123,9 +123,10 @@ def train_llm(args: argparse.Namespace, params: Params) -> None:
     with atomic_path(args.metrics) as path:
         write_json(path, metrics)
     remove_checkpoints(checkpoints)
+    since = (result["steps"] - 1) // tp.log_every * tp.log_every + 1  # the last logged window's first step
     print(f"train: {result['steps']} steps in {result['train_seconds']:.1f} s, "
           f"{result['seconds_per_sample']:.4f} s/sample, {result['tokens_per_second']:.0f} tokens/s, "
-          f"final loss {result['final_loss']:.4f}")
+          f"final loss {result['final_loss']:.4f} (mean of steps {since}-{result['steps']}: the loss curve's last point)")
 
 
 if __name__ == "__main__":

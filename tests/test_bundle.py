@@ -4,8 +4,10 @@ no repo checkout, gives the predict stage's submission.csv, for the tiny Llama3 
 The fresh venv has no pip and no packages of its own: a .pth file puts this venv's site-packages
 (torch, transformers, ...: the "wheels" Kaggle already has) on its path, but not this checkout
 (the editable install's finder lives in a .pth file there, and .pth files of a directory added by
-a .pth line are not run). prefbench and stages come only from the bundle's wheel, installed with
-`pip install --no-index --no-deps`, and predict.py runs from a temporary folder outside the repo.
+a .pth line are not run). prefbench and stages come only from the bundle's wheel, installed with the
+bundle README's `pip install --no-index --find-links wheels prefbench`, and predict.py runs from a
+temporary folder outside the repo, where importing dvc or dvclive fails. The bundles here are made
+with --no-wheels (the wheels of the packages Kaggle lacks come from an index: not in tests).
 """
 
 import json
@@ -14,6 +16,7 @@ import re
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -69,6 +72,8 @@ def venv(tmp_path_factory):
     purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True).stdout.strip()
     Path(purelib, "kaggle-image.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    for name in ("dvc", "dvclive"):  # ahead of the .pth's path: predict must not need the pipeline's tools
+        Path(purelib, f"{name}.py").write_text(f"raise ImportError('{name} imported by the predict path')\n")
     return python
 
 
@@ -93,34 +98,47 @@ def make_bundle(trained, out: Path) -> Path:
     name, tmp = trained
     extra = ["--copy-base"] if name == "llama3" else []
     proc = forked.run("-m", "prefbench.bundle", "--out", out, "--params", tmp / "params.yaml", "--adapter",
-                      tmp / "adapter", *extra)
+                      tmp / "adapter", "--no-wheels", *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
 
 def install(venv: Path, bundle: Path, cwd: Path) -> None:
-    (wheel,) = (bundle / "wheels").glob("prefbench-*.whl")
-    proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv), "install", "-q", "--no-index",
-                           "--no-deps", "--force-reinstall", str(wheel)], cwd=cwd, capture_output=True,
-                          text=True, env=offline_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    """The bundle README's install, offline; --force-reinstall --no-deps because this checkout's
+    editable prefbench (the same version) shows through the .pth; `pip check` then checks the wheel's
+    requirements (no dvc) against what the venv sees."""
+    pip = [sys.executable, "-m", "pip", "--python", str(venv)]
+    for args in (["install", "-q", "--no-index", "--find-links", str(bundle / "wheels"), "--force-reinstall",
+                  "--no-deps", "prefbench"], ["check"]):
+        proc = subprocess.run([*pip, *args], cwd=cwd, capture_output=True, text=True, env=offline_env())
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def test_bundle_contents(trained, bundled):
     name, tmp = trained
     bundle = bundled
-    names = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
-    assert {"params.yaml", "predict.py", "requirements.txt", "README.md"} <= names
+    files = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
+    assert {"params.yaml", "predict.py", "requirements.txt", "README.md"} <= files
     assert sorted(p.name for p in (bundle / "adapter").iterdir()) == sorted(p.name for p in (tmp / "adapter").iterdir())
     assert len(list((bundle / "wheels").glob("prefbench-*-py3-none-any.whl"))) == 1
     params = yaml.safe_load((bundle / "params.yaml").read_text())
     assert params["model"] == name and list(params["models"]) == [name] and params["evaluate"]["devices"] == 1
     reqs = [r for r in (bundle / "requirements.txt").read_text().splitlines() if r and not r.startswith("#")]
-    assert {"torch", "transformers", "peft", "scikit-learn"} <= {r.split("==")[0] for r in reqs}
+    names = {r.split("==")[0] for r in reqs}
+    # Exactly what Kaggle's image lacks: nothing it has (nor what those require), all predict needs besides.
+    assert not names & {"torch", "numpy", "pandas", "transformers", "tokenizers", "safetensors", "pyyaml", "dvc"}
+    assert names >= ({"peft", "accelerate", "pyarrow"} if name == "llama3" else {"scikit-learn", "scipy", "pyarrow"})
+    assert ("scikit-learn" in names) == (name == "tfidf") and ("peft" in names) == (name == "llama3")
     assert all(re.fullmatch(r"[\w.-]+==[\w.]+", r) for r in reqs), reqs  # pinned, no local (+cpu) labels
+    (wheel,) = (bundle / "wheels").glob("prefbench-*.whl")
+    with zipfile.ZipFile(wheel) as whl:
+        meta = whl.read(next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    requires = {re.split(r"[=<>;\s]", line.split(": ", 1)[1])[0] for line in meta.splitlines()
+                if line.startswith("Requires-Dist:")}
+    assert not requires & {"dvc", "dvclive", "ruamel.yaml.clib"} and "torch" in requires, requires
     # Nothing to unpickle: weights are safetensors, the rest text.
-    assert {Path(n).suffix for n in names} <= {".safetensors", ".json", ".yaml", ".py", ".md", ".txt", ".whl",
-                                               ".model", ".jinja"}, names
+    assert {Path(n).suffix for n in files} <= {".safetensors", ".json", ".yaml", ".py", ".md", ".txt", ".whl",
+                                               ".model", ".jinja"}, files
     if name == "llama3":
         assert params["models"]["llama3"]["pretrained"] == "base" and (bundle / "base" / "config.json").is_file()
 
@@ -147,4 +165,6 @@ def test_bundle_in_a_fresh_venv_gives_the_predict_stage_submission(trained, bund
     assert (outside / "submission.csv").read_bytes() == (tmp / "submission.csv").read_bytes()
     summary = json.loads(proc.stdout.split("predict.py summary: ")[1].splitlines()[0])
     assert summary["processes"] == devices and summary["rows"] == len(pd.read_csv(tmp / "test.csv"))
-    assert summary["model"] == name and summary["projected_hours"] > 0 and "T4" in proc.stdout
+    assert summary["model"] == name and summary["projected_hours"] > 0
+    assert proc.stdout.count(" would take ") == 1  # one projection: predict.py's, not also each process's
+    assert ("T4" in proc.stdout) == (name == "llama3")  # the T4 caveat is for LLMs timed elsewhere

@@ -125,7 +125,8 @@ def test_noise_floor_script_feeds_the_pr_comment(workspace, tmp_path):
     noise = ws.json("noise.json")
     floor = noise["models"]["llama3"]
     head = sh("git", "rev-parse", "--short", "HEAD", cwd=ws.repo).strip()  # the commit the seeds were queued on
-    assert noise["command"] == f"python -m prefbench.compare --rev {head} --noise-out metrics/noise.json"
+    assert noise["command"].startswith(f"python -m prefbench.compare --rev {head} --experiments nf-")
+    assert noise["command"].endswith(" --noise-out metrics/noise.json")
     assert floor["n"] == 2 and sorted(s["train.seed"] for s in floor["seeds"]) == [1, 2]
     for metric in ("log_loss", "accuracy"):
         values = [evals[seed][metric] for seed in (1, 2)]

@@ -92,7 +92,8 @@ CROSS_SECTION = {
     # predict tokenises test.csv exactly as the tokenize stage tokenised the training rows.
     ("predict", "tokenize.prompt_share"),
 }
-OWN_SECTION = {"sample": "sample", "prepare": "data", "tokenize": "tokenize", "train": "train",
+OWN_SECTION = {"params": "params.yaml",  # the params stage checks the whole file
+               "sample": "sample", "prepare": "data", "tokenize": "tokenize", "train": "train",
                "evaluate": "evaluate", "predict": "predict"}
 
 

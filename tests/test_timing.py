@@ -93,9 +93,9 @@ def test_collate_is_timed_model_load_and_warmup_are_not(monkeypatch, adapter, to
     assert batches >= 2 and calls["collate"] > batches  # timed batches, and warm-up ones before them
     # every timed batch's collate is in the predict time, no warm-up batch's and no model load;
     # the real work adds seconds at most, far below the 1000 s of a single injected delay
-    assert batches * PER_BATCH <= m["predict_seconds"] < (batches + 0.5) * PER_BATCH
+    assert batches * PER_BATCH <= m["predict_seconds"] < (batches + 0.5) * PER_BATCH  # a pass: the median
     assert m["seconds_per_sample"] == pytest.approx(m["predict_seconds"] / m["n_samples"], rel=1e-5)
-    warmup = calls["collate"] - batches
+    warmup = calls["collate"] - m["timing_passes"] * batches  # on the CPU the median of several passes
     assert warmup * PER_BATCH <= m["warmup_seconds"] < (warmup + 0.5) * PER_BATCH
     # the load is in load_seconds, and nothing of the predict loop is
     assert LOAD <= m["load_seconds"] < LOAD + 0.5 * PER_BATCH
