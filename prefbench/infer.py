@@ -199,7 +199,8 @@ class LLMRunner:
     def predict(self, enc: Encoded) -> dict:
         if self.packed:
             result = predict_packed(self.models, enc.x, self.cfg.token_budget, self.tok.pad_token_id,
-                                    self.devices, warmup=self.section.warmup_batches > 0 or self.section.warmup_shapes)
+                                    self.devices, warmup=self.section.warmup_batches > 0 or self.section.warmup_shapes,
+                                    name=self.params.model)
             return {**result, "batch_shapes": result["pack_shapes"]}
         return predict_sharded(self.models, self.devices, enc.x, self.cfg.eval_batch_size, self.tok.pad_token_id,
                                warmup_batches=self.section.warmup_batches, warmup_shapes=self.section.warmup_shapes,

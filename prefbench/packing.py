@@ -40,14 +40,16 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from prefbench.batching import synchronize
 from prefbench.config import ParamsError
+from prefbench.device_errors import BatchOutOfMemoryError
 from prefbench.progress import progress
 
 # attn_implementation values whose kernel takes cu_seqlens (varlen): packing pays only with these.
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "flash_attention_4")
 
 
-class PackOutOfMemoryError(RuntimeError):
-    """The device ran out of memory on one pack; the message says which setting to lower."""
+class PackOutOfMemoryError(BatchOutOfMemoryError):
+    """The device ran out of memory on one pack; the message says which setting to lower. A
+    BatchOutOfMemoryError: the stages end on it with that message, not a traceback."""
 
 
 def resolve_packing(name: str, attn_implementation: str, key: str = "models.<model>.packing") -> bool:
@@ -222,7 +224,7 @@ def deal_packs(totals: list[int], n: int) -> list[list[int]]:
 
 
 def predict_packed(models, sequences: list[np.ndarray], token_budget: int, pad_token_id: int | None,
-                   devices, warmup: bool = True) -> dict:
+                   devices, warmup: bool = True, name: str = "<model>") -> dict:
     """Logits for every sequence (input order; float32, float64 from a float64 model) from packed
     forwards of about `token_budget` tokens. `models` / `devices`: one model and its device, or a
     list of copies, one per device: the packs are dealt to them (`deal_packs`), each copy a thread
@@ -264,7 +266,7 @@ def predict_packed(models, sequences: list[np.ndarray], token_budget: int, pad_t
                     raise PackOutOfMemoryError(
                         f"out of memory on a pack of {len(plan[k])} rows, {totals[k]} tokens (token_budget "
                         f"{token_budget}, longest row {int(lengths[plan[k]].max())}): lower "
-                        "models.<model>.token_budget or max_length") from err
+                        f"models.{name}.token_budget or models.{name}.max_length") from err
                 logits[plan[k]] = out.to(torch.float64 if wide else torch.float32).cpu().numpy()
                 if bar is not None:
                     bar.update(1)

@@ -130,6 +130,18 @@ def test_train_turns_out_of_memory_into_a_clear_error(setup, monkeypatch):
     assert isinstance(err.value.__cause__, torch.OutOfMemoryError)
 
 
+def test_packed_predict_turns_out_of_memory_into_the_stages_clear_error(setup, monkeypatch):
+    """Packed forwards (the GPU default) run out of memory as padded batches do: a
+    BatchOutOfMemoryError, which evaluate and predict end on in one line, naming the model's keys."""
+    import prefbench.packing
+
+    model, cfg, _, pad, seqs, _ = setup
+    monkeypatch.setattr(prefbench.packing, "forward_packed", raise_oom)
+    with pytest.raises(BatchOutOfMemoryError, match="models.llama3.token_budget or models.llama3.max_length") as err:
+        prefbench.packing.predict_packed(model, seqs, 256, pad, CPU, warmup=False, name="llama3")
+    assert isinstance(err.value.__cause__, torch.OutOfMemoryError)
+
+
 def test_predict_turns_out_of_memory_into_a_clear_error(setup, monkeypatch):
     model, cfg, _, pad, seqs, _ = setup
     monkeypatch.setattr(model, "forward", raise_oom)
