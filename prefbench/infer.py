@@ -188,7 +188,8 @@ class LLMRunner:
         if isinstance(rows, pd.DataFrame):
             first, second = ("response_b", "response_a") if swap else ("response_a", "response_b")
             seqs, _ = encode_rows(self.tok, rows["prompt"].tolist(), rows[first].tolist(), rows[second].tolist(),
-                                  self.cfg.max_length, self.params.tokenize.prompt_share)
+                                  self.cfg.max_length, self.params.tokenize.prompt_share,
+                                  key=f"models.{self.params.model}.max_length")
             seqs = [np.asarray(s) for s in seqs]
             return rows["id"].tolist(), None, seqs, sum(len(s) for s in seqs)
         if swap:

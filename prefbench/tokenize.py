@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from prefbench.config import ParamsError
 from prefbench.progress import progress
 
 MARKERS = ("<prompt>: ", "\n\n<response_a>: ", "\n\n<response_b>: ")
@@ -55,7 +56,7 @@ def special_ids(tokenizer) -> tuple[list[int], list[list[int]]]:
 
 
 def encode_rows(tokenizer, prompts, responses_a, responses_b, max_length: int, prompt_share: float,
-                batch_rows: int = 512) -> tuple[list[list[int]], np.ndarray]:
+                batch_rows: int = 512, key: str = "max_length") -> tuple[list[list[int]], np.ndarray]:
     """Encode rows (each a list of turns per part); returns token ids and a truncated flag per row.
 
     `split_special_tokens=True`: text such as "<|end_of_text|>" inside a response stays text, so
@@ -63,8 +64,9 @@ def encode_rows(tokenizer, prompts, responses_a, responses_b, max_length: int, p
     """
     bos, markers = special_ids(tokenizer)
     budget = max_length - len(bos) - sum(len(m) for m in markers)
-    if budget < 3:
-        raise ValueError(f"max_length {max_length} leaves no room for text after BOS and markers")
+    if budget < 3:  # `key`: the params key that set max_length, for the message
+        raise ParamsError(f"{key}: {max_length} tokens leave no room for text after this tokenizer's BOS "
+                          f"and part markers ({max_length - budget} tokens): raise it")
     sequences, truncated = [], np.zeros(len(prompts), dtype=bool)
     for start in progress(range(0, len(prompts), batch_rows), desc="tokenize", unit="batch"):
         stop = min(start + batch_rows, len(prompts))

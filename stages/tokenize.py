@@ -56,7 +56,8 @@ def tokenize_llm(params: Params, prepared: str, out: Path) -> dict:
     for split in ("train", "val"):
         df = pd.read_parquet(Path(prepared) / f"{split}.parquet")
         seqs, truncated = encode_rows(tok, df["prompt"].tolist(), df["response_a"].tolist(),
-                                      df["response_b"].tolist(), cfg.max_length, params.tokenize.prompt_share)
+                                      df["response_b"].tolist(), cfg.max_length, params.tokenize.prompt_share,
+                                      key=f"models.{params.model}.max_length")
         write_table(to_table(df["id"].tolist(), df["label"].tolist(), seqs), out / f"{split}.arrow")
         metrics[split] = length_stats(np.array([len(s) for s in seqs]), truncated)
         print(f"tokenize {split}: {metrics[split]}")

@@ -57,3 +57,20 @@ def test_user_text_cannot_inject_special_tokens(tiny_llama_tok):
     ids = np.array(seqs[0])
     assert (ids == tok.eos_token_id).sum() == 0  # EOS is the pad token: never inside a row
     assert (ids == tok.bos_token_id).sum() == 1  # only the BOS we put first
+
+
+def test_a_max_length_with_no_room_for_text_is_a_params_error_naming_the_key():
+    """max_length passes the schema's minimum, yet BOS and the part markers of this tokenizer fill
+    it: the stage ends on the params key in one line (cli.EXPECTED), not on a traceback."""
+    from prefbench.config import ParamsError
+    from prefbench.models import load_tokenizer
+    from tests.conftest import ROOT
+
+    tok = load_tokenizer(str(ROOT / "models" / "tiny-gemma2"))
+    bos, markers = special_ids(tok)
+    overhead = len(bos) + sum(len(m) for m in markers)
+    with pytest.raises(ParamsError, match=r"^models.gemma2.max_length: \d+ tokens leave no room"):
+        encode_rows(tok, [["p"]], [["a"]], [["b"]], max_length=overhead + 2, prompt_share=0.2,
+                    key="models.gemma2.max_length")
+    seqs, _ = encode_rows(tok, [["p"]], [["a"]], [["b"]], max_length=overhead + 3, prompt_share=0.2)
+    assert len(seqs[0]) <= overhead + 3
