@@ -35,8 +35,9 @@ import pytest
 import yaml
 
 from prefbench.files import remove
-from tests import forked
+from tests import forked, gitcopy
 from tests.conftest import ROOT
+from tests.gitcopy import git_commit, git_copy
 
 FULL = os.environ.get("PREFBENCH_FAULTS_FULL") == "1"
 FULL_DISK_BYTES = 256  # smaller than every output but the smallest metrics JSON files
@@ -304,3 +305,80 @@ def test_kill_anywhere(clean, tmp_path, name):
     inputs_of(clean, stage, tmp_path)
     for point in kill_points(clean, stage):
         kill_and_rerun(clean, tmp_path, stage, point)
+
+
+# ---------------------------------------------------------------- under `dvc repro`
+
+def in_repo(out: str) -> str:
+    """A stage folder's output path as dvc.yaml names it."""
+    top = out.split("/")[0]
+    return f"models/{out}" if top == "adapter" else f"data/{out}" if top in ("sample", "prepared", "tokens", "submission.csv") else out
+
+
+@pytest.fixture(scope="module")
+def faulty_python(tmp_path_factory) -> Path:
+    """$PREFBENCH_PYTHON for DVC's stage commands (scripts/python.sh): the warm server's client,
+    FAULT run before the stage."""
+    folder = tmp_path_factory.mktemp("faulty")
+    (folder / "fault.py").write_text(FAULT)
+    script = folder / "python"
+    script.write_text(f'#!/bin/sh\nexec {forked.server().python} -c "$(cat {folder / "fault.py"})" "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+def small_repo(folder: Path) -> Path:
+    repo = git_copy(folder / "repo")
+    write_params(repo / "params.yaml")
+    git_commit(repo, "the small pipeline")
+    return repo
+
+
+def dvc(repo: Path, python: Path, *args: str, fault: str = "") -> str:
+    """`dvc ARGS` (on the warm server) with the stages on `python`; stdout and stderr, one text,
+    and the exit status."""
+    proc = gitcopy.run(gitcopy.dvc(), *args, cwd=repo, check=False,
+                       extra_env={"PREFBENCH_PYTHON": str(python), "PREFBENCH_TEST_FAULT": fault})
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def kill_under_dvc(clean: Path, repo: Path, python: Path, stage: Stage, point: str, upto: str = "predict") -> None:
+    """`dvc repro -f -s STAGE` with the stage killed at `point`: DVC fails naming the stage and
+    records nothing; the next `dvc repro [upto]` completes, every output equal to the clean run's
+    (bytes; timed ones whole) and `dvc status` clean."""
+    code, out = dvc(repo, python, "repro", "-f", "-s", stage.name, fault=f"{stage.name} {point}")
+    assert code != 0 and f"failed to reproduce '{stage.name}'" in out, out[-3000:]
+    code, out = dvc(repo, python, "repro", upto)
+    assert code == 0, out[-3000:]
+    names = list(STAGES)
+    for s in list(STAGES.values())[:names.index(upto) + 1]:
+        for o in s.outputs:
+            got = repo / in_repo(o)
+            assert whole(got) if o in s.timed else digest(got) == digest(clean / o), f"{in_repo(o)} after {point}"
+    code, out = dvc(repo, python, "status", upto)
+    assert code == 0 and "up to date" in out, out[-3000:]
+    assert not leftovers(repo / "data") and not leftovers(repo / "models") and not leftovers(repo / "metrics")
+
+
+def test_dvc_repro_after_a_kill_gives_the_clean_outputs(clean, faulty_python, tmp_path):
+    """`dvc repro tokenize` of a small pipeline, tokenize killed mid-write: the token cache is
+    absent (nothing DVC or the train stage could take) and DVC sees the stage to run; `dvc repro`
+    then completes with the clean outputs, and does again after a second kill (forced)."""
+    repo = small_repo(tmp_path)
+    point = ci_points(clean, STAGES["tokenize"])[0]
+    code, out = dvc(repo, faulty_python, "repro", "tokenize", fault=f"tokenize {point}")
+    assert code != 0 and "failed to reproduce 'tokenize'" in out, out[-3000:]
+    assert not (repo / "data" / "tokens").exists() and (repo / "data" / "prepared").is_dir()
+    code, out = dvc(repo, faulty_python, "status", "tokenize")
+    assert "tokenize" in out and "up to date" not in out, out
+    kill_under_dvc(clean, repo, faulty_python, STAGES["tokenize"], point, upto="tokenize")
+
+
+@pytest.mark.skipif(not FULL, reason="the whole kill matrix: PREFBENCH_FAULTS_FULL=1")
+@pytest.mark.parametrize("name", list(STAGES))
+def test_kill_anywhere_under_dvc(clean, faulty_python, tmp_path, name):
+    repo = small_repo(tmp_path)
+    code, out = dvc(repo, faulty_python, "repro")
+    assert code == 0, out[-3000:]
+    for point in kill_points(clean, STAGES[name]):
+        kill_under_dvc(clean, repo, faulty_python, STAGES[name], point)
