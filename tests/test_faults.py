@@ -72,7 +72,8 @@ STAGES = {s.name: s for s in (
 
 # Run in the forked child before the stage (argv: -m stages.NAME args, as scripts/python.sh passes
 # them to $PREFBENCH_PYTHON): installs the fault $PREFBENCH_TEST_FAULT names for that stage
-# ("NAME fsize:BYTES" or "NAME POINT:K[:BYTES]"; other stages run untouched), then runs the stage.
+# ("NAME fsize:BYTES", "NAME POINT:K[:BYTES]" or "NAME pause:SECONDS"; other stages run untouched),
+# then runs the stage.
 FAULT = r'''
 import atexit, os, resource, runpy, signal, sys
 from contextlib import contextmanager
@@ -87,7 +88,10 @@ def patch(module, name, new):  # also where it was imported by name (the server 
     for m in list(sys.modules.values()):
         if getattr(m, name, None) is real:
             setattr(m, name, new)
-if point == "fsize":
+if point == "pause":  # a slow stage: another command can start meanwhile
+    import time
+    time.sleep(float(rest))
+elif point == "fsize":
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(rest), resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 elif point == "exit":
     atexit.register(die)
