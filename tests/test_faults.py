@@ -278,6 +278,33 @@ def kill_and_rerun(clean: Path, folder: Path, stage: Stage, point: str) -> None:
     assert_clean(clean, folder, stage)
 
 
+def test_write_failures_for_want_of_space_are_recognised_as_each_library_words_them(tmp_path):
+    """ENOSPC, EDQUOT and EFBIG as OSError (Python, pandas, pyarrow), in safetensors' text, and
+    torch's stream writer; any other error passes through atomic_path unchanged."""
+    import errno
+
+    from prefbench.files import atomic_path, no_space_reason
+    assert no_space_reason(OSError(errno.ENOSPC, "No space left on device")) == "No space left on device"
+    assert no_space_reason(OSError(errno.EDQUOT, "Disk quota exceeded")) == "Disk quota exceeded"
+    assert no_space_reason(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert no_space_reason(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"))
+    assert no_space_reason(OSError(errno.ENOENT, "No such file or directory")) is None
+    assert no_space_reason(ValueError("a bug")) is None
+    with pytest.raises(ValueError):
+        with atomic_path(tmp_path / "out"):
+            raise ValueError("a bug")
+    # safetensors under a real file size limit, in a forked child (the limit stays there)
+    code = ("import resource, numpy, sys; from safetensors.numpy import save_file\n"
+            "from prefbench.files import OutputError, atomic_path\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))\n"
+            "try:\n    with atomic_path(sys.argv[1]) as tmp: save_file({'x': numpy.zeros(10000)}, str(tmp))\n"
+            "except OutputError as e: sys.exit(f'OutputError: {e}')")  # short: stderr is a file, limited too
+    proc = forked.run("-c", code, tmp_path / "w.safetensors")
+    assert proc.returncode == 1 and f"OutputError: could not write {tmp_path / 'w.safetensors'}: File too large" \
+        in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------- a full disk and a kill: each stage
 
 @pytest.mark.parametrize("name", list(STAGES))
