@@ -75,8 +75,8 @@ def main() -> None:
             run = {"rows": rows, "huge_cells": args.huge, "csv_mb": round(csv.stat().st_size / 1e6, 1)}
             run["prepare"] = run_stage("prepare", ["--params", "params.yaml", "--csv", str(csv), "--out", "prepared",
                                                "--metrics", "data.json"], work)
-            run["tokenize"] = run_stage("tokenize", ["--params", "params.yaml", "--prepared", "prepared", "--out", "tokens",
-                                                 "--metrics", "tokens.json"], work)
+            run["tokenize"] = run_stage("tokenize", ["--params", "params.yaml", "--prepared", "prepared",
+                                                     "--out", "tokens", "--metrics", "tokens.json"], work)
             data = json.loads((work / "data.json").read_text())
             run["rows_kept"], run["rows_dropped"] = data["rows_kept"], data["rows_dropped"]
             for stage in ("prepare", "tokenize"):

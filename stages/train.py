@@ -71,7 +71,8 @@ def train_tfidf(args: argparse.Namespace, params: Params) -> None:
         metrics = tfidf.train(params, args.tokens, out)
         resolved = {"model": params.model, "weights": "fitted", "models": dataclasses.asdict(params.selected)}
         (out / "resolved_params.json").write_text(json.dumps(resolved, indent=2) + "\n")
-    with atomic_path(args.live) as live_dir, Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+    with atomic_path(args.live) as live_dir, \
+            Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
         live.log_metric("train/loss", metrics["final_loss"])  # one point: lbfgs has no steps to log
     with atomic_path(args.metrics) as path:
         write_json(path, round_floats(metrics))

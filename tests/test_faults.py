@@ -149,7 +149,8 @@ def run_stage(folder: Path, stage: Stage, fault: str = "none") -> tuple[int, str
     null = os.open(os.devnull, os.O_RDONLY)
     try:
         child = forked.server().start(["-c", FAULT, "-m", f"stages.{stage.name}", *args], folder,
-                                      {**os.environ, "PREFBENCH_TEST_FAULT": f"{stage.name} {fault}"}, null, out_w, err_w)
+                                      {**os.environ, "PREFBENCH_TEST_FAULT": f"{stage.name} {fault}"},
+                                      null, out_w, err_w)
     finally:
         for fd in (null, out_w, err_w):
             os.close(fd)
@@ -235,7 +236,8 @@ def kill_points(clean: Path, stage: Stage) -> list[str]:
     points = []
     for k, out in enumerate(stage.outputs):
         path = clean / out
-        largest = max(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+        files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+        largest = max(p.stat().st_size for p in files)
         points += [f"enter:{k}", f"mid:{k}:{largest // 2}", f"written:{k}", f"renamed:{k}"]
     return points + (["checkpoint"] if stage.name == "train" else []) + ["exit"]
 
@@ -343,7 +345,9 @@ def test_kill_anywhere(clean, tmp_path, name):
 def in_repo(out: str) -> str:
     """A stage folder's output path as dvc.yaml names it."""
     top = out.split("/")[0]
-    return f"models/{out}" if top == "adapter" else f"data/{out}" if top in ("sample", "prepared", "tokens", "submission.csv") else out
+    if top == "adapter":
+        return f"models/{out}"
+    return f"data/{out}" if top in ("sample", "prepared", "tokens", "submission.csv") else out
 
 
 @pytest.fixture(scope="module")
