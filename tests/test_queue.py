@@ -27,13 +27,13 @@ COMPARED = {"eval.json": ("log_loss", "accuracy", "n_samples"), "train.json": ("
 
 def test_two_exp_runs_at_once_one_ends_with_the_lock_message(clean, faulty_python, tmp_path):
     """The second `dvc exp run` in the same workspace, started while the first runs (its sample
-    stage paused 4 s), ends with DVC's lock message ("... is busy, it is being blocked by") and
+    stage paused 2.5 s), ends with DVC's lock message ("... is busy, it is being blocked by") and
     runs nothing. The first's stages complete, their outputs the clean run's and DVC's status up
     to date: nothing is corrupted. DVC 3.67 then fails to record the first as an experiment (the
     second's clean-up took its baseline ref: "'NoneType' object is not subscriptable"); the same
     `dvc exp run` again records it, its stages restored from the run cache (docs/faults.md)."""
     repo = small_repo(tmp_path)
-    env = gitcopy.env(PREFBENCH_PYTHON=str(faulty_python), PREFBENCH_TEST_FAULT="sample pause:4")
+    env = gitcopy.env(PREFBENCH_PYTHON=str(faulty_python), PREFBENCH_TEST_FAULT="sample pause:2.5")
     first = subprocess.Popen([gitcopy.dvc(), "exp", "run", "--name", "first", "tokenize"], cwd=repo, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
