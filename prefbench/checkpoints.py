@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from prefbench.files import writing
 from prefbench.packing import PackedClassifier
 
 FORMAT = 2  # 1: the hand-written format before accelerate; such checkpoints are ignored (deleted)
@@ -120,10 +121,15 @@ def save_checkpoint(accelerator, folder: str | Path, fp: str, st: TrainState) ->
         shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while writing
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)
-    if accelerator.is_main_process:
-        meta = {"format": FORMAT, "fingerprint": fp, "train_state": dataclasses.asdict(st)}
-        (tmp / "state.json").write_text(json.dumps(meta))
+    try:
+        with writing(final):  # no space: one line naming the checkpoint (prefbench.files)
+            accelerator.save_state(tmp)
+            if accelerator.is_main_process:
+                meta = {"format": FORMAT, "fingerprint": fp, "train_state": dataclasses.asdict(st)}
+                (tmp / "state.json").write_text(json.dumps(meta))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # no partial checkpoint left behind
+        raise
     accelerator.wait_for_everyone()  # every process's RNG file is written
     if accelerator.is_main_process:
         for f in tmp.iterdir():

@@ -191,7 +191,12 @@ SECTIONS = {
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    raw = yaml.safe_load(Path(path).read_text())
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:  # one line: where and what, as PyYAML words it over several
+        raise ParamsError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections")
     return parse_params(raw)

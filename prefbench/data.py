@@ -76,7 +76,7 @@ def read_csv(path: str | Path, max_rows: int = 0) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a readable UTF-8 CSV: {e}") from None
+        raise DataError(f"{path}: not a readable UTF-8 CSV: {one_line(e)}") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing and set(missing) == set(LABEL_COLUMNS):
         raise DataError(f"{path}: no label columns ({', '.join(LABEL_COLUMNS)}): this looks like the "
@@ -86,6 +86,17 @@ def read_csv(path: str | Path, max_rows: int = 0) -> pd.DataFrame:
     if df.empty:
         raise DataError(f"{path}: header only, no data rows")
     return df
+
+
+def one_line(error: Exception) -> str:
+    """An error's text on one line (pandas' parser messages end with a newline)."""
+    return " ".join(str(error).split())
+
+
+def shown(value: str) -> str:
+    """A cell as a message shows it: as it is, or JSON-quoted when it holds a newline or another
+    character that does not print (an id "1\\n2" would break the one-line message)."""
+    return value if value.isprintable() else json.dumps(value)
 
 
 class RowProblem(ValueError):
@@ -168,21 +179,21 @@ def parse_frame(df: pd.DataFrame, source: str, strict: bool = False) -> tuple[pd
         rid = row["id"]
         try:
             if rid in seen:
-                raise RowProblem("duplicate_id", "id", f"id {rid} appeared earlier in the file")
+                raise RowProblem("duplicate_id", "id", f"id {shown(rid)} appeared earlier in the file")
             seen.add(rid)
             repaired, flagged = Counter(), Counter()
             parsed = parse_row(row, repaired, flagged)
         except RowProblem as problem:
             if strict:
-                raise DataError(f"{source}: row {number} (id {rid}), column {problem.column}: {problem} "
+                raise DataError(f"{source}: row {number} (id {shown(rid)}), column {problem.column}: {problem} "
                                 "(data.strict is true; set it to false to drop and count such rows)") from None
             report.dropped[problem.reason] += 1
-            report.note(problem.reason, f"row {number} (id {rid}), column {problem.column}")
+            report.note(problem.reason, f"row {number} (id {shown(rid)}), column {problem.column}")
             continue
         report.repaired.update(repaired)
         report.flagged.update(flagged)
         for reason in flagged:
-            report.note(reason, f"row {number} (id {rid})")
+            report.note(reason, f"row {number} (id {shown(rid)})")
         rows.append({"id": rid, **parsed, "prompt_key": json.dumps(parsed["prompt"])})
     report.rows_kept = len(rows)
     if not rows:
@@ -204,6 +215,8 @@ def read_test_csv(path: str | Path) -> tuple[pd.DataFrame, ParseReport]:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:  # as read_csv
+        raise DataError(f"{path}: not a readable UTF-8 CSV: {one_line(e)}") from None
     missing = [c for c in TEST_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing required column(s) {', '.join(missing)}; have {list(df.columns)}")

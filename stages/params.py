@@ -12,10 +12,10 @@ as a dependency, to run after it) are not re-run by a change that does not conce
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from prefbench.cli import run
 from prefbench.config import load_params
+from prefbench.files import atomic_path
 
 OK = "params.yaml is valid (stages/params.py)\n"
 
@@ -26,9 +26,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="file written when the params are valid (always the same text)")
     args = parser.parse_args()
     params = load_params(args.params)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(OK)
+    with atomic_path(args.out) as path:  # whole or absent, as every stage output (prefbench.files)
+        path.write_text(OK)
     print(f"params: {args.params} valid; model {params.model} of {', '.join(sorted(params.models))}")
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import pandas as pd
 
@@ -26,6 +25,7 @@ from prefbench.cli import run
 from prefbench.config import load_params
 from prefbench.data import LABEL_COLUMNS, read_test_csv
 from prefbench.device_errors import BatchOutOfMemoryError, NonFiniteLogitsError
+from prefbench.files import atomic_path
 from prefbench.infer import predict_rows
 from prefbench.metrics import round_floats, write_json
 
@@ -51,9 +51,10 @@ def main() -> None:
 
     prob = result.probs / result.probs.sum(axis=1, keepdims=True)
     submission = pd.DataFrame({"id": result.ids, **{c: prob[:, k] for k, c in enumerate(LABEL_COLUMNS)}})
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    submission.to_csv(args.out, index=False, float_format="%.6f")
-    write_json(args.metrics, round_floats(metrics))
+    with atomic_path(args.out) as path:  # whole or absent (prefbench.files)
+        submission.to_csv(path, index=False, float_format="%.6f")
+    with atomic_path(args.metrics) as path:
+        write_json(path, round_floats(metrics))
     projected = "" if args.no_projection else (
         f"; {pp.kaggle_rows:,} rows would take {metrics['projected_hours']:.2f} h here (Kaggle limit "
         f"{pp.kaggle_hours} h: {'fits' if metrics['fits_kaggle_limit'] else 'does NOT fit'})")

@@ -13,13 +13,13 @@ and metrics: rows read, kept, dropped by reason, repairs, flagged rows, label ba
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pandas as pd
 
 from prefbench.cli import run
 from prefbench.config import DataParams, load_params
 from prefbench.data import ParseReport, label_balance, parse_frame, read_csv, split_by_prompt
+from prefbench.files import atomic_path
 from prefbench.metrics import write_json
 
 
@@ -33,12 +33,13 @@ def main() -> None:
     dp = load_params(args.params).data
     raw = read_csv(args.csv, dp.max_rows)
     train, val, report = prepare(raw, dp, source=args.csv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    train.to_parquet(out / "train.parquet", index=False)
-    val.to_parquet(out / "val.parquet", index=False)
+    with atomic_path(args.out) as out:  # the folder whole or absent (prefbench.files)
+        out.mkdir()
+        train.to_parquet(out / "train.parquet", index=False)
+        val.to_parquet(out / "val.parquet", index=False)
     metrics = data_metrics(report, train, val)
-    write_json(args.metrics, metrics)
+    with atomic_path(args.metrics) as path:
+        write_json(path, metrics)
     print(f"prepare: read {report.rows_read}, kept {report.rows_kept}, dropped {metrics['rows_dropped']} "
           f"{metrics['dropped']}, repaired {metrics['repaired']}, flagged {metrics['flagged']}; "
           f"train {len(train)}, val {len(val)}")

@@ -9,13 +9,13 @@ other rows of the same generator (seed + 1).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pandas as pd
 
 from prefbench.cli import run
 from prefbench.config import load_params
 from prefbench.data import LABEL_COLUMNS, TEST_COLUMNS, label_balance
+from prefbench.files import atomic_path
 from prefbench.sample import generate_arena_sample
 
 
@@ -27,13 +27,13 @@ def main() -> None:
     args = parser.parse_args()
     p = load_params(args.params).sample
     df = generate_arena_sample(p.rows, p.seed)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False)
+    with atomic_path(args.out) as path:  # each file whole or absent (prefbench.files)
+        df.to_csv(path, index=False)
     test = generate_arena_sample(p.test_rows, p.seed + 1)[list(TEST_COLUMNS)]
-    test.to_csv(args.test_out, index=False)
+    with atomic_path(args.test_out) as path:
+        test.to_csv(path, index=False)
     balance = label_balance(pd.Series(df[list(LABEL_COLUMNS)].to_numpy().argmax(axis=1)))
-    print(f"sample: {len(df)} rows -> {out}; label balance {balance}; {len(test)} test rows -> {args.test_out}")
+    print(f"sample: {len(df)} rows -> {args.out}; label balance {balance}; {len(test)} test rows -> {args.test_out}")
 
 
 if __name__ == "__main__":

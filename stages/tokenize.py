@@ -23,6 +23,7 @@ import pandas as pd
 
 from prefbench.cli import run
 from prefbench.config import Params, by_kind, load_params
+from prefbench.files import atomic_path
 from prefbench.metrics import write_json
 from prefbench.models import load_tokenizer
 from prefbench.tokenize import encode_rows, length_stats, to_table, truncation_warning, write_table
@@ -36,10 +37,11 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, help="token-length statistics JSON")
     args = parser.parse_args()
     params = load_params(args.params)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = by_kind(params.selected, llm=tokenize_llm, tfidf=tokenize_tfidf)(params, args.prepared, out)
-    write_json(args.metrics, metrics)
+    with atomic_path(args.out) as out:  # the folder whole or absent (prefbench.files)
+        out.mkdir()
+        metrics = by_kind(params.selected, llm=tokenize_llm, tfidf=tokenize_tfidf)(params, args.prepared, out)
+    with atomic_path(args.metrics) as path:
+        write_json(path, metrics)
 
 
 def tokenize_tfidf(params: Params, prepared: str, out: Path) -> dict:

@@ -71,7 +71,8 @@ def train_tfidf(args: argparse.Namespace, params: Params) -> None:
         metrics = tfidf.train(params, args.tokens, out)
         resolved = {"model": params.model, "weights": "fitted", "models": dataclasses.asdict(params.selected)}
         (out / "resolved_params.json").write_text(json.dumps(resolved, indent=2) + "\n")
-    with Live(dir=args.live, save_dvc_exp=False, dvcyaml=None, report=None) as live:
+    with atomic_path(args.live) as live_dir, \
+            Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
         live.log_metric("train/loss", metrics["final_loss"])  # one point: lbfgs has no steps to log
     with atomic_path(args.metrics) as path:
         write_json(path, round_floats(metrics))
@@ -89,8 +90,10 @@ def train_llm(args: argparse.Namespace, params: Params) -> None:
     accelerator = make_accelerator(cfg, tp)
     main = accelerator.is_main_process
     # A fresh log even when resuming: DVC deletes dvclive/ before it re-runs the stage, and train()
-    # logs the points before the checkpoint again, so the curve is complete either way.
-    with Live(dir=args.live, save_dvc_exp=False, dvcyaml=None, report=None) if main else nullcontext() as live:
+    # logs the points before the checkpoint again, so the curve is complete either way. Written
+    # aside and renamed when training ends (prefbench.files), as the adapter: whole or absent.
+    with (atomic_path(args.live) if main else nullcontext()) as live_dir, \
+            (Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) if main else nullcontext()) as live:
         def log(step: int, values: dict) -> None:
             live.step = step
             for name, value in values.items():
