@@ -164,8 +164,9 @@ def test_auto_attention_on_cpu_loads_and_computes_the_eager_reference(key, tiny_
         with pytest.raises(ValueError, match="scaled_dot_product_attention"):
             AutoModelForSequenceClassification.from_config(auto.config, attn_implementation="sdpa")
 
-# (committed run, compute capability it ran on): the H100 run had flash-attn-4 installed (its
-# `versions`), so auto's Hopper branch; the H200 side-by-side run had not, so the eager/sdpa branch.
+# (GPU run, settings held equal): attention side by sides of 2026-11 (made by the benchmark scripts
+# of commit 29c075c, kept as test data: the evidence behind `auto`). The H100 run had flash-attn-4
+# installed (its `versions`), so auto's Hopper branch; the H200 run had not, so the eager/sdpa branch.
 RUNS = [("default-path-h100.json", {"kernels": "none", "adapter": "merged"}),
         ("bench-side-by-side-3.json", {"max_length": 1024, "batching": "dynamic", "dtype": "bfloat16"})]
 
@@ -177,7 +178,7 @@ def test_auto_attention_is_the_fastest_correct_one_in_committed_gpu_runs(run_fil
     inside a short evaluate's timed loop), other settings equal. Every comparison has a rival: Gemma2
     on the H100 run (eager vs flash_attention_4), Llama3 on both; Gemma2 without flash-attn-4 has
     only eager left (sdpa refused, flex compiles), which auto must then pick."""
-    run = json.loads((ROOT / "benchmarks" / "results" / run_file).read_text())
+    run = json.loads((ROOT / "tests" / "data" / "gpu-runs" / run_file).read_text())
     capability = tuple(run.get("capability") or (9, 0))  # the H200 run predates the field: sm_90
     fa4 = "flash-attn-4" in run["versions"]
     compared = 0
