@@ -55,6 +55,27 @@ def special_ids(tokenizer) -> tuple[list[int], list[list[int]]]:
     return bos, markers
 
 
+# A part's text is tokenized from its first max_length x CAP_CHARS_PER_TOKEN characters only, so a
+# 10 MB cell costs what a row needs (tokenizing it whole took 3.7 GB at 100k rows with 10 MB cells:
+# benchmarks/results/scale-cpu.json). The kept tokens are the same: a prefix that gives at least
+# budget + CAP_MARGIN_TOKENS tokens holds every token the row keeps (at most `budget` of a part), far
+# from the cut; allocate_budget gives any part of at least `budget` tokens the same share; where a
+# prefix gives fewer (tokens of over 64 characters on average), the whole text is tokenized.
+CAP_CHARS_PER_TOKEN = CAP_CHARS_PER_TOKEN_SHIPPED = 64
+CAP_MARGIN_TOKENS = 64
+
+
+def tokenize_capped(tokenizer, texts: list[str], cap: int, need: int) -> list[list[int]]:
+    """Token ids of each text, from its first `cap` characters where that gives at least `need`
+    tokens, else from all of it."""
+    encode = dict(add_special_tokens=False, split_special_tokens=True)
+    ids = tokenizer([t[:cap] for t in texts], **encode)["input_ids"]
+    for i, text in enumerate(texts):
+        if len(text) > cap and len(ids[i]) < need:  # long tokens: the prefix may not hold the kept ones
+            ids[i] = tokenizer(text, **encode)["input_ids"]
+    return ids
+
+
 def encode_rows(tokenizer, prompts, responses_a, responses_b, max_length: int, prompt_share: float,
                 batch_rows: int = 512, key: str = "max_length") -> tuple[list[list[int]], np.ndarray]:
     """Encode rows (each a list of turns per part); returns token ids and a truncated flag per row.
@@ -68,16 +89,14 @@ def encode_rows(tokenizer, prompts, responses_a, responses_b, max_length: int, p
         raise ParamsError(f"{key}: {max_length} tokens leave no room for text after this tokenizer's BOS "
                           f"and part markers ({max_length - budget} tokens): raise it")
     sequences, truncated = [], np.zeros(len(prompts), dtype=bool)
+    cap, need = int(max_length * CAP_CHARS_PER_TOKEN), budget + CAP_MARGIN_TOKENS
     for start in progress(range(0, len(prompts), batch_rows), desc="tokenize", unit="batch"):
         stop = min(start + batch_rows, len(prompts))
-        parts = [
-            tokenizer([join_turns(t) for t in column[start:stop]], add_special_tokens=False,
-                      split_special_tokens=True)["input_ids"]
-            for column in (prompts, responses_a, responses_b)
-        ]
+        parts = [tokenize_capped(tokenizer, [join_turns(t) for t in column[start:stop]], cap, need)
+                 for column in (prompts, responses_a, responses_b)]
         for j, (p, a, b) in enumerate(zip(*parts)):
             keep = allocate_budget([len(p), len(a), len(b)], budget, prompt_share)
-            truncated[start + j] = keep != [len(p), len(a), len(b)]
+            truncated[start + j] = keep != [len(p), len(a), len(b)]  # a cut part has > budget tokens: True
             ids = list(bos)
             for marker, part, k in zip(markers, (p, a, b), keep):
                 ids += marker + part[:k]

@@ -74,3 +74,30 @@ def test_a_max_length_with_no_room_for_text_is_a_params_error_naming_the_key():
                     key="models.gemma2.max_length")
     seqs, _ = encode_rows(tok, [["p"]], [["a"]], [["b"]], max_length=overhead + 3, prompt_share=0.2)
     assert len(seqs[0]) <= overhead + 3
+
+
+@pytest.mark.parametrize("tok_name", ["tiny_llama_tok", "tiny_gemma_tok"])
+def test_long_cells_keep_the_same_tokens_as_tokenizing_them_whole(tok_name, request, monkeypatch):
+    """Cells far longer than max_length are tokenized from a prefix (prefbench.tokenize.CAP_CHARS_PER_TOKEN):
+    every row's kept tokens and truncated flag equal those of tokenizing each cell whole, for prose,
+    one run with no spaces, long runs of one character and text short enough to be tokenized whole."""
+    import prefbench.tokenize as tokenize
+
+    tok = request.getfixturevalue(tok_name)
+    rng = np.random.default_rng(1)
+    words = ["the", "answer", "is", "Gemma", "über", "naïve", "😀", "\n", "12345", "----", "x" * 40]
+    prose = " ".join(rng.choice(words, 3000))
+    cells = [prose, prose.replace(" ", ""), "=" * 20000, " " * 9000 + "end", "a short reply", prose[:5000]]
+    prompts = [[c] for c in cells]
+    responses = [[cells[(k + 1) % len(cells)], None if k == 2 else ""] for k in range(len(cells))]
+    responses = [[t for t in r if t is not None] for r in responses]
+    others = [[cells[(k + 2) % len(cells)]] for k in range(len(cells))]
+    for max_length in (64, 256):
+        monkeypatch.setattr(tokenize, "CAP_CHARS_PER_TOKEN", 10**9)  # every cell tokenized whole
+        whole = encode_rows(tok, prompts, responses, others, max_length, prompt_share=0.2)
+        # the shipped cap, and caps so small that prefixes fall short of the budget (the fallback)
+        for chars in (tokenize.CAP_CHARS_PER_TOKEN_SHIPPED, 4, 1, 0.25):
+            monkeypatch.setattr(tokenize, "CAP_CHARS_PER_TOKEN", chars)
+            capped = encode_rows(tok, prompts, responses, others, max_length, prompt_share=0.2)
+            assert capped[0] == whole[0], (max_length, chars)
+            assert capped[1].tolist() == whole[1].tolist(), (max_length, chars)
