@@ -2,7 +2,7 @@
 committed results into the docs' tables.
 
 Usage:
-    python -m benchmarks run [--out benchmarks/results/<card>-<date>/] [--only inference,evaluate,train]
+    python -m benchmarks run [--out benchmarks/results/<card>-<date>/] [--only inference,evaluate,train,t4_path]
     python -m benchmarks report [--check]
 
 `run` (any CUDA machine after `make install ... EXTRAS=dev,gpu`; on a CPU it runs the same code on the
@@ -13,7 +13,9 @@ random-init weights, real arena lengths):
              the default path by kernel category (benchmarks/inference.py)
   evaluate   the evaluate stage itself on the same rows: eval.json against the default cell
   train      the train stage itself: MFU over all steps and over the second half
-             (benchmarks/pipeline.py)
+             (benchmarks/pipeline.py), and a profile of its steps by kernel category
+  t4_path    the Kaggle 2xT4 software path on this card (fp16, memory capped at 15 GB, no fused
+             kernels, Gemma2 4-bit against Llama3 8-bit and 4-bit; benchmarks/t4_path.py)
 into OUT: <part>.json, <part>.log, and headline.json + MANIFEST.md merged from every part there.
 
 `report` renders the generated blocks of README.md and docs/*.md (`<!-- begin: NAME -->`) from the
@@ -36,13 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="measure the headline set into a results folder")
     run.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<card>-<date>, e.g. h100-2026-12-06)")
-    run.add_argument("--only", default="inference,evaluate,train",
-                     help="parts to run, comma-separated (inference, evaluate, train); merged with those already in OUT")
+    run.add_argument("--only", default="inference,evaluate,train,t4_path",
+                     help="parts to run, comma-separated (inference, evaluate, train, t4_path); merged with those already in OUT")
     run.add_argument("--models", help="folders under models/ (default: llama3-8b,gemma2-9b on a GPU, "
                      "tiny-llama3,tiny-gemma2 on a CPU)")
     run.add_argument("--rows", type=int, help="inference and evaluate rows (default: 512 on a GPU, 12 on a CPU)")
     run.add_argument("--reps", type=int, default=3, help="timed passes per inference cell (median)")
-    run.add_argument("--steps", type=int, help="train stage optimizer steps, at least (default: 64 on a GPU, 3 on a CPU)")
+    run.add_argument("--steps", type=int, help="train stage optimizer steps, at least (default: 200 on a GPU, 3 on a CPU)")
+    run.add_argument("--train-models", help="models the train part trains (default: the first two of --models)")
+    run.add_argument("--t4-rows", type=int, help="rows of each t4_path cell (default: 256 on a GPU, 12 on a CPU)")
     report = sub.add_parser("report", help="render the docs' generated blocks from the committed results")
     report.add_argument("--results", type=Path, help="results folder (default: the newest under benchmarks/results)")
     report.add_argument("--check", action="store_true", help="exit 1 if a committed file differs from its rendering")
@@ -60,13 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--only: unknown part(s) {unknown or parts}; choose from {', '.join(headline.PARTS)}")
     gpu = card.device().type == "cuda"
     models = (args.models or ("llama3-8b,gemma2-9b" if gpu else "tiny-llama3,tiny-gemma2")).split(",")
-    missing = [m for m in models if not (ROOT / "models" / m / "config.json").exists()]
+    train_models = args.train_models.split(",") if args.train_models else models[:2]
+    missing = [m for m in models + train_models if not (ROOT / "models" / m / "config.json").exists()]
     if missing:
         parser.error(f"--models: no models/{missing[0]}/config.json")
     rows = args.rows or (512 if gpu else 12)
     args.out = args.out or card.default_out(card.device())
     head = headline.run(args.out, [p for p in headline.PARTS if p in parts], models, rows, args.reps,
-                        args.steps or (64 if gpu else 3), argv)
+                        args.steps or (200 if gpu else 3), argv, train_models=train_models,
+                        t4_rows=args.t4_rows or (256 if gpu else 12))
     print(f"wrote {args.out / 'headline.json'}" + (f"; not run: {len(head['not_run'])} (see MANIFEST.md)"
                                                     if head["not_run"] else ""))
     return 1 if head["not_run"] else 0

@@ -1,6 +1,6 @@
 """Run the benchmark's parts into one results folder and merge them into headline.json.
 
-A results folder holds, per part (inference, evaluate, train), `<part>.json` (its meta: command,
+A results folder holds, per part (inference, evaluate, train, t4_path), `<part>.json` (its meta: command,
 date, card, versions, code; and its results, written after every model so a run cut short keeps
 what it measured) and `<part>.log` (everything it printed, the stage processes' output included);
 then `headline.json`, merged from whatever parts are there, and `MANIFEST.md`. A part run again
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from benchmarks import card
 
-PARTS = ("inference", "evaluate", "train")
+PARTS = ("inference", "evaluate", "train", "t4_path")
 
 
 class Log:
@@ -49,16 +49,22 @@ def write_json(path: Path, data: dict) -> None:
     tmp.replace(path)  # whole or absent
 
 
-def run(out: Path, parts: list[str], models: list[str], rows: int, reps: int, steps: int, argv: list[str]) -> dict:
-    """Run `parts` in order into `out`, then merge the folder; returns headline.json's content."""
-    from benchmarks import inference, pipeline  # torch & transformers: not needed by `report`
+def run(out: Path, parts: list[str], models: list[str], rows: int, reps: int, steps: int, argv: list[str],
+        train_models: list[str] | None = None, t4_rows: int | None = None) -> dict:
+    """Run `parts` in order into `out`, then merge the folder; returns headline.json's content.
+    The train part trains `train_models` (default: `models`); the t4_path part runs its own cells
+    (benchmarks.t4_path) on `t4_rows` rows (default: `rows`)."""
+    train_models = train_models or models
+    t4_rows = t4_rows or rows
+    from benchmarks import inference, pipeline, t4_path  # torch & transformers: not needed by `report`
 
     out.mkdir(parents=True, exist_ok=True)
     dev = card.device()
     peak = card.measure_peak(dev)
     for part in parts:
         log = Log(out / f"{part}.log")
-        doc = {"part": part, "meta": meta(dev, peak, argv), "settings": {"rows": rows, "reps": reps, "steps": steps},
+        doc = {"part": part, "meta": meta(dev, peak, argv),
+               "settings": {"rows": t4_rows if part == "t4_path" else rows, "reps": reps, "steps": steps},
                "models": {}}
         sheet = doc["meta"]["peak_bf16_flops_datasheet"]
         log(f"{part} on {doc['meta']['device']['name']}: bf16 matmul peak {peak / 1e12:.1f} TFLOP/s measured"
@@ -70,12 +76,17 @@ def run(out: Path, parts: list[str], models: list[str], rows: int, reps: int, st
 
         if part == "inference":
             inference.run(models, rows, reps, dev, peak, sheet, record, log)
-        for name in models if part != "inference" else ():
+        elif part == "t4_path":
+            t4_path.run(t4_rows, reps, dev, record, log)
+            doc["summary"] = t4_path.summarise(doc["models"], doc["meta"]["device"]["name"])
+        for name in (train_models if part == "train" else models) if part in ("evaluate", "train") else ():
             try:
                 if part == "evaluate":
                     result = pipeline.evaluate_stage(name, rows, dev, log)
                 else:
                     result = pipeline.train_stage(name, steps, dev, peak, sheet, log)
+                    if "failed" not in result:
+                        result["profile"] = train_profile_or_failure(name, dev, log)
             except Exception as e:  # noqa: BLE001  recorded; the next model still runs
                 result = {"failed": f"{type(e).__name__}: {str(e)[:600]}"}
             if "failed" in result:
@@ -91,8 +102,25 @@ def run(out: Path, parts: list[str], models: list[str], rows: int, reps: int, st
     return merge(out)
 
 
+def train_profile_or_failure(name: str, dev, log) -> dict:
+    from benchmarks.train_profile import profile_train
+    try:
+        return profile_train(name, dev, log)
+    except Exception as e:  # noqa: BLE001  the stage's numbers stand without it; the failure is kept
+        log(f"{name} train profile failed: {type(e).__name__}: {str(e)[:400]}")
+        return {"failed": f"{type(e).__name__}: {str(e)[:600]}"}
+
+
 def pick(d: dict, *keys: str) -> dict:
     return {k: d.get(k) for k in keys}
+
+
+def cell_summary(c: dict) -> dict:
+    """An inference cell as headline.json keeps it: speed, MFU, the path, and its logit check."""
+    return pick(c, "s_per_sample", "mfu", "mfu_datasheet", "attn", "kernels", "packed", "dtype", "tokens_per_s",
+                "padding_share", "peak_memory_gb", "rows", "tokens", "max_length") | {
+        "max_rel_error": c["check"]["max_rel_error"], "plain_eager_max_rel_error": c["check"]["plain_eager_max_rel_error"],
+        "checked": c["check"]["within_tolerance"]}
 
 
 def by_family(models: dict, family: str) -> str | None:
@@ -103,7 +131,7 @@ def merge(out: Path) -> dict:
     """headline.json and MANIFEST.md from the part files in `out`."""
     docs = {p: json.loads((out / f"{p}.json").read_text()) for p in PARTS if (out / f"{p}.json").exists()}
     if not docs:
-        raise SystemExit(f"{out}: no part results (inference.json, evaluate.json, train.json) to merge")
+        raise SystemExit(f"{out}: no part results ({', '.join(p + '.json' for p in PARTS)}) to merge")
     first = docs.get("inference") or next(iter(docs.values()))
     m = first["meta"]
     head = {"commit": m["commit"], "code_digest": m["code_digest"], "date": m["date"], "device": m["device"],
@@ -131,11 +159,15 @@ def merge(out: Path) -> dict:
         for name, r in inf.items():
             if failed("inference", name, r):
                 continue
-            cells = {k: pick(r[k], "s_per_sample", "mfu", "mfu_datasheet", "attn", "kernels", "packed", "dtype",
-                             "tokens_per_s", "padding_share", "peak_memory_gb", "rows", "tokens", "max_length") | {"max_rel_error": r[k]["check"]["max_rel_error"],
-                                                                                   "plain_eager_max_rel_error": r[k]["check"]["plain_eager_max_rel_error"],
-                                                                                   "checked": r[k]["check"]["within_tolerance"]}
-                     for k in ("default", "padded")}
+            cells = {k: cell_summary(r[k]) for k in ("default", "padded")}
+            fp8 = r.get("fp8") or {"skipped": "not measured (results from before the fp8 cell)"}
+            if "s_per_sample" in fp8:
+                cells["fp8"] = cell_summary(fp8) | {"over_bf16_default": fp8["over_bf16_default"],
+                                                    "profile_ms_per_sample": fp8["profile"]["by_category_ms_per_sample"]}
+            else:
+                cells["fp8"] = {"skipped": fp8.get("skipped") or fp8.get("failed")}
+                if "failed" in fp8:
+                    head["not_run"].append({"what": f"inference.{name}.fp8", "reason": fp8["failed"]})
             head["inference"][name] = {**cells, "flops_forward": r["flops_forward"], "family": r["family"],
                                        "params_total": r["params_total"], "layers": r["layers"],
                                        "profile_ms_per_sample": r["profile"]["by_category_ms_per_sample"]}
@@ -167,6 +199,20 @@ def merge(out: Path) -> dict:
             head["train_stage"][name] = pick(r, "tokens_per_s", "steady_tokens_per_s", "mfu", "mfu_datasheet",
                                              "steady_mfu", "steady_mfu_datasheet", "steps", "token_budget",
                                              "gradient_checkpointing", "max_length", "tokens_match")
+            prof = r.get("profile") or {"failed": "not profiled (results from before the train profile)"}
+            head["train_stage"][name]["profile"] = (
+                {"failed": prof["failed"]} if "failed" in prof else
+                pick(prof, "steps", "tokens_per_step", "ms_per_step", "wall_ms_per_step", "by_category_ms_per_step"))
+    t4 = docs.get("t4_path")
+    if t4:
+        head["t4_path"] = {"cells": {}, **t4.get("summary", {})}
+        for cell, r in t4["models"].items():
+            if failed("t4_path", cell, r):
+                continue
+            head["t4_path"]["cells"][cell] = r if "skipped" in r else pick(
+                r, "model", "family", "quantization", "attention", "softcap", "dtype", "kernels", "layout", "batch_size",
+                "rows", "tokens", "max_length", "s_per_sample", "weights_gb", "peak_memory_gb", "memory_cap_gb",
+                "finite", "padding_share")
     write_json(out / "headline.json", head)
     (out / "MANIFEST.md").write_text(manifest(head, docs))
     return head

@@ -15,6 +15,9 @@ Per model (models/<name>: full-size architecture, random-init weights, real aren
      peak, against the bf16 matmul peak measured in this run and the datasheet's.
   4. torch.profiler over one more pass of the default cell: device time per sample by kernel
      category (matmuls, attention, fused kernels, the rest), the "where does the time go".
+  5. fp8: the same merged model with `quantization: fp8` (prefbench.models.quantize_fp8_: torchao,
+     row-wise scaled FP8 matmuls), the default layout, checked and profiled the same way, on cards
+     with FP8 matmuls (compute capability >= 8.9); elsewhere the reason is recorded instead.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ from prefbench.flops import forward_flops, mfu
 from prefbench.batching import pad_multiple_for
 from prefbench.infer import packs, predict
 from prefbench.lora import add_lora
-from prefbench.models import (apply_kernels, count_parameters, label_config_kwargs, prepare_for_inference,
-                              resolve_attention, resolve_dtype, resolve_kernels)
+from prefbench.config import ParamsError
+from prefbench.models import (apply_kernels, check_fp8, count_parameters, label_config_kwargs, prepare_for_inference,
+                              quantize_fp8_, resolve_attention, resolve_dtype, resolve_kernels)
 from prefbench.packing import predict_packed
 
 CHECK_ROWS = 16  # timed rows also run in fp32 eager
@@ -49,6 +53,7 @@ PAD_ID = 0  # bench_sequences draws no id below 10
 KERNEL_CATEGORIES = (  # GPU kernel name fragments -> category, first match wins (lower-case)
     ("attention", ("flash", "fmha", "attention", "flex", "softmax")),
     ("matmul", ("gemm", "nvjet", "xmma", "cutlass", "wgmma", "splitk", "matmul", "aten::mm", "aten::addmm", "aten::bmm")),
+    ("quantize", ("dequant", "quantize", "float8", "fp8", "int8", "igemm", "4bit", "nf4", "amax", "scale")),
     ("fused_norm_rope_act", ("_rms_norm", "_rope", "_swiglu", "_geglu", "liger")),
     ("copy_cast", ("copy", "cast", "convert", "fill", "cat")),
     ("elementwise_reduce", ("elementwise", "vectorized", "reduce", "tanh", "mul", "add", "rsqrt", "pow", "mean", "sum")),
@@ -151,7 +156,7 @@ def measure_model(name: str, rows: int, reps: int, dev: torch.device, peak: floa
     def packed_once(warm: bool) -> dict:
         return predict_packed(model, seqs, cfg.token_budget, PAD_ID, dev, warmup=warm)
 
-    def cell(once, layout: str) -> dict:
+    def cell(once, layout: str, label: str | None = None) -> dict:
         if on_gpu:
             torch.cuda.reset_peak_memory_stats(dev)
         passes = [once(True)] + [once(False) for _ in range(reps - 1)]
@@ -168,7 +173,7 @@ def measure_model(name: str, rows: int, reps: int, dev: torch.device, peak: floa
                **({"token_budget": cfg.token_budget, "packs": first["packs"]} if layout == "packed"
                   else {"batch_size": cfg.eval_batch_size, "batch_shapes": first["batch_shapes"]})}
         on_sheet = f" (datasheet {out['mfu_datasheet']:.3f})" if sheet else ""
-        tag = " [default]" if (layout == "packed") == packed else ""
+        tag = f" {label}" if label else (" [default]" if (layout == "packed") == packed else "")
         log(f"{name} {layout}{tag} ({attn}, kernels {kernels}): {out['s_per_sample']:.5f} s/sample, "
             f"MFU {out['mfu']:.3f}{on_sheet}, max rel. error vs fp32 eager {out['check']['max_rel_error']:.4f} "
             f"(plain eager {plain['max_rel_error']:.4f}: {'ok' if out['check']['within_tolerance'] else 'OVER'})")
@@ -178,8 +183,27 @@ def measure_model(name: str, rows: int, reps: int, dev: torch.device, peak: floa
     default = cell(packed_once, "packed") if packed else dict(padded)
     profile = profile_pass(lambda: (packed_once if packed else padded_once)(False), len(seqs), dev)
     log(f"{name} profile of the default path: {profile['by_category_ms_per_sample']} ms/sample")
+    fp8 = fp8_cell(model, cfg, dev, dtype, capability, lambda m: cell(packed_once if packed else padded_once,
+                                                                      "packed" if packed else "padded", "fp8"), log)
+    if "s_per_sample" in fp8:
+        fp8["profile"] = profile_pass(lambda: (packed_once if packed else padded_once)(False), len(seqs), dev)
+        fp8["over_bf16_default"] = fp8["s_per_sample"] / default["s_per_sample"]
+        log(f"{name} fp8: {fp8['over_bf16_default']:.3f}x the bf16 default's time; profile "
+            f"{fp8['profile']['by_category_ms_per_sample']} ms/sample")
     return {"family": config.model_type, "layers": config.num_hidden_layers, **counts, "flops_forward": flops,
-            "default": default, "padded": padded, "profile": profile}
+            "default": default, "padded": padded, "profile": profile, "fp8": fp8}
+
+
+def fp8_cell(model, cfg, dev: torch.device, dtype: torch.dtype, capability, measure, log=print) -> dict:
+    """The default cell again with the merged model's linear layers in FP8 (`quantization: fp8`, in
+    place: the bf16 cells are done), or {"skipped": why} where this card or install cannot."""
+    try:
+        check_fp8(cfg, dev, dtype, capability)
+    except ParamsError as e:
+        log(f"fp8 cell skipped: {e}")
+        return {"skipped": str(e)}
+    quantize_fp8_(model)
+    return measure(model)
 
 
 def run(models: list[str], rows: int, reps: int, dev: torch.device, peak: float, sheet: float | None,

@@ -78,7 +78,9 @@ class ModelParams:
     pretrained: str  # local folder (weights or config only) or a hub id
     dtype: _choice("auto", "float64", "float32", "bfloat16", "float16")
     attn_implementation: _choice("auto", "eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_4")
-    quantization: _choice("none", "4bit")  # 4bit: NF4 base via bitsandbytes, CUDA only
+    # 4bit / 8bit: NF4 / LLM.int8 base via bitsandbytes (CUDA only); fp8: evaluate and predict run the
+    # merged model's linear layers in FP8 (torchao; GPUs with FP8 matmuls), training stays bf16
+    quantization: _choice("none", "4bit", "8bit", "fp8")
     lora_r: PosInt
     lora_alpha: PosInt
     lora_dropout: Ratio
@@ -97,6 +99,12 @@ class ModelParams:
     packing: _choice("auto", "packed", "padded")
     token_budget: PosInt  # tokens per packed forward
     name: str = field(default="<model>", init=False)  # its key in `models`, set by parse_params, for messages
+
+    @property
+    def quantized_base(self) -> bool:
+        """The base is stored quantised by bitsandbytes (4bit, 8bit): peft's k-bit preparation for
+        training, and LoRA cannot be merged into it. fp8 quantises only after the merge."""
+        return self.quantization in ("4bit", "8bit")
 
 
 @_section

@@ -45,8 +45,8 @@ def oom_message(phase: str, rows: int, longest: int, cfg: ModelParams | None = N
         now = f" (now {cfg.eval_batch_size})" if cfg is not None else ""
         fixes = [f"{key}.eval_batch_size{now}", f"or {key}.max_length"]
         extra = []
-    if cfg is None or cfg.quantization == "none":
-        extra.append(f"{key}.quantization: 4bit (CUDA, bitsandbytes)")
+    if cfg is None or not cfg.quantized_base:
+        extra.append(f"{key}.quantization: 4bit or 8bit (CUDA, bitsandbytes)")
     msg += ". Lower " + " ".join(fixes)
     if extra:
         msg += ", or set " + " or ".join(extra)

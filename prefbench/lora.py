@@ -19,7 +19,7 @@ def add_lora(model, cfg: ModelParams):
     scales the loss (GradScaler), and the scaler refuses to unscale float16 gradients; float32
     master weights are also what keeps small updates from rounding away (fp16 has 11 bits).
     """
-    if cfg.quantization != "none":
+    if cfg.quantized_base:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -196,25 +196,70 @@ def label_config_kwargs() -> dict:
     }
 
 
+FP8_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (8.9), Hopper (9.0) and newer
+
+
 def quantization_config(cfg: ModelParams, dtype: torch.dtype, device: torch.device):
-    if cfg.quantization == "none":
+    """bitsandbytes' config for a 4bit / 8bit base, else None (fp8 is applied after the adapter is
+    merged: `prepare_for_inference`)."""
+    if not cfg.quantized_base:
         return None
     key = f"models.{cfg.name}.quantization"
     if device.type != "cuda":
         raise ParamsError(
-            f"{key}: {cfg.quantization} needs a CUDA GPU (bitsandbytes NF4) and this "
+            f"{key}: {cfg.quantization} needs a CUDA GPU (bitsandbytes) and this "
             f"machine has none: set it to none (dvc exp run -S {key}=none)"
         )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise ParamsError(f"{key}: 4bit needs bitsandbytes: pip install -e '.[gpu]'") from None
+        raise ParamsError(f"{key}: {cfg.quantization} needs bitsandbytes: pip install -e '.[gpu]'") from None
     from transformers import BitsAndBytesConfig
 
+    if cfg.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=dtype,
     )
+
+
+def check_fp8(cfg: ModelParams, device: torch.device, dtype: torch.dtype,
+              capability: tuple[int, int] | None = None, installed: bool | None = None) -> None:
+    """`quantization: fp8` runs where it can: a GPU with FP8 matmuls (compute capability >= 8.9),
+    bf16 activations (the row-wise scaled FP8 matmul writes bf16) and torchao installed. Fails
+    naming the params key otherwise."""
+    key = f"models.{cfg.name}.quantization"
+    if device.type != "cuda":
+        raise ParamsError(f"{key}: fp8 needs a GPU with FP8 matmuls (compute capability >= 8.9: Ada, Hopper "
+                          f"or newer) and this run has none: set it to none (dvc exp run -S {key}=none)")
+    capability = capability or torch.cuda.get_device_capability(device)
+    if tuple(capability) < FP8_CAPABILITY:
+        raise ParamsError(f"{key}: fp8 needs FP8 matmuls (compute capability >= 8.9: Ada, Hopper or newer); "
+                          f"{device} is {capability[0]}.{capability[1]}: set it to none, or 4bit / 8bit "
+                          "to save memory")
+    if dtype != torch.bfloat16:
+        raise ParamsError(f"{key}: fp8 computes with bf16 activations; models.{cfg.name}.dtype resolves to "
+                          f"{str(dtype).removeprefix('torch.')}: set it to auto or bfloat16")
+    if installed is None:
+        from importlib.util import find_spec
+        installed = find_spec("torchao") is not None
+    if not installed:
+        raise ParamsError(f"{key}: fp8 needs torchao: pip install -e '.[gpu]'")
+
+
+def quantize_fp8_(model):
+    """Every decoder nn.Linear to FP8 (e4m3) in place, through torchao: weights scaled per output
+    channel once, activations per token at each call (dynamic), matmuls by torch's row-wise scaled
+    FP8 matmul, output bf16. The 3-class score head stays bf16: FP8 matmuls need dimensions that
+    are multiples of 16, and it is < 0.01% of the FLOPs. Returns the model."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    def decoder_linear(module, fqn: str) -> bool:
+        return isinstance(module, torch.nn.Linear) and not fqn.endswith("score")
+
+    quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=decoder_linear)
+    return model
 
 
 @functools.cache
@@ -235,12 +280,14 @@ def classifier_class(config_class: type):
 def load_model(cfg: ModelParams, pad_token_id: int, device: torch.device, seed: int = 0):
     """Base classifier on `device` in the resolved dtype. Returns (model, dtype, weights)."""
     dtype = resolve_dtype(cfg.dtype, device.type)
+    if cfg.quantization == "fp8":  # training too (it stays bf16): fail before training, not after it
+        check_fp8(cfg, device, dtype)
     quant = quantization_config(cfg, dtype, device)
     config = AutoConfig.from_pretrained(cfg.pretrained, trust_remote_code=False, **label_config_kwargs())
     config.pad_token_id = pad_token_id
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     attn = resolve_attention(cfg.attn_implementation, config.model_type, device.type, capability)
-    kernels = resolve_kernels(cfg.kernels, device.type, capability, quantized=cfg.quantization != "none")
+    kernels = resolve_kernels(cfg.kernels, device.type, capability, quantized=cfg.quantized_base)
     common = {"dtype": dtype, "attn_implementation": attn}
     # Seeded for both branches: a checkpoint without the 3-class score head gets it initialised
     # afresh, and every copy of a sharded run must hold the same one.
@@ -257,8 +304,10 @@ def load_model(cfg: ModelParams, pad_token_id: int, device: torch.device, seed: 
         # Initialise directly on the target device: 9B fp32 parameters on a CPU take minutes.
         with torch.device(device):
             model = AutoModelForSequenceClassification.from_config(config, **common)
-        if quant is not None:
+        if cfg.quantization == "4bit":
             quantize_nf4_(model, dtype)
+        elif cfg.quantization == "8bit":
+            quantize_int8_(model)
         weights = "random-init"
     if quant is None:
         model.to(device)
@@ -287,6 +336,29 @@ def quantize_nf4_(model, compute_dtype: torch.dtype):
                 q.bias = child.bias
             setattr(parent, name, q.to(child.weight.device))  # .to(cuda) quantises
     model.is_loaded_in_4bit = True  # what peft checks to wrap Linear4bit layers with LoRA
+    return model
+
+
+def quantize_int8_(model):
+    """Swap every decoder nn.Linear for a bitsandbytes LLM.int8 Linear8bitLt, in place (the score
+    head stays in full precision): what from_pretrained(load_in_8bit=True) gives a checkpoint, for
+    random-init weights. Row-wise int8 weights; activation columns over the outlier threshold (6.0,
+    bitsandbytes' default) run in fp16."""
+    import bitsandbytes as bnb
+
+    for path, parent in list(model.named_modules()):
+        if "lora_" in path:
+            continue
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, torch.nn.Linear) or name == "score" or name.startswith("lora_"):
+                continue
+            q = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=child.bias is not None,
+                                    has_fp16_weights=False, threshold=6.0, device="meta")
+            q.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
+            if child.bias is not None:
+                q.bias = child.bias
+            setattr(parent, name, q.to(child.weight.device))  # .to(cuda) quantises
+    model.is_loaded_in_8bit = True  # what peft checks to wrap Linear8bitLt layers with LoRA
     return model
 
 
@@ -328,11 +400,11 @@ def load_with_adapter(cfg: ModelParams, adapter: str, pad_token_id: int, device:
     counts = count_parameters(base)
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     info = {"dtype": str(dtype).removeprefix("torch."), "attn_implementation": base.config._attn_implementation,
-            "kernels": resolve_kernels(cfg.kernels, device.type, capability, quantized=cfg.quantization != "none"),
+            "kernels": resolve_kernels(cfg.kernels, device.type, capability, quantized=cfg.quantized_base),
             "weights": weights, **counts}
     model = PeftModel.from_pretrained(base, adapter).to(device)
     info["params_trainable"] = count_parameters(model)["params_total"] - counts["params_total"]
-    info["lora_merged"] = cfg.quantization == "none"
+    info["lora_merged"] = not cfg.quantized_base
     return prepare_for_inference(model, cfg), info
 
 
@@ -364,8 +436,11 @@ def load_copies(cfg: ModelParams, adapter: str, pad_token_id: int, devices: list
 def prepare_for_inference(model, cfg: ModelParams, backend: str = "inductor"):
     """The one inference path of evaluate, predict and the benchmark's `default` cells: LoRA merged
     into the base weights (one matmul per linear layer instead of three, and no adapter dropout or
-    scaling work; a 4-bit base cannot take merged weights, so it keeps the adapter), then
-    torch.compile with dynamic shapes if `cfg.compile` (`backend`: torch.compile's)."""
-    if cfg.quantization == "none" and hasattr(model, "merge_and_unload"):
+    scaling work; a 4-bit / 8-bit base cannot take merged weights, so it keeps the adapter), the
+    merged linear layers to FP8 if `quantization: fp8` (`quantize_fp8_`), then torch.compile with
+    dynamic shapes if `cfg.compile` (`backend`: torch.compile's)."""
+    if not cfg.quantized_base and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
+    if cfg.quantization == "fp8":
+        quantize_fp8_(model)
     return torch.compile(model, dynamic=True, backend=backend) if cfg.compile else model

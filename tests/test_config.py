@@ -23,7 +23,7 @@ def test_shipped_params_load():
     (("models", "gemma2", "max_length"), "long", "models.gemma2.max_length: expected int"),
     (("models", "llama3", "max_length"), 0, "models.llama3.max_length must be > 0"),
     (("models", "llama3", "eval_batch_size"), -4, "models.llama3.eval_batch_size must be > 0"),
-    (("models", "llama3", "quantization"), "8bit", "models.llama3.quantization: '8bit' is not one of"),
+    (("models", "llama3", "quantization"), "int4", "models.llama3.quantization: 'int4' is not one of"),
     (("data", "val_fraction"), 1.0, "data.val_fraction must be in (0, 1)"),
     (("data", "val_fraction"), 0, "data.val_fraction must be in (0, 1)"),
     (("train", "learning_rate"), "fast", "train.learning_rate: expected float"),
