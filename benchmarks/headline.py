@@ -160,14 +160,17 @@ def merge(out: Path) -> dict:
             if failed("inference", name, r):
                 continue
             cells = {k: cell_summary(r[k]) for k in ("default", "padded")}
-            fp8 = r.get("fp8") or {"skipped": "not measured (results from before the fp8 cell)"}
-            if "s_per_sample" in fp8:
-                cells["fp8"] = cell_summary(fp8) | {"over_bf16_default": fp8["over_bf16_default"],
-                                                    "profile_ms_per_sample": fp8["profile"]["by_category_ms_per_sample"]}
-            else:
-                cells["fp8"] = {"skipped": fp8.get("skipped") or fp8.get("failed")}
-                if "failed" in fp8:
-                    head["not_run"].append({"what": f"inference.{name}.fp8", "reason": fp8["failed"]})
+            for label in ("fp8", "fp8_eager"):
+                c = r.get(label) or {"skipped": "not measured (results from before the fp8 cells)"}
+                if "s_per_sample" in c:  # FP8's error is reported beside bf16's, not bounded by it
+                    cells[label] = cell_summary(c) | {"checked": None, **pick(c, "over_bf16_default",
+                                                                             "bf16_default_max_rel_error")}
+                    if "profile" in c:
+                        cells[label]["profile_ms_per_sample"] = c["profile"]["by_category_ms_per_sample"]
+                else:
+                    cells[label] = {"skipped": c.get("skipped") or c.get("failed")}
+                    if "failed" in c:
+                        head["not_run"].append({"what": f"inference.{name}.{label}", "reason": c["failed"]})
             head["inference"][name] = {**cells, "flops_forward": r["flops_forward"], "family": r["family"],
                                        "params_total": r["params_total"], "layers": r["layers"],
                                        "profile_ms_per_sample": r["profile"]["by_category_ms_per_sample"]}

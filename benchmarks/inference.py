@@ -16,8 +16,9 @@ Per model (models/<name>: full-size architecture, random-init weights, real aren
   4. torch.profiler over one more pass of the default cell: device time per sample by kernel
      category (matmuls, attention, fused kernels, the rest), the "where does the time go".
   5. fp8: the same merged model with `quantization: fp8` (prefbench.models.quantize_fp8_: torchao,
-     row-wise scaled FP8 matmuls), the default layout, checked and profiled the same way, on cards
-     with FP8 matmuls (compute capability >= 8.9); elsewhere the reason is recorded instead.
+     row-wise scaled FP8 matmuls, the linears compiled), the default layout, timed and profiled the
+     same way, its error against fp32 eager beside bf16's; fp8_eager: the linears uncompiled, for the
+     record. On cards with FP8 matmuls (compute capability >= 8.9); elsewhere the reason is kept.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from prefbench.batching import pad_multiple_for
 from prefbench.infer import packs, predict
 from prefbench.lora import add_lora
 from prefbench.config import ParamsError
-from prefbench.models import (apply_kernels, check_fp8, count_parameters, label_config_kwargs, prepare_for_inference,
-                              quantize_fp8_, resolve_attention, resolve_dtype, resolve_kernels)
+from prefbench.models import (apply_kernels, check_fp8, compile_fp8_linears, count_parameters, label_config_kwargs,
+                              prepare_for_inference, quantize_fp8_, resolve_attention, resolve_dtype, resolve_kernels)
 from prefbench.packing import predict_packed
 
 CHECK_ROWS = 16  # timed rows also run in fp32 eager
@@ -183,27 +184,45 @@ def measure_model(name: str, rows: int, reps: int, dev: torch.device, peak: floa
     default = cell(packed_once, "packed") if packed else dict(padded)
     profile = profile_pass(lambda: (packed_once if packed else padded_once)(False), len(seqs), dev)
     log(f"{name} profile of the default path: {profile['by_category_ms_per_sample']} ms/sample")
-    fp8 = fp8_cell(model, cfg, dev, dtype, capability, lambda m: cell(packed_once if packed else padded_once,
-                                                                      "packed" if packed else "padded", "fp8"), log)
+    layout = "packed" if packed else "padded"
+    fp8, fp8_eager = fp8_cells(model, cfg, dev, dtype, capability,
+                               lambda label: cell(packed_once if packed else padded_once, layout, label), log)
+    for c in (fp8, fp8_eager):
+        if "s_per_sample" in c:
+            c["over_bf16_default"] = c["s_per_sample"] / default["s_per_sample"]
+            c["bf16_default_max_rel_error"] = default["check"]["max_rel_error"]
     if "s_per_sample" in fp8:
         fp8["profile"] = profile_pass(lambda: (packed_once if packed else padded_once)(False), len(seqs), dev)
-        fp8["over_bf16_default"] = fp8["s_per_sample"] / default["s_per_sample"]
         log(f"{name} fp8: {fp8['over_bf16_default']:.3f}x the bf16 default's time; profile "
             f"{fp8['profile']['by_category_ms_per_sample']} ms/sample")
     return {"family": config.model_type, "layers": config.num_hidden_layers, **counts, "flops_forward": flops,
-            "default": default, "padded": padded, "profile": profile, "fp8": fp8}
+            "default": default, "padded": padded, "profile": profile, "fp8": fp8, "fp8_eager": fp8_eager}
 
 
-def fp8_cell(model, cfg, dev: torch.device, dtype: torch.dtype, capability, measure, log=print) -> dict:
-    """The default cell again with the merged model's linear layers in FP8 (`quantization: fp8`, in
-    place: the bf16 cells are done), or {"skipped": why} where this card or install cannot."""
+def fp8_cells(model, cfg, dev: torch.device, dtype: torch.dtype, capability, measure, log=print) -> tuple[dict, dict]:
+    """(fp8, fp8_eager): the default cell again with the merged model's linear layers in FP8, in
+    place (the bf16 cells are done). fp8_eager first, torchao's quantised linears run eagerly; then
+    fp8, what `quantization: fp8` runs (prefbench.models.quantize_fp8_: the linears compiled). A
+    card or install without FP8 gives {"skipped": why} for both; a failure of one is kept as
+    {"failed": ...} and the other still runs. FP8's error against fp32 eager is reported beside
+    the bf16 default's, not bounded by the bf16 yardstick: e4m3 keeps 3 bits of mantissa."""
     try:
         check_fp8(cfg, dev, dtype, capability)
     except ParamsError as e:
-        log(f"fp8 cell skipped: {e}")
-        return {"skipped": str(e)}
-    quantize_fp8_(model)
-    return measure(model)
+        log(f"fp8 cells skipped: {e}")
+        return {"skipped": str(e)}, {"skipped": str(e)}
+    out = {}
+    for label, prepare in (("fp8_eager", lambda: quantize_fp8_(model, compile_linears=False)),
+                           ("fp8", lambda: compile_fp8_linears(model))):
+        try:
+            prepare()
+            out[label] = measure(label)
+        except Exception as e:  # noqa: BLE001  recorded; the bf16 cells and the other fp8 cell stand
+            out[label] = {"failed": f"{type(e).__name__}: {str(e)[:600]}"}
+            log(f"{label} cell failed: {out[label]['failed']}")
+            if label == "fp8_eager":
+                return {"failed": "not run: " + out[label]["failed"]}, out[label]
+    return out["fp8"], out["fp8_eager"]
 
 
 def run(models: list[str], rows: int, reps: int, dev: torch.device, peak: float, sheet: float | None,

@@ -53,6 +53,10 @@ PROJECTION = {"t4_fp16_tflops": 65.0, "t4_memory_gb_s": 320.0, "kaggle_rows": 25
 CARD_SPECS = {"H100": (989.0, 3350.0), "H200": (989.0, 4800.0)}  # dense fp16 TFLOP/s, GB/s (SXM datasheets)
 
 
+def index(dev: torch.device) -> int:
+    return dev.index if dev.index is not None else torch.cuda.current_device()
+
+
 def t4_params(name: str, quantization: str, attn: str | None):
     """The params `auto` resolves to on a T4, for models/<name> with `quantization`."""
     model_type = AutoConfig.from_pretrained(ROOT / "models" / name).model_type
@@ -87,7 +91,7 @@ def measure_cell(cell: str, name: str, quantization: str, attn: str | None, soft
     torch.cuda.empty_cache()
     weights_gb = torch.cuda.memory_allocated(dev) / 1e9
     total = torch.cuda.get_device_properties(dev).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, T4_MEMORY_GB * 1e9 / total), dev)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, T4_MEMORY_GB * 1e9 / total), index(dev))
     torch.cuda.reset_peak_memory_stats(dev)
     config = model.config
     lengths = bench_lengths(rows, cfg.max_length, seed=0)
@@ -152,7 +156,7 @@ def run(rows: int, reps: int, dev: torch.device, record, log=print) -> dict:
             out[cell] = {"failed": f"{type(e).__name__}: {str(e)[:600]}"}
             log(f"t4 path {cell}: failed: {out[cell]['failed']}")
         finally:
-            torch.cuda.set_per_process_memory_fraction(1.0, dev)
+            torch.cuda.set_per_process_memory_fraction(1.0, index(dev))
         gc.collect()
         torch.cuda.empty_cache()
         record(cell, out[cell])

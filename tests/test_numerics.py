@@ -203,3 +203,47 @@ def test_lora_input_cast_is_off_under_autocast_and_changes_nothing():
     hook.remove()
     assert seen and not any(seen)  # off in every forward of the loop
     assert all(getattr(m, "cast_input_dtype_enabled", True) for m in layers)  # and on again after
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_fused_lora_add_is_peft_lora_to_rounding(dropout):
+    """prefbench.lora.fused_lora_add (training under mixed precision: the scale and the add inside B's
+    matmul) computes peft's LoRA Linear: on the fp64 tiny Llama3 with B non-zero, the loss, the
+    logits and every trainable gradient agree to 1e-12 (dropout: the same mask, same seed); the
+    patched forward runs (it is not peft's), and leaving the block restores peft's forward."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    from prefbench.lora import _fused_forward, fused_lora_add
+
+    params = load_params(ROOT / "params.yaml")
+    cfg = dataclasses.replace(params.models["llama3"], pretrained=str(ROOT / "models" / "tiny-llama3"),
+                              max_length=64, lora_dropout=dropout)
+    tok = load_tokenizer(cfg.pretrained)
+    model = add_lora(load_model(cfg, tok.pad_token_id, CPU)[0], cfg)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(n)))
+    model.train()
+    ids = torch.tensor(np.random.default_rng(0).integers(10, 500, size=(4, 24)))
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(3)
+        out = model(input_ids=ids, labels=torch.tensor([0, 1, 2, 0]))
+        out.loss.backward()
+        return out.logits.detach(), {n: p.grad.clone() for n, p in trainable.items()}
+
+    logits_peft, grads_peft = run()
+    layers = [m for m in model.modules() if type(m) is LoraLinear]
+    calls = []
+    with fused_lora_add(model):
+        assert all(m.forward.__func__ is _fused_forward for m in layers)
+        hook = layers[0].base_layer.register_forward_hook(lambda *a: calls.append(1))
+        logits_fused, grads_fused = run()
+        hook.remove()
+    assert calls and all("forward" not in vars(m) for m in layers)
+    assert torch.allclose(logits_fused, logits_peft, rtol=0, atol=1e-12)
+    assert all(torch.allclose(grads_fused[n], grads_peft[n], rtol=1e-10, atol=1e-12) for n in trainable)
+    assert any(g.abs().sum() > 0 for n, g in grads_fused.items() if "lora_A" in n)
