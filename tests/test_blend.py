@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from prefbench.blend import (BlendError, Member, blend, cross_validated_log_loss, fit_weights, mix,
                              validation_arrays)
@@ -238,3 +239,19 @@ def test_blend_of_two_real_runs(workspace, tmp_path):
     assert np.allclose(sub[list(LABEL_COLUMNS)].sum(axis=1), 1, atol=1e-5)
     if result["members"][0]["weight"] == 1.0:  # the gemma2 vertex: its submission, to the rounding
         np.testing.assert_allclose(sub[list(LABEL_COLUMNS)], gemma_sub[list(LABEL_COLUMNS)], atol=2e-6)
+
+    # A bundle of this blend reads each member's params and trained model at its commit (the
+    # queued experiment's from the cache its worker filled); members of weight 0 are left out.
+    from prefbench.bundle import members_from_blend
+
+    members = members_from_blend(out, tmp_path / "members", ws.repo)
+    weighted = [m for m in result["members"] if m["weight"] > 0]
+    assert [(m.name, m.weight, m.rev) for m in members] == [(m["name"], m["weight"], m["rev"]) for m in weighted]
+    for m in members:
+        model = yaml.safe_load(m.params.read_text())["model"]
+        assert model == {"gemma2-exp": "gemma2"}.get(m.name, "llama3")
+        assert (m.adapter / "resolved_params.json").is_file()
+        if m.name == "gemma2-exp":  # the experiment's own adapter, byte for byte
+            snap = ws.logs / "gemma2" / "models" / "adapter"
+            assert sorted(f.name for f in m.adapter.iterdir()) == sorted(f.name for f in snap.iterdir())
+            assert all((m.adapter / f.name).read_bytes() == f.read_bytes() for f in snap.iterdir())
