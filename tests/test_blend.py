@@ -252,6 +252,6 @@ def test_blend_of_two_real_runs(workspace, tmp_path):
         assert model == {"gemma2-exp": "gemma2"}.get(m.name, "llama3")
         assert (m.adapter / "resolved_params.json").is_file()
         if m.name == "gemma2-exp":  # the experiment's own adapter, byte for byte
-            snap = ws.logs / "gemma2" / "models" / "adapter"
+            snap = ws.logs / "gemma2" / "adapter"  # (tests/workspace.py: snap copies models/adapter as adapter/)
             assert sorted(f.name for f in m.adapter.iterdir()) == sorted(f.name for f in snap.iterdir())
             assert all((m.adapter / f.name).read_bytes() == f.read_bytes() for f in snap.iterdir())
