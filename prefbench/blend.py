@@ -60,7 +60,7 @@ class BlendError(DataError):
 @dataclass
 class Member:
     """One run's predictions: validation (VALIDATION_COLUMNS) and, where present, test
-    (SUBMISSION_COLUMNS), read as text-free frames (ids as strings)."""
+    (SUBMISSION_COLUMNS), ids and labels read as strings."""
     name: str
     validation: pd.DataFrame
     test: pd.DataFrame | None = None
@@ -330,6 +330,7 @@ def main() -> None:
     with atomic_path(args.metrics) as path:
         write_json(path, _round(result))
     print(report(result))
+    print(f"blend: -> {args.metrics}")
 
 
 def report(result: dict) -> str:
