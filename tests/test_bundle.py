@@ -1,5 +1,7 @@
 """The Kaggle hand-off: `python -m prefbench.bundle`, installed into a fresh venv with no network and
-no repo checkout, gives the predict stage's submission.csv, for the tiny Llama3 and for tfidf.
+no repo checkout, gives the predict stage's submission.csv, for the tiny Llama3 and for tfidf; a
+blend's bundle (the tiny Llama3 and Gemma2) gives their predict stages' submissions mixed with the
+weights.
 
 The fresh venv has no pip and no packages of its own: a .pth file puts this venv's site-packages
 (torch, transformers, ...: the "wheels" Kaggle already has) on its path, but not this checkout
@@ -43,24 +45,45 @@ def tfidf_params(raw):
     raw["models"]["tfidf"].update(max_features=300, char_ngram_max=3)
 
 
-@pytest.fixture(scope="module", params=["llama3", "tfidf"])
-def trained(request, tmp_path_factory):
-    """sample -> prepare -> tokenize -> train -> predict for one model; its folder."""
-    tmp = tmp_path_factory.mktemp(f"bundle-{request.param}")
+# model -> its folder, trained once per test process: the blend test reuses the llama3 of `trained`
+TRAINED: dict[str, Path] = {}
+
+
+def train(name: str, tmp_path_factory) -> Path:
+    """sample -> prepare -> tokenize -> train -> predict for one model; its folder. gemma2 is
+    trained on llama3's generated and prepared rows (in llama3's folder, under gemma2/): a blend's
+    members share their data."""
+    if name in TRAINED:
+        return TRAINED[name]
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    (llm_params if request.param == "llama3" else tfidf_params)(raw)
+    (tfidf_params if name == "tfidf" else llm_params)(raw)
+    if name == "gemma2":
+        data = train("llama3", tmp_path_factory)
+        tmp = data / "gemma2"
+        tmp.mkdir()
+        raw["model"] = "gemma2"
+    else:
+        tmp = data = tmp_path_factory.mktemp(f"bundle-{name}")
     (tmp / "params.yaml").write_text(yaml.safe_dump(raw))
     p = ["--params", str(tmp / "params.yaml")]
-    run_stage("sample", *p, "--out", str(tmp / "train.csv"), "--test-out", str(tmp / "test.csv"))
-    run_stage("prepare", *p, "--csv", str(tmp / "train.csv"), "--out", str(tmp / "prepared"),
-              "--metrics", str(tmp / "data.json"))
-    run_stage("tokenize", *p, "--prepared", str(tmp / "prepared"), "--out", str(tmp / "tokens"),
+    if name != "gemma2":
+        run_stage("sample", *p, "--out", str(tmp / "train.csv"), "--test-out", str(tmp / "test.csv"))
+        run_stage("prepare", *p, "--csv", str(tmp / "train.csv"), "--out", str(tmp / "prepared"),
+                  "--metrics", str(tmp / "data.json"))
+    run_stage("tokenize", *p, "--prepared", str(data / "prepared"), "--out", str(tmp / "tokens"),
               "--metrics", str(tmp / "tokens.json"))
     run_stage("train", *p, "--tokens", str(tmp / "tokens"), "--out", str(tmp / "adapter"),
               "--metrics", str(tmp / "train.json"), "--live", str(tmp / "live"))
-    run_stage("predict", *p, "--test-csv", str(tmp / "test.csv"), "--adapter", str(tmp / "adapter"),
+    run_stage("predict", *p, "--test-csv", str(data / "test.csv"), "--adapter", str(tmp / "adapter"),
               "--out", str(tmp / "submission.csv"), "--metrics", str(tmp / "predict.json"))
-    return request.param, tmp
+    TRAINED[name] = tmp
+    return tmp
+
+
+@pytest.fixture(scope="module", params=["llama3", "tfidf"])
+def trained(request, tmp_path_factory):
+    """sample -> prepare -> tokenize -> train -> predict for one model; its folder."""
+    return request.param, train(request.param, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +191,60 @@ def test_bundle_in_a_fresh_venv_gives_the_predict_stage_submission(trained, bund
     assert summary["model"] == name and summary["projected_hours"] > 0
     assert proc.stdout.count(" would take ") == 1  # one projection: predict.py's, not also each process's
     assert ("T4" in proc.stdout) == (name == "llama3")  # the T4 caveat is for LLMs timed elsewhere
+
+
+def test_a_blend_bundle_in_a_fresh_venv_mixes_its_members_submissions(tmp_path_factory, venv, tmp_path):
+    """`python -m prefbench.bundle --member ... --member ... --weights` with the tiny llama3 and gemma2
+    (trained on the same rows), installed offline into the fresh venv: predict.py runs both members
+    (--placement shard: one after the other, one process each here) and writes their predict
+    stages' submissions mixed with the weights, as prefbench.blend mixes them; the projection is
+    the sum of the members' hours."""
+    from prefbench.blend import Member, blend_submission, test_arrays, write_submission
+
+    llama, gemma = train("llama3", tmp_path_factory), train("gemma2", tmp_path_factory)
+    bundle = tmp_path / "bundle"
+    proc = forked.run("-m", "prefbench.bundle", "--out", bundle, "--no-wheels", "--copy-base",
+                      "--member", f"llama3={llama / 'params.yaml'},{llama / 'adapter'}",
+                      "--member", f"gemma2={gemma / 'params.yaml'},{gemma / 'adapter'}", "--weights", "0.7,0.3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    spec = json.loads((bundle / "blend.json").read_text())
+    assert [(m["name"], m["model"], m["weight"]) for m in spec["members"]] == [("llama3", "llama3", 0.7),
+                                                                              ("gemma2", "gemma2", 0.3)]
+    for m in spec["members"]:
+        params = yaml.safe_load((bundle / m["dir"] / "params.yaml").read_text())
+        assert list(params["models"]) == [m["model"]] and params["models"][m["model"]]["pretrained"] == "base"
+        assert (bundle / m["dir"] / "base" / "config.json").is_file()
+        assert (bundle / m["dir"] / "adapter" / "resolved_params.json").is_file()
+    assert not (bundle / "adapter").exists() and len(list((bundle / "wheels").glob("prefbench-*.whl"))) == 1
+
+    outside = tmp_path / "kaggle-working"
+    outside.mkdir()
+    install(venv, bundle, outside)
+    proc = in_venv(venv, str(bundle / "predict.py"), "--test-csv", str(llama / "test.csv"), "--out",
+                   str(outside / "submission.csv"), cwd=outside)
+    members = [Member(name, pd.DataFrame(), pd.read_csv(folder / "submission.csv", dtype=str, keep_default_na=False))
+               for name, folder in (("llama3", llama), ("gemma2", gemma))]
+    ids, probs = test_arrays(members)
+    write_submission(blend_submission(ids, probs, [0.7, 0.3]), tmp_path / "expected.csv")
+    assert (outside / "submission.csv").read_bytes() == (tmp_path / "expected.csv").read_bytes()
+    got = pd.read_csv(outside / "submission.csv")
+    subs = [pd.read_csv(folder / "submission.csv") for folder in (llama, gemma)]
+    cols = ["winner_model_a", "winner_model_b", "winner_tie"]
+    mixed = 0.7 * subs[0][cols].to_numpy() + 0.3 * subs[1][cols].to_numpy()
+    assert list(got["id"]) == list(subs[0]["id"])
+    assert abs(got[cols].to_numpy() - mixed / mixed.sum(axis=1, keepdims=True)).max() < 1e-6
+    summary = json.loads(proc.stdout.split("predict.py summary: ")[1].splitlines()[0])
+    assert summary["placement"] == "shard" and summary["weights"] == {"llama3": 0.7, "gemma2": 0.3}
+    assert [p["model"] for p in summary["members"].values()] == ["llama3", "gemma2"]
+    member_hours = [p["projected_hours"] for p in summary["members"].values()]
+    assert all(h > 0 for h in member_hours) and summary["projected_hours"] == pytest.approx(sum(member_hours))
+    assert proc.stdout.count(" would take ") == 1 and "T4" in proc.stdout
+
+    # --placement per-gpu: both members at once (one process each; CPU processes here), the same bytes;
+    # the projection is the slower member's, the two running side by side
+    proc = in_venv(venv, str(bundle / "predict.py"), "--test-csv", str(llama / "test.csv"), "--out",
+                   str(outside / "per-gpu.csv"), "--placement", "per-gpu", cwd=outside)
+    assert (outside / "per-gpu.csv").read_bytes() == (tmp_path / "expected.csv").read_bytes()
+    summary = json.loads(proc.stdout.split("predict.py summary: ")[1].splitlines()[0])
+    member_hours = [p["projected_hours"] for p in summary["members"].values()]
+    assert summary["placement"] == "per-gpu" and summary["projected_hours"] == max(member_hours)
