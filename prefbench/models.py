@@ -295,6 +295,59 @@ def _fp8_linear(module, x):
     return _fp8_linear_compiled()(x, module.weight, module.bias)
 
 
+@functools.cache
+def classifier_class(config_class: type):
+    """transformers' *ForSequenceClassification for this config, told which keys loading a causal-LM
+    checkpoint into it always gives: no `score` head (ours, initialised here and trained) and an
+    `lm_head` a classifier does not use (Llama3; Gemma2 ties it to the embedding). Without this,
+    every load logs a LOAD REPORT about them; any other missing or unexpected key is still reported."""
+    base = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[config_class]
+    return type(base.__name__, (base,), {
+        "__module__": base.__module__,
+        "_keys_to_ignore_on_load_missing": [*(base._keys_to_ignore_on_load_missing or []), r"^score\.weight$"],
+        "_keys_to_ignore_on_load_unexpected": [*(base._keys_to_ignore_on_load_unexpected or []),
+                                               r"^lm_head\.weight$"],
+    })
+
+
+def load_model(cfg: ModelParams, pad_token_id: int, device: torch.device, seed: int = 0):
+    """Base classifier on `device` in the resolved dtype. Returns (model, dtype, weights)."""
+    dtype = resolve_dtype(cfg.dtype, device.type)
+    if cfg.quantization == "fp8":  # training too (it stays bf16): fail before training, not after it
+        check_fp8(cfg, device, dtype)
+    quant = quantization_config(cfg, dtype, device)
+    config = AutoConfig.from_pretrained(cfg.pretrained, trust_remote_code=False, **label_config_kwargs())
+    config.pad_token_id = pad_token_id
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    attn = resolve_attention(cfg.attn_implementation, config.model_type, device.type, capability)
+    kernels = resolve_kernels(cfg.kernels, device.type, capability, quantized=cfg.quantized_base)
+    common = {"dtype": dtype, "attn_implementation": attn}
+    # Seeded for both branches: a checkpoint without the 3-class score head gets it initialised
+    # afresh, and every copy of a sharded run must hold the same one.
+    torch.manual_seed(seed)
+    if not is_terminal():
+        hf_logging.disable_progress_bar()  # "Loading weights": a bar redrawn with '\r', noise in a log
+    if has_weights(cfg.pretrained):
+        model = classifier_class(type(config)).from_pretrained(
+            cfg.pretrained, config=config, quantization_config=quant, trust_remote_code=False,
+            device_map={"": device} if device.type == "cuda" else None, **common,
+        )
+        weights = "pretrained"
+    else:
+        # Initialise directly on the target device: 9B fp32 parameters on a CPU take minutes.
+        with torch.device(device):
+            model = AutoModelForSequenceClassification.from_config(config, **common)
+        if cfg.quantization == "4bit":
+            quantize_nf4_(model, dtype)
+        elif cfg.quantization == "8bit":
+            quantize_int8_(model)
+        weights = "random-init"
+    if quant is None:
+        model.to(device)
+    apply_kernels(model, kernels)
+    return model, dtype, weights
+
+
 def quantize_nf4_(model, compute_dtype: torch.dtype):
     """Swap every decoder nn.Linear for a bitsandbytes NF4 Linear4bit, in place (the score head
     stays in full precision, as transformers leaves it). Used for random-init weights, which
