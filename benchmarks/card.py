@@ -27,7 +27,11 @@ DATASHEET_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "flash-attn-4", "liger-kernel", "bitsandbytes",
             "dvc", "dvclive", "numpy")
 # The code whose behaviour the numbers describe: the library, the stages and the benchmark itself.
+# What decides the measured numbers: the library, the stages, the benchmark's measuring code and the
+# params. Not the files that only render committed results into the docs (REPORT_ONLY), so a docs
+# table can change without making a run "from other code".
 CODE_GLOBS = ("prefbench/*.py", "stages/*.py", "benchmarks/*.py", "params.yaml", "dvc.yaml", "pyproject.toml")
+REPORT_ONLY = ("benchmarks/report.py", "benchmarks/cpu_report.py", "benchmarks/docgen.py")
 
 
 def datasheet_peak(device_name: str) -> float | None:
@@ -76,7 +80,8 @@ def code_state(root: Path = ROOT) -> dict:
     """The commit (git, or $PREFBENCH_COMMIT where the checkout has no .git) and a digest of the code
     that decides the numbers (CODE_GLOBS), so a result can be matched with the code it came from."""
     digest = hashlib.sha256()
-    for path in sorted(p for pattern in CODE_GLOBS for p in root.glob(pattern)):
+    for path in sorted(p for pattern in CODE_GLOBS for p in root.glob(pattern)
+                       if p.relative_to(root).as_posix() not in REPORT_ONLY):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     commit, dirty = os.environ.get("PREFBENCH_COMMIT"), None
     if commit is None:

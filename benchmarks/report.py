@@ -186,6 +186,98 @@ def stages_block(folder: Path) -> str:
     return "\n".join(rows)
 
 
+def fp8_block(folder: Path) -> str:
+    """`quantization: fp8` beside the bf16 default path: time, ratio, error, where the time goes."""
+    h = load(folder)
+    rows = ["| model | bf16 default s/sample | fp8 s/sample | fp8 / bf16 | fp8, linears uncompiled / bf16 "
+            "| max rel. error vs fp32 eager: fp8 (bf16) | fp8 device ms/sample by kernel category |",
+            "|---|---|---|---|---|---|---|"]
+    for name, r in h.get("inference", {}).items():
+        c, e = r.get("fp8", {}), r.get("fp8_eager", {})
+        if "s_per_sample" not in c:
+            rows.append(f"| {label(name)} | {f(r['default']['s_per_sample'])} | not run: "
+                        f"{str(c.get('skipped') or 'not measured')[:120]} | | | | |")
+            continue
+        prof = ", ".join(f"{k} {v:.2f}" for k, v in c.get("profile_ms_per_sample", {}).items() if v >= 0.05)
+        rows.append(f"| {label(name)} | {f(r['default']['s_per_sample'])} | {f(c['s_per_sample'])} | "
+                    f"{f(c['over_bf16_default'], 3)} | {f(e.get('over_bf16_default'), 3)} | "
+                    f"{f(c['max_rel_error'], 3)} ({f(c['bf16_default_max_rel_error'], 3)}) | {prof} |")
+    return "\n".join(rows)
+
+
+def left_block(folder: Path) -> str:
+    """What is left between the default path and the matmul peak: the profile's device time
+    outside the matmuls, per model."""
+    h = load(folder)
+    rows = ["| model | default path MFU | device ms/sample | matmuls | outside the matmuls, by category (ms/sample) |",
+            "|---|---|---|---|---|"]
+    for name, r in h.get("inference", {}).items():
+        p = r["profile_ms_per_sample"]
+        total = sum(p.values())
+        rest = ", ".join(f"{k} {v:.2f}" for k, v in p.items() if k != "matmul" and v >= 0.005)
+        rows.append(f"| {label(name)} | {f(r['default']['mfu'], 3)} | {total:.2f} | "
+                    f"{p.get('matmul', 0):.2f} ({p.get('matmul', 0) / total:.0%}) | {rest} |")
+    tr = h.get("train_stage", {})
+    if any("by_category_ms_per_step" in t.get("profile", {}) for t in tr.values()):
+        rows += ["", "| model | train step: device ms | wall ms | tokens a step | by category (ms a step) |",
+                 "|---|---|---|---|---|"]
+        for name, t in tr.items():
+            p = t.get("profile", {})
+            if "by_category_ms_per_step" not in p:
+                rows.append(f"| {label(name)} | not profiled: {str(p.get('failed'))[:120]} | | | |")
+                continue
+            cats = ", ".join(f"{k} {v:.1f}" for k, v in p["by_category_ms_per_step"].items() if v >= 0.5)
+            rows.append(f"| {label(name)} | {p['ms_per_step']:.1f} | {p['wall_ms_per_step']:.1f} | "
+                        f"{p['tokens_per_step']:,.0f} | {cats} |")
+    return "\n".join(rows)
+
+
+T4_CELLS = {"gemma2_4bit": "Gemma2-9B, NF4 4-bit", "llama3_8bit": "Llama3-8B, LLM.int8 8-bit",
+            "llama3_4bit": "Llama3-8B, NF4 4-bit",
+            "gemma2_4bit_sdpa_no_softcap": "Gemma2-9B, NF4 4-bit, sdpa, softcap dropped (timing only)"}
+
+
+def t4_block(folder: Path) -> str:
+    """The Kaggle 2xT4 software path measured on this card (benchmarks/t4_path.py)."""
+    h = load(folder)
+    t = h.get("t4_path")
+    if not t:
+        return "The T4-path part has not run in this results folder."
+    rows = ["| cell | attention | batch | s/sample | weights GB | peak GB (cap) | logits finite | "
+            "projected hours, 25k rows on 2xT4 |", "|---|---|---|---|---|---|---|---|"]
+    proj = t.get("projection", {}).get("hours_2xT4", {})
+    for cell, c in t["cells"].items():
+        if "s_per_sample" not in c:
+            rows.append(f"| {T4_CELLS.get(cell, cell)} | not run: {str(c.get('skipped'))[:120]} | | | | | | |")
+            continue
+        hrs = proj.get(cell)
+        rows.append(f"| {T4_CELLS.get(cell, cell)} | {c['attention']} | {c['batch_size']} | {f(c['s_per_sample'])} | "
+                    f"{c['weights_gb']} | {c['peak_memory_gb']} ({c['memory_cap_gb']:g}) | {c['finite']} | "
+                    + (f"{hrs[0]:.1f} to {hrs[1]:.1f} (projection)" if hrs else "n/a") + " |")
+    out = "\n".join(rows)
+    if "ratio_gemma2_4bit_over_llama3_8bit" in t:
+        out += (f"\n\nGemma2-9B 4-bit over Llama3-8B 8-bit (the notebooks' pairing): "
+                f"{f(t['ratio_gemma2_4bit_over_llama3_8bit'], 2)}x; over Llama3-8B 4-bit: "
+                f"{f(t.get('ratio_gemma2_4bit_over_llama3_4bit'), 2)}x.")
+    fa = t.get("factors")
+    if fa:
+        out += ("\n\n| factor | measured as | x |\n|---|---|---|\n"
+                f"| eager softcap attention | Gemma2 eager / Gemma2 sdpa without softcap | "
+                f"{f(fa['attention_eager_over_sdpa'], 2)} |\n"
+                f"| layers, width, vocabulary (the rest of the architecture) | Gemma2 sdpa / Llama3 4-bit sdpa | "
+                f"{f(fa['architecture_gemma2_sdpa_over_llama3_4bit'], 2)} (FLOP ratio {f(fa['flop_ratio'], 2)}) |\n"
+                f"| quantisation kernels | Llama3 4-bit / Llama3 8-bit | {f(fa['quantisation_llama3_4bit_over_8bit'], 2)} |\n"
+                f"| product: Gemma2 4-bit / Llama3 8-bit | | "
+                f"{f(fa['attention_eager_over_sdpa'] * fa['architecture_gemma2_sdpa_over_llama3_4bit'] * fa['quantisation_llama3_4bit_over_8bit'], 2)} |")
+    pj = t.get("projection")
+    if pj:
+        out += (f"\n\nProjected hours are not measurements: this card's time scaled by its memory bandwidth over a "
+                f"T4's ({pj['card_memory_gb_s']:g} / {pj['t4_memory_gb_s']:g} GB/s, the lower figure) and by its "
+                f"fp16 tensor peak over a T4's ({pj['card_fp16_tflops']:g} / {pj['t4_fp16_tflops']:g} TFLOP/s, the "
+                f"higher), for {pj['kaggle_rows']:,} rows on {pj['gpus']} GPUs, without swap TTA.")
+    return out
+
+
 def not_run_block(folder: Path) -> str:
     h = load(folder)
     if not h["not_run"]:
@@ -201,6 +293,9 @@ def gpu_blocks(folder: Path) -> dict:
             "perf-inference": lambda root: inference_block(folder),
             "perf-profile": lambda root: profile_block(folder),
             "perf-stages": lambda root: stages_block(folder),
+            "perf-fp8": lambda root: fp8_block(folder),
+            "perf-left": lambda root: left_block(folder),
+            "perf-t4": lambda root: t4_block(folder),
             "perf-not-run": lambda root: not_run_block(folder)}
 
 
