@@ -6,14 +6,15 @@ Usage:
     python -m benchmarks report [--check]
 
 `run` (any CUDA machine after `make install ... EXTRAS=dev,gpu`; on a CPU it runs the same code on the
-tiny models, for smoke tests) measures, for Llama3-8B and Gemma2-9B (full-size architectures,
-random-init weights, real arena lengths):
+tiny models, for smoke tests) measures, for Llama3-8B, Gemma2-9B, Qwen2-7B and Mistral-7B (full-size
+architectures, random-init weights, real arena lengths; `--models` picks others):
   inference  the bf16 matmul peak; per model the default path (what `dvc repro`'s evaluate runs on
              this card) and the padded path, logits checked against fp32 eager, and a profile of
              the default path by kernel category (benchmarks/inference.py)
   evaluate   the evaluate stage itself on the same rows: eval.json against the default cell
   train      the train stage itself: MFU over all steps and over the second half
-             (benchmarks/pipeline.py)
+             (benchmarks/pipeline.py); for `--train-models`, by default the first two of the
+             default models (Llama3-8B and Gemma2-9B), whatever `--models` says
 into OUT: <part>.json, <part>.log, and headline.json + MANIFEST.md merged from every part there.
 
 `report` renders the generated blocks of README.md and docs/*.md (`<!-- begin: NAME -->`) from the
@@ -26,6 +27,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from benchmarks import settings
 from benchmarks.card import ROOT
 
 
@@ -38,8 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<card>-<date>, e.g. h100-2026-12-06)")
     run.add_argument("--only", default="inference,evaluate,train",
                      help="parts to run, comma-separated (inference, evaluate, train); merged with those already in OUT")
-    run.add_argument("--models", help="folders under models/ (default: llama3-8b,gemma2-9b on a GPU, "
-                     "tiny-llama3,tiny-gemma2 on a CPU)")
+    run.add_argument("--models", help="folders under models/ for inference and evaluate (default: "
+                     f"{','.join(settings.MODELS)} on a GPU, {','.join(settings.TINY_MODELS)} on a CPU)")
+    run.add_argument("--train-models", help="folders under models/ for the train part (default: the first "
+                     f"{settings.TRAIN_FAMILIES} of the default models: {','.join(settings.MODELS[:settings.TRAIN_FAMILIES])} "
+                     f"on a GPU, {','.join(settings.TINY_MODELS[:settings.TRAIN_FAMILIES])} on a CPU)")
     run.add_argument("--rows", type=int, help="inference and evaluate rows (default: 512 on a GPU, 12 on a CPU)")
     run.add_argument("--reps", type=int, default=3, help="timed passes per inference cell (median)")
     run.add_argument("--steps", type=int, help="train stage optimizer steps, at least (default: 64 on a GPU, 3 on a CPU)")
@@ -59,14 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not parts:
         parser.error(f"--only: unknown part(s) {unknown or parts}; choose from {', '.join(headline.PARTS)}")
     gpu = card.device().type == "cuda"
-    models = (args.models or ("llama3-8b,gemma2-9b" if gpu else "tiny-llama3,tiny-gemma2")).split(",")
-    missing = [m for m in models if not (ROOT / "models" / m / "config.json").exists()]
-    if missing:
-        parser.error(f"--models: no models/{missing[0]}/config.json")
+    defaults = settings.default_models(gpu)
+    models = args.models.split(",") if args.models else list(defaults)
+    train_models = (args.train_models.split(",") if args.train_models
+                    else list(defaults[:settings.TRAIN_FAMILIES]))
+    for flag, names in (("--models", models), ("--train-models", train_models)):
+        missing = [m for m in names if not (ROOT / "models" / m / "config.json").exists()]
+        if missing:
+            parser.error(f"{flag}: no models/{missing[0]}/config.json")
     rows = args.rows or (512 if gpu else 12)
     args.out = args.out or card.default_out(card.device())
     head = headline.run(args.out, [p for p in headline.PARTS if p in parts], models, rows, args.reps,
-                        args.steps or (64 if gpu else 3), argv)
+                        args.steps or (64 if gpu else 3), argv, train_models=train_models)
     print(f"wrote {args.out / 'headline.json'}" + (f"; not run: {len(head['not_run'])} (see MANIFEST.md)"
                                                     if head["not_run"] else ""))
     return 1 if head["not_run"] else 0

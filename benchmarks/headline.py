@@ -49,8 +49,10 @@ def write_json(path: Path, data: dict) -> None:
     tmp.replace(path)  # whole or absent
 
 
-def run(out: Path, parts: list[str], models: list[str], rows: int, reps: int, steps: int, argv: list[str]) -> dict:
-    """Run `parts` in order into `out`, then merge the folder; returns headline.json's content."""
+def run(out: Path, parts: list[str], models: list[str], rows: int, reps: int, steps: int, argv: list[str],
+        train_models: list[str] | None = None) -> dict:
+    """Run `parts` in order into `out`, then merge the folder; returns headline.json's content.
+    Inference and evaluate run `models`; train runs `train_models` (default: `models`)."""
     from benchmarks import inference, pipeline  # torch & transformers: not needed by `report`
 
     out.mkdir(parents=True, exist_ok=True)
@@ -70,7 +72,8 @@ def run(out: Path, parts: list[str], models: list[str], rows: int, reps: int, st
 
         if part == "inference":
             inference.run(models, rows, reps, dev, peak, sheet, record, log)
-        for name in models if part != "inference" else ():
+        stage_models = {"inference": [], "train": train_models or models}.get(part, models)  # inference: above
+        for name in stage_models:
             try:
                 if part == "evaluate":
                     result = pipeline.evaluate_stage(name, rows, dev, log)

@@ -14,7 +14,7 @@ from benchmarks.card import ROOT
 from benchmarks.docgen import UnknownBlockError, blocks_in, documents, render
 
 RESULTS = ROOT / "benchmarks" / "results"
-MODEL_NAMES = {"llama3-8b": "Llama3-8B", "gemma2-9b": "Gemma2-9B"}
+MODEL_NAMES = {"llama3-8b": "Llama3-8B", "gemma2-9b": "Gemma2-9B", "qwen2-7b": "Qwen2-7B", "mistral-7b": "Mistral-7B"}
 
 
 def newest_results(results: Path = RESULTS) -> Path:
