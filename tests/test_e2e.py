@@ -23,7 +23,7 @@ import yaml
 
 from scripts.write_reference import TOLERANCE
 from tests.conftest import ROOT
-from tests.workspace import COPY_OF
+from tests.workspace import COPY_OF, MODEL_LOGS
 
 pytestmark = pytest.mark.xdist_group("workspace")
 
@@ -81,15 +81,16 @@ def test_every_family_runs_the_default_dag_by_its_params_entry(workspace, model)
     """`dvc exp run -S model=qwen2` / `mistral`: the default DAG (tiny models, CPU) for a family
     added by one params entry; the model stages ran, the metrics say what ran, and it learned.
     (No reference to hold them to: metrics/reference.json is the two families' cross-CPU check.)"""
-    second = workspace["second"]
-    out = second.log(f"4{'b' if model == 'qwen2' else 'c'}-{model}")
+    copy = workspace[COPY_OF[model]]
+    out = copy.log(MODEL_LOGS[model])
+    assert "Running stage 'prepare'" not in out  # the data stages are the default run's
     assert all(f"Running stage '{s}'" in out for s in ("tokenize", "train", "evaluate", "predict")), out[-3000:]
-    got = load(second.logs / model / "metrics" / "eval.json")
+    got = load(copy.logs / model / "metrics" / "eval.json")
     assert got["model"] == model and all(k in got for k in EVAL_KEYS + ("kernels",))
     assert got["log_loss"] < got["log_loss_prior"]  # it learned
     assert got["kernels"] == "none" and "kernels_reason" not in got  # a CPU; Liger has kernels for the family
     assert got["attn_implementation"] == "sdpa"  # the family's pick without flash-attn-4
-    train = load(second.logs / model / "metrics" / "train.json")
+    train = load(copy.logs / model / "metrics" / "train.json")
     assert train["model"] == model and train["params_total"] == got["params_total"] > 0
 
 
@@ -117,7 +118,7 @@ def test_exp_show_and_metrics_diff_compare_the_models(workspace):
             metrics = (data.get("metrics") or {}).get("metrics/eval.json", {}).get("data", {})
             if metrics and data.get("rev") != "workspace":
                 found[(data.get("name") or data.get("rev"), metrics["model"])] = metrics
-    assert {m for _, m in found} == {"llama3", "tfidf"}, found.keys()
+    assert {m for _, m in found} == {"llama3", "tfidf", "mistral"}, found.keys()
     diff = ws.log("7-diff")
     assert "metrics/eval.json" in diff and "log_loss" in diff and "seconds_per_sample" in diff
 
