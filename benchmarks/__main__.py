@@ -6,8 +6,8 @@ Usage:
     python -m benchmarks report [--check]
 
 `run` (any CUDA machine after `make install ... EXTRAS=dev,gpu`; on a CPU it runs the same code on the
-tiny models, for smoke tests) measures, for Llama3-8B and Gemma2-9B (full-size architectures,
-random-init weights, real arena lengths):
+tiny models, for smoke tests) measures, for Llama3-8B, Gemma2-9B, Qwen2-7B and Mistral-7B (full-size
+architectures, random-init weights, real arena lengths; `--models` picks others):
   inference  the bf16 matmul peak; per model the default path (what `dvc repro`'s evaluate runs on
              this card) and the padded path, logits checked against fp32 eager, and a profile of
              the default path by kernel category (benchmarks/inference.py)
@@ -16,6 +16,8 @@ random-init weights, real arena lengths):
              (benchmarks/pipeline.py), and a profile of its steps by kernel category
   t4_path    the Kaggle 2xT4 software path on this card (fp16, memory capped at 15 GB, no fused
              kernels, Gemma2 4-bit against Llama3 8-bit and 4-bit; benchmarks/t4_path.py)
+The evaluate and train parts run the stages themselves for `--stage-models`, by default the first
+two of the default models (Llama3-8B and Gemma2-9B): a full-size run costs minutes of GPU time.
 into OUT: <part>.json, <part>.log, and headline.json + MANIFEST.md merged from every part there.
 
 `report` renders the generated blocks of README.md and docs/*.md (`<!-- begin: NAME -->`) from the
@@ -28,6 +30,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from benchmarks import settings
 from benchmarks.card import ROOT
 
 
@@ -40,12 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<card>-<date>, e.g. h100-2026-12-06)")
     run.add_argument("--only", default="inference,evaluate,train,t4_path",
                      help="parts to run, comma-separated (inference, evaluate, train, t4_path); merged with those already in OUT")
-    run.add_argument("--models", help="folders under models/ (default: llama3-8b,gemma2-9b on a GPU, "
-                     "tiny-llama3,tiny-gemma2 on a CPU)")
+    run.add_argument("--models", help="folders under models/ for inference (default: "
+                     f"{','.join(settings.MODELS)} on a GPU, {','.join(settings.TINY_MODELS)} on a CPU)")
+    run.add_argument("--stage-models", help="folders under models/ for the evaluate and train parts (default: the "
+                     f"first {settings.TRAIN_FAMILIES} of the default models: "
+                     f"{','.join(settings.MODELS[:settings.TRAIN_FAMILIES])} on a GPU, "
+                     f"{','.join(settings.TINY_MODELS[:settings.TRAIN_FAMILIES])} on a CPU)")
     run.add_argument("--rows", type=int, help="inference and evaluate rows (default: 512 on a GPU, 12 on a CPU)")
     run.add_argument("--reps", type=int, default=3, help="timed passes per inference cell (median)")
     run.add_argument("--steps", type=int, help="train stage optimizer steps, at least (default: 200 on a GPU, 3 on a CPU)")
-    run.add_argument("--train-models", help="models the train part trains (default: the first two of --models)")
     run.add_argument("--t4-rows", type=int, help="rows of each t4_path cell (default: 256 on a GPU, 12 on a CPU)")
     report = sub.add_parser("report", help="render the docs' generated blocks from the committed results")
     report.add_argument("--results", type=Path, help="results folder (default: the newest under benchmarks/results)")
@@ -63,15 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not parts:
         parser.error(f"--only: unknown part(s) {unknown or parts}; choose from {', '.join(headline.PARTS)}")
     gpu = card.device().type == "cuda"
-    models = (args.models or ("llama3-8b,gemma2-9b" if gpu else "tiny-llama3,tiny-gemma2")).split(",")
-    train_models = args.train_models.split(",") if args.train_models else models[:2]
-    missing = [m for m in models + train_models if not (ROOT / "models" / m / "config.json").exists()]
-    if missing:
-        parser.error(f"--models: no models/{missing[0]}/config.json")
+    defaults = settings.default_models(gpu)
+    models = args.models.split(",") if args.models else list(defaults)
+    stage_models = (args.stage_models.split(",") if args.stage_models
+                    else list(defaults[:settings.TRAIN_FAMILIES]))
+    for flag, names in (("--models", models), ("--stage-models", stage_models)):
+        missing = [m for m in names if not (ROOT / "models" / m / "config.json").exists()]
+        if missing:
+            parser.error(f"{flag}: no models/{missing[0]}/config.json")
     rows = args.rows or (512 if gpu else 12)
     args.out = args.out or card.default_out(card.device())
     head = headline.run(args.out, [p for p in headline.PARTS if p in parts], models, rows, args.reps,
-                        args.steps or (200 if gpu else 3), argv, train_models=train_models,
+                        args.steps or (200 if gpu else 3), argv, stage_models=stage_models,
                         t4_rows=args.t4_rows or (256 if gpu else 12))
     print(f"wrote {args.out / 'headline.json'}" + (f"; not run: {len(head['not_run'])} (see MANIFEST.md)"
                                                     if head["not_run"] else ""))

@@ -50,11 +50,12 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def run(out: Path, parts: list[str], models: list[str], rows: int, reps: int, steps: int, argv: list[str],
-        train_models: list[str] | None = None, t4_rows: int | None = None) -> dict:
+        stage_models: list[str] | None = None, t4_rows: int | None = None) -> dict:
     """Run `parts` in order into `out`, then merge the folder; returns headline.json's content.
-    The train part trains `train_models` (default: `models`); the t4_path part runs its own cells
-    (benchmarks.t4_path) on `t4_rows` rows (default: `rows`)."""
-    train_models = train_models or models
+    Inference runs `models`; the evaluate and train parts run the stages for `stage_models`
+    (default: `models`); the t4_path part runs its own cells (benchmarks.t4_path) on `t4_rows`
+    rows (default: `rows`)."""
+    stage_models = stage_models or models
     t4_rows = t4_rows or rows
     from benchmarks import inference, pipeline, t4_path  # torch & transformers: not needed by `report`
 
@@ -79,7 +80,7 @@ def run(out: Path, parts: list[str], models: list[str], rows: int, reps: int, st
         elif part == "t4_path":
             t4_path.run(t4_rows, reps, dev, record, log)
             doc["summary"] = t4_path.summarise(doc["models"], doc["meta"]["device"]["name"])
-        for name in (train_models if part == "train" else models) if part in ("evaluate", "train") else ():
+        for name in stage_models if part in ("evaluate", "train") else ():
             try:
                 if part == "evaluate":
                     result = pipeline.evaluate_stage(name, rows, dev, log)

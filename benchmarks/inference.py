@@ -135,8 +135,8 @@ def measure_model(name: str, rows: int, reps: int, dev: torch.device, peak: floa
 
     # The evaluate stage's model (prefbench.infer.LLMRunner through prefbench.models.load_copies).
     dtype = resolve_dtype(cfg.dtype, dev.type, capability)
-    attn = resolve_attention(cfg.attn_implementation, config.model_type, dev.type, capability)
-    kernels = resolve_kernels(cfg.kernels, dev.type, capability)
+    attn = resolve_attention(cfg.attn_implementation, config, dev.type, capability)
+    kernels = resolve_kernels(cfg.kernels, dev.type, capability, family=config)
     cast_parameters_(model, dtype)
     plain = errors(predict(model, check, 4, PAD_ID, dev, warmup_batches=0)["logits"], ref)
     log(f"{name}: fp32 eager reference on {len(picked)} rows; plain {dtype} eager: max rel. error "

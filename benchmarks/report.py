@@ -14,7 +14,7 @@ from benchmarks.card import ROOT
 from benchmarks.docgen import UnknownBlockError, blocks_in, documents, render
 
 RESULTS = ROOT / "benchmarks" / "results"
-MODEL_NAMES = {"llama3-8b": "Llama3-8B", "gemma2-9b": "Gemma2-9B"}
+MODEL_NAMES = {"llama3-8b": "Llama3-8B", "gemma2-9b": "Gemma2-9B", "qwen2-7b": "Qwen2-7B", "mistral-7b": "Mistral-7B"}
 
 
 def newest_results(results: Path = RESULTS) -> Path:
@@ -285,6 +285,50 @@ def not_run_block(folder: Path) -> str:
     return "Not run in this results folder:\n\n" + "\n".join(f"- `{n['what']}`: {n['reason'][:300]}" for n in h["not_run"])
 
 
+FULL_SIZE = ("llama3-8b", "gemma2-9b", "qwen2-7b", "mistral-7b")  # the shipped configs the families table shows
+
+
+def families_block(root: Path) -> str:
+    """docs/gpu.md: per family, its params entry and shipped full-size config (models/<folder>) and
+    what prefbench.families looks up for it; the parameter count is the 3-class classifier built
+    from that config on the meta device (shapes only), as the stages count it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from benchmarks.settings import family_key
+    from prefbench.families import family_of
+    from prefbench.flops import head_dim, layer_windows
+    from prefbench.models import count_parameters, label_config_kwargs
+
+    cols = {}
+    for name in FULL_SIZE:
+        config = AutoConfig.from_pretrained(root / "models" / name, **label_config_kwargs())
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(config)
+        fam, windows = family_of(config), [w for w in layer_windows(config) if w]
+        bias = model.get_decoder().layers[0].self_attn.q_proj.bias is not None
+        cols[name] = {
+            "params entry": f"`models.{family_key(name)}`", "model_type": f"`{config.model_type}`",
+            "layers": config.num_hidden_layers, "hidden size": config.hidden_size,
+            "attention heads / KV heads": f"{config.num_attention_heads} / {config.num_key_value_heads}",
+            "head dim": head_dim(config), "MLP width": config.intermediate_size, "vocabulary": config.vocab_size,
+            "q/k/v bias": "yes" if bias else "no", "tied embeddings": "yes" if config.tie_word_embeddings else "no",
+            "sliding window": (f"{', '.join(map(str, sorted(set(windows))))} on {len(windows)} of "
+                               f"{config.num_hidden_layers} layers" if windows else "none"),
+            "attention logit softcap": getattr(config, "attn_logit_softcapping", None) or "none",
+            "parameters (3-class classifier)": f"{count_parameters(model)['params_total']:,}",
+            "`auto` attention without flash-attn-4": fam.attention,
+            "Liger kernels": f"`{fam.liger}` ({fam.liger_mlp})" if fam.liger else "none",
+            "pad token": "its own" if fam.pad == "own" else "none: EOS",
+        }
+        del model
+    rows = ["| | " + " | ".join(label(n) for n in FULL_SIZE) + " |", "|---|" + "---|" * len(FULL_SIZE)]
+    for what in cols[FULL_SIZE[0]]:
+        rows.append(f"| {what} | " + " | ".join(str(cols[n][what]) for n in FULL_SIZE) + " |")
+    return "\n".join(rows) + ("\n\nFrom `models/<folder>/config.json` (`python -m scripts.make_models`) and "
+                              "`prefbench/families.py`.")
+
+
 def gpu_blocks(folder: Path) -> dict:
     """name -> generator(root) for the GPU blocks, all from `folder`."""
     return {"headline": lambda root: headline_block(folder),
@@ -302,7 +346,7 @@ def gpu_blocks(folder: Path) -> dict:
 def all_blocks(folder: Path) -> dict:
     from benchmarks.cpu_report import BLOCKS as cpu
 
-    return {**cpu, **gpu_blocks(folder)}
+    return {**cpu, **gpu_blocks(folder), "model-families": families_block}
 
 
 def main(results: Path | None, check: bool) -> int:

@@ -8,6 +8,8 @@ kernels, packing, token_budget, warm-up) stays `auto` / the default, so what is 
 from __future__ import annotations
 
 import copy
+import functools
+import json
 
 import yaml
 from transformers import AutoConfig
@@ -15,8 +17,27 @@ from transformers import AutoConfig
 from benchmarks.card import ROOT
 from prefbench.config import Params, parse_params
 
-MODELS = ("llama3-8b", "gemma2-9b")  # folders under models/: full-size configs and tokenizers, no weights
-KEYS = {"llama": "llama3", "gemma2": "gemma2"}  # model family -> its entry in params.yaml
+# Folders under models/: full-size configs and tokenizers, no weights (GPU), and the tiny models of
+# the same families (CPU smoke runs), in the same order.
+MODELS = ("llama3-8b", "gemma2-9b", "qwen2-7b", "mistral-7b")
+TINY_MODELS = ("tiny-llama3", "tiny-gemma2", "tiny-qwen2", "tiny-mistral")
+# The evaluate and train parts' default: the first two families. A full-size stage run takes minutes
+# of GPU time per family; Qwen2 and Mistral go through the stages with `--stage-models`.
+TRAIN_FAMILIES = 2
+
+
+@functools.cache
+def family_keys() -> dict[str, str]:
+    """Model family (config.json's model_type) -> its entry in params.yaml: each LLM entry whose
+    `pretrained` is a folder of the repo, by that folder's config (the first entry of a family wins).
+    One params entry per family is all a new family needs here."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    keys = {}
+    for key, entry in raw["models"].items():
+        config = ROOT / str(entry.get("pretrained", "")) / "config.json"
+        if "kind" not in entry and config.is_file():  # `kind`: the tfidf baseline, no config
+            keys.setdefault(json.loads(config.read_text())["model_type"], key)
+    return keys
 
 # One GPU, 8-9B models (README, "On a GPU"): prompt + both responses in 1024 tokens; training in
 # packed batches of 8192 tokens without gradient checkpointing (fits 80 GB for both models);
@@ -34,9 +55,15 @@ CPU_TRAIN = {"learning_rate": 1e-4, "epochs": 1, "checkpoint_every": 0, "devices
 def family_key(name: str) -> str:
     """params.yaml's entry for the model folder `name` (models/<name>), by its config's family."""
     model_type = AutoConfig.from_pretrained(ROOT / "models" / name).model_type
-    if model_type not in KEYS:
-        raise ValueError(f"models/{name}: family {model_type!r} has no entry in params.yaml ({', '.join(KEYS)})")
-    return KEYS[model_type]
+    keys = family_keys()
+    if model_type not in keys:
+        raise ValueError(f"models/{name}: family {model_type!r} has no entry in params.yaml (families with one: "
+                         f"{', '.join(keys)})")
+    return keys[model_type]
+
+
+def default_models(on_gpu: bool) -> tuple[str, ...]:
+    return MODELS if on_gpu else TINY_MODELS
 
 
 def raw_params(name: str, on_gpu: bool, **model_overrides) -> dict:

@@ -59,8 +59,8 @@ def index(dev: torch.device) -> int:
 
 def t4_params(name: str, quantization: str, attn: str | None):
     """The params `auto` resolves to on a T4, for models/<name> with `quantization`."""
-    model_type = AutoConfig.from_pretrained(ROOT / "models" / name).model_type
-    t4_attn = attn or resolve_attention("auto", model_type, "cuda", T4_CAPABILITY, fa4_installed=False)
+    config = AutoConfig.from_pretrained(ROOT / "models" / name)
+    t4_attn = attn or resolve_attention("auto", config, "cuda", T4_CAPABILITY, fa4_installed=False)
     return bench_params(name, True, dtype="float16", quantization=quantization, kernels="none",
                         attn_implementation=t4_attn, packing="padded", eval_batch_size=T4_BATCH)
 

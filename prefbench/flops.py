@@ -25,9 +25,15 @@ def attention_pairs(n: int, window: int | None) -> int:
 
 
 def layer_windows(config) -> list[int | None]:
-    """Per-layer attention window: None for full attention, the window for sliding layers."""
-    types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
-    return [config.sliding_window if t == "sliding_attention" else None for t in types]
+    """Per-layer attention window: None for full attention, the window for sliding layers.
+
+    Gemma2 and Qwen2 configs list each layer's kind (`layer_types`; Qwen2's are all full unless
+    `use_sliding_window`). Llama and Mistral configs list none: Mistral's attention takes
+    `sliding_window` on every layer where it is set (v0.1: 4096; v0.3: null), Llama has none."""
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None) or (
+        ["sliding_attention" if window else "full_attention"] * config.num_hidden_layers)
+    return [window if t == "sliding_attention" else None for t in types]
 
 
 def head_dim(config) -> int:

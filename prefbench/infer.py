@@ -268,6 +268,9 @@ PARAM_COUNTS = ("params_total", "params_embedding", "params_non_embedding", "par
 # The model's description, as eval.json ends
 DESCRIPTION = ("device", "devices", "dtype", "attn_implementation", "kernels", "lora_merged", "compiled",
                "packed", "quantization", "weights")
+# Keys eval.json and predict.json carry only where they apply: why `kernels: auto` kept the plain
+# modules for a family Liger has no kernels for (prefbench.models.kernels_note)
+OPTIONAL = ("kernels_reason",)
 # metrics/speed_accuracy.json's fields (a DVC plot: one point per revision)
 SPEED_ACCURACY = ("model", "seconds_per_sample", "log_loss", "accuracy", "weights", "device", "devices", "dtype",
                   "attn_implementation", "quantization", "max_length")
@@ -311,6 +314,7 @@ def evaluation_metrics(params: Params, inf: Inference, train_labels: np.ndarray)
         "batch_size": params.selected.eval_batch_size,
         "max_length": info["max_length"],
         **{k: info[k] for k in DESCRIPTION},  # attn_implementation and kernels: `auto` resolved
+        **{k: info[k] for k in OPTIONAL if k in info},
     }
 
 
@@ -337,5 +341,6 @@ def prediction_metrics(params: Params, inf: Inference, repaired: dict) -> dict:
         **inf.timing, "repaired": dict(repaired),
         **{k: info[k] for k in ("dtype", "attn_implementation", "kernels", "lora_merged", "weights", "compiled",
                                 "packed")},
+        **{k: info[k] for k in OPTIONAL if k in info},
         **({"featurise_seconds": inf.featurise_seconds} if inf.featurise_seconds is not None else {}),
     }

@@ -8,6 +8,7 @@ weights: timing is real, predictions are not, and `weights: random-init` says so
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import os
 import warnings
@@ -20,6 +21,7 @@ from transformers.utils import logging as hf_logging
 
 from prefbench.config import ModelParams, ParamsError
 from prefbench.data import LABEL_NAMES
+from prefbench.families import family_of, liger_families
 from prefbench.progress import is_terminal
 
 # peft 0.21 reads the attribute transformers 5 renamed (PeftModel.__init__), once per model load;
@@ -74,14 +76,16 @@ def fa4_usable(device_type: str, capability: tuple[int, int] | None = None, inst
     return installed and capability >= (9, 0)
 
 
-def resolve_attention(name: str, model_type: str, device_type: str = "cpu", capability: tuple[int, int] | None = None,
+def resolve_attention(name: str, family, device_type: str = "cpu", capability: tuple[int, int] | None = None,
                       fa4_installed: bool | None = None) -> str:
     """`auto`: the fastest attention that computes the model correctly (benchmarks/README.md).
 
-    On Hopper and newer with flash-attn-4 installed (the `gpu` extra): flash_attention_4, for both
-    models. It applies Gemma2's softcap (tanh at 50) inside the fused kernel and has a backward, so
+    `family`: the model's config (or its `model_type`), looked up in prefbench.families.
+    On Hopper and newer with flash-attn-4 installed (the `gpu` extra): flash_attention_4, for every
+    family. It applies Gemma2's softcap (tanh at 50) inside the fused kernel and has a backward, so
     training uses it too (benchmarks/results: checked against fp32 eager). Elsewhere (CPU, T4,
-    A100, no flash-attn-4): Gemma2 eager, Llama3 sdpa. SDPA cannot apply the softcap
+    A100, no flash-attn-4): the family's own pick, eager where the attention is softcapped
+    (Gemma2), else sdpa (Llama3, Qwen2, Mistral). SDPA cannot apply the softcap
     (transformers 5.24 refuses it); flex attention compiles a kernel per padded batch shape and has
     no backward for Gemma2's head_dim 256 (Inductor NoValidChoicesError) nor any on a CPU.
     """
@@ -89,10 +93,7 @@ def resolve_attention(name: str, model_type: str, device_type: str = "cpu", capa
         return name
     if fa4_usable(device_type, capability, fa4_installed):
         return "flash_attention_4"
-    return "eager" if model_type == "gemma2" else "sdpa"
-
-
-LIGER_FAMILIES = ("llama", "gemma2")
+    return family_of(family).attention
 
 
 def liger_installed() -> bool:
@@ -102,49 +103,62 @@ def liger_installed() -> bool:
 
 def resolve_kernels(name: str, device_type: str, capability: tuple[int, int] | None = None,
                     installed: bool | None = None, key: str = "models.<model>.kernels",
-                    quantized: bool = False) -> str:
+                    quantized: bool = False, family=None) -> str:
     """`auto`: Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU / GeGLU) on CUDA GPUs with
     native bf16 (compute capability >= 8.0) when liger-kernel is installed, else none. A T4 (7.5)
     and a 4-bit base (`quantized`: peft's k-bit preparation keeps norms in fp32) keep the plain
     modules: Liger is unmeasured there. `liger` asks for them and fails, naming `key`, where they
-    cannot run (no GPU: Triton has no CPU backend; not installed)."""
+    cannot run (no GPU: Triton has no CPU backend; not installed; `family`, the model's config or
+    model_type, one Liger has no kernels for: prefbench.families, whose `kernels_note` says so
+    in the metrics under auto)."""
     if name == "none":
         return "none"
+    unsupported = family is not None and family_of(family).liger is None
     installed = liger_installed() if installed is None else installed
     if name == "liger":
+        if unsupported:
+            raise ParamsError(f"{key}: liger has no kernels for model type {family_of(family).model_type!r} "
+                              f"(it runs for {', '.join(liger_families())}): set it to auto or none")
         if device_type != "cuda":
             raise ParamsError(f"{key}: liger needs a CUDA GPU (Triton kernels) and this run has none: set it to "
                               "auto or none")
         if not installed:
             raise ParamsError(f"{key}: liger needs liger-kernel: pip install -e '.[gpu]' (or set it to auto)")
         return "liger"
-    if device_type != "cuda" or not installed or quantized:
+    if device_type != "cuda" or not installed or quantized or unsupported:
         return "none"
     if capability is None:
         capability = torch.cuda.get_device_capability()
     return "liger" if capability >= (8, 0) else "none"
 
 
+def kernels_note(name: str, family) -> dict:
+    """{"kernels_reason": why} where `kernels: auto` keeps the plain modules because Liger has no
+    kernels for the model's family (prefbench.families), else {}: the metrics say why a GPU run
+    of such a family has `kernels: none`."""
+    fam = family_of(family)
+    if name != "auto" or fam.liger is not None:
+        return {}
+    return {"kernels_reason": f"liger-kernel has no kernels for model type {fam.model_type!r} "
+                              f"(prefbench runs them for {', '.join(liger_families())})"}
+
+
 def apply_kernels(model, kernels: str):
     """Swap in Liger's fused RMSNorm, RoPE and gated-MLP kernels on this model instance
-    (`kernels` resolved: liger | none). Never fused_linear_cross_entropy nor cross_entropy: they
-    replace a causal LM's loss and forward, and this is a classifier. Returns the model."""
+    (`kernels` resolved: liger | none), through the function prefbench.families names for the
+    model's family. Never fused_linear_cross_entropy nor cross_entropy: they replace a causal LM's
+    loss and forward, and this is a classifier. Returns the model."""
     if kernels == "none":
         return model
-    from liger_kernel.transformers import apply_liger_kernel_to_gemma2, apply_liger_kernel_to_llama
+    fam = family_of(model.config)
+    if fam.liger is None:
+        raise ParamsError(f"models.<model>.kernels: liger has no kernels here for model type {fam.model_type!r} "
+                          f"(supported: {', '.join(liger_families())}); set it to none")
+    liger = importlib.import_module("liger_kernel.transformers")
 
     pin_liger_rope()
-
-    family = model.config.model_type
-    common = {"rope": True, "rms_norm": True, "cross_entropy": False, "fused_linear_cross_entropy": False,
-              "model": model}
-    if family == "gemma2":
-        apply_liger_kernel_to_gemma2(geglu=True, **common)
-    elif family == "llama":
-        apply_liger_kernel_to_llama(swiglu=True, **common)
-    else:
-        raise ParamsError(f"models.<model>.kernels: liger has no kernels here for model type {family!r} "
-                          f"(supported: {', '.join(LIGER_FAMILIES)}); set it to none")
+    getattr(liger, fam.liger)(rope=True, rms_norm=True, cross_entropy=False, fused_linear_cross_entropy=False,
+                              model=model, **{fam.liger_mlp: True})
     return model
 
 
@@ -178,12 +192,15 @@ def has_weights(pretrained: str) -> bool:
 def load_tokenizer(pretrained: str):
     """The model's own tokenizer, with a pad token the classifier can pool on.
 
-    Llama3 has no pad token. We pad with EOS: sequences never contain EOS (we do not append it,
+    Llama3 and Mistral have no pad token (prefbench.families: `pad: eos`); Gemma2 and Qwen2 have
+    their own. Without one we pad with EOS: sequences never contain EOS (we do not append it,
     and user text cannot inject it, see tokenize.encode_rows), so the last non-pad token the
     classification head pools on is always the last real token.
     """
     tok = AutoTokenizer.from_pretrained(pretrained, trust_remote_code=False)
     if tok.pad_token_id is None:
+        if tok.eos_token is None:  # nothing the classifier could tell from a real token's end
+            raise ParamsError(f"{pretrained}: the tokenizer has neither a pad nor an EOS token to pad with")
         tok.pad_token = tok.eos_token
     return tok
 
@@ -319,8 +336,9 @@ def load_model(cfg: ModelParams, pad_token_id: int, device: torch.device, seed: 
     config = AutoConfig.from_pretrained(cfg.pretrained, trust_remote_code=False, **label_config_kwargs())
     config.pad_token_id = pad_token_id
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    attn = resolve_attention(cfg.attn_implementation, config.model_type, device.type, capability)
-    kernels = resolve_kernels(cfg.kernels, device.type, capability, quantized=cfg.quantized_base)
+    attn = resolve_attention(cfg.attn_implementation, config, device.type, capability)
+    kernels = resolve_kernels(cfg.kernels, device.type, capability, quantized=cfg.quantized_base,
+                              key=f"models.{cfg.name}.kernels", family=config)
     common = {"dtype": dtype, "attn_implementation": attn}
     # Seeded for both branches: a checkpoint without the 3-class score head gets it initialised
     # afresh, and every copy of a sharded run must hold the same one.
@@ -436,8 +454,9 @@ def load_with_adapter(cfg: ModelParams, adapter: str, pad_token_id: int, device:
     counts = count_parameters(base)
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     info = {"dtype": str(dtype).removeprefix("torch."), "attn_implementation": base.config._attn_implementation,
-            "kernels": resolve_kernels(cfg.kernels, device.type, capability, quantized=cfg.quantized_base),
-            "weights": weights, **counts}
+            "kernels": resolve_kernels(cfg.kernels, device.type, capability, quantized=cfg.quantized_base,
+                                       family=base.config),
+            **kernels_note(cfg.kernels, base.config), "weights": weights, **counts}
     model = PeftModel.from_pretrained(base, adapter).to(device)
     info["params_trainable"] = count_parameters(model)["params_total"] - counts["params_total"]
     info["lora_merged"] = not cfg.quantized_base

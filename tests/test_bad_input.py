@@ -144,10 +144,10 @@ def test_bad_params_fail_with_the_key(tmp_path, key, value, message):
 
 def test_unknown_model_lists_valid_ones_through_a_stage(tmp_path):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["model"] = "mistral"
+    raw["model"] = "phi3"
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     proc = forked.run("-m", "stages.tokenize", "--params", path, "--prepared", "x", "--out", tmp_path / "t",
                       "--metrics", tmp_path / "t.json")
     assert proc.returncode == 2
-    assert "error: model: unknown model 'mistral'; valid: gemma2, llama3" in proc.stderr
+    assert "error: model: unknown model 'phi3'; valid: gemma2, llama3, mistral, qwen2" in proc.stderr

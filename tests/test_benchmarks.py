@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from benchmarks import docgen, headline, inference, report
+from benchmarks import docgen, headline, inference, report, settings
 from tests import forked
 from tests.conftest import ROOT
 
@@ -35,15 +35,20 @@ def test_parts_run_separately_merge_into_one_headline(tmp_path):
     head = json.loads((out / "headline.json").read_text())
     assert all(k in head for k in HEADLINE_KEYS) and head["not_run"] == []
     assert set(head["parts"]) == {"inference", "evaluate", "train"}
+    # every family through inference; the evaluate and train parts by default the first two (--stage-models)
+    assert list(head["inference"]) == list(settings.TINY_MODELS)
+    assert list(head["evaluate_stage"]) == list(head["train_stage"]) == list(settings.TINY_MODELS[:settings.TRAIN_FAMILIES])
+    assert {r["family"] for r in head["inference"].values()} == {"llama", "gemma2", "qwen2", "mistral"}
     for name, r in head["inference"].items():
         for path in ("default", "padded"):
             cell = r[path]
             assert cell["s_per_sample"] > 0 and cell["mfu"] > 0 and cell["checked"], (name, path, cell)
             assert cell["max_rel_error"] < 1e-6  # float64 on a CPU: the fp32 reference's rounding only
         assert r["profile_ms_per_sample"] and sum(r["profile_ms_per_sample"].values()) > 0
-        ev, tr = head["evaluate_stage"][name], head["train_stage"][name]
+        ev = head["evaluate_stage"].get(name)
         # the stage on the same rows, compared with the inference part's default cell
-        assert ev["over_benchmark"] == pytest.approx(ev["s_per_sample"] / r["default"]["s_per_sample"])
+        assert ev is None or ev["over_benchmark"] == pytest.approx(ev["s_per_sample"] / r["default"]["s_per_sample"])
+    for tr in head["train_stage"].values():
         assert tr["steps"] >= 2 and tr["tokens_match"] and tr["mfu"] > 0 and tr["steady_mfu"] > 0
     # Gemma2's FLOPs against Llama3's on the same rows: the tiny Gemma2 is the larger of the two
     assert head["flop_ratio_gemma2_over_llama3"] > 1
@@ -70,6 +75,29 @@ def test_a_part_that_fails_is_listed_with_its_reason_and_the_command_fails(tmp_p
     assert "train_stage" in head and head["train_stage"] == {}
     assert "out of memory" in (out / "MANIFEST.md").read_text()
     assert "out of memory" in report.not_run_block(out)
+
+
+def test_benchmark_families_come_from_params_entries():
+    """Each default model's family has its params entry, found through the entry's own tiny model
+    (benchmarks.settings.family_keys), so a new family needs one params entry and its folders."""
+    for full, tiny in zip(settings.MODELS, settings.TINY_MODELS):
+        assert settings.family_key(full) == settings.family_key(tiny)
+    assert [settings.family_key(m) for m in settings.MODELS] == ["llama3", "gemma2", "qwen2", "mistral"]
+
+def test_a_family_without_a_params_entry_is_named(tmp_path, monkeypatch):
+    import yaml
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    del raw["models"]["gemma2"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    (tmp_path / "models").symlink_to(ROOT / "models")
+    monkeypatch.setattr(settings, "ROOT", tmp_path)
+    settings.family_keys.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="models/gemma2-9b: family 'gemma2' has no entry in params.yaml "
+                                             r"\(families with one: llama, qwen2, mistral\)"):
+            settings.family_key("gemma2-9b")
+    finally:
+        settings.family_keys.cache_clear()
 
 
 def test_only_takes_known_parts():

@@ -16,7 +16,20 @@ def test_shipped_params_load():
     params = load_params(ROOT / "params.yaml")
     assert params.model in params.models
     assert params.selected is params.models[params.model]
-    assert set(params.models) == {"gemma2", "llama3", "tfidf"}
+    assert set(params.models) == {"gemma2", "llama3", "qwen2", "mistral", "tfidf"}
+
+
+def test_every_shipped_llm_entry_is_a_family_prefbench_knows():
+    """Each LLM entry's tiny model is of a family in prefbench.families (one entry per family),
+    and the entries share their keys: a family is added by one entry laid out like llama3's."""
+    import json
+
+    from prefbench.config import ModelParams
+    from prefbench.families import family_of
+    params = load_params(ROOT / "params.yaml")
+    llms = {k: m for k, m in params.models.items() if isinstance(m, ModelParams)}
+    types = [json.loads((ROOT / m.pretrained / "config.json").read_text())["model_type"] for m in llms.values()]
+    assert all(family_of(t).known for t in types) and sorted(types) == ["gemma2", "llama", "mistral", "qwen2"]
 
 
 @pytest.mark.parametrize("path,value,message", [
@@ -58,8 +71,8 @@ def test_unknown_and_missing_keys_are_named(raw):
 
 
 def test_unknown_model_lists_valid_ones(raw):
-    raw["model"] = "mistral"
-    with pytest.raises(ParamsError, match="unknown model 'mistral'; valid: gemma2, llama3"):
+    raw["model"] = "phi3"
+    with pytest.raises(ParamsError, match="unknown model 'phi3'; valid: gemma2, llama3, mistral, qwen2"):
         parse_params(raw)
 
 

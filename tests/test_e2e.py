@@ -23,7 +23,7 @@ import yaml
 
 from scripts.write_reference import TOLERANCE
 from tests.conftest import ROOT
-from tests.workspace import COPY_OF
+from tests.workspace import COPY_OF, MODEL_LOGS
 
 pytestmark = pytest.mark.xdist_group("workspace")
 
@@ -76,6 +76,24 @@ def test_default_run_reproduces_the_reference(workspace, model):
             f"{model} {key} ({copy} copy): {got[key]} vs committed {ref[key]} (tolerance {TOLERANCE})")
 
 
+@pytest.mark.parametrize("model", ["qwen2", "mistral"])
+def test_every_family_runs_the_default_dag_by_its_params_entry(workspace, model):
+    """`dvc exp run -S model=qwen2` / `mistral`: the default DAG (tiny models, CPU) for a family
+    added by one params entry; the model stages ran, the metrics say what ran, and it learned.
+    (No reference to hold them to: metrics/reference.json is the two families' cross-CPU check.)"""
+    copy = workspace[COPY_OF[model]]
+    out = copy.log(MODEL_LOGS[model])
+    assert "Running stage 'prepare'" not in out  # the data stages are the default run's
+    assert all(f"Running stage '{s}'" in out for s in ("tokenize", "train", "evaluate", "predict")), out[-3000:]
+    got = load(copy.logs / model / "metrics" / "eval.json")
+    assert got["model"] == model and all(k in got for k in EVAL_KEYS + ("kernels",))
+    assert got["log_loss"] < got["log_loss_prior"]  # it learned
+    assert got["kernels"] == "none" and "kernels_reason" not in got  # a CPU; Liger has kernels for the family
+    assert got["attn_implementation"] == "sdpa"  # the family's pick without flash-attn-4
+    train = load(copy.logs / model / "metrics" / "train.json")
+    assert train["model"] == model and train["params_total"] == got["params_total"] > 0
+
+
 def test_model_experiments_rerun_only_model_stages_and_switching_back_is_cached(workspace):
     data = workspace["second"].log("1-repro")  # `dvc repro tokenize`, then `dvc exp run -S model=gemma2`
     assert all(f"Running stage '{s}'" in data for s in ("sample", "prepare", "tokenize")) and "'train'" not in data
@@ -100,7 +118,7 @@ def test_exp_show_and_metrics_diff_compare_the_models(workspace):
             metrics = (data.get("metrics") or {}).get("metrics/eval.json", {}).get("data", {})
             if metrics and data.get("rev") != "workspace":
                 found[(data.get("name") or data.get("rev"), metrics["model"])] = metrics
-    assert {m for _, m in found} == {"llama3", "tfidf"}, found.keys()
+    assert {m for _, m in found} == {"llama3", "tfidf", "mistral"}, found.keys()
     diff = ws.log("7-diff")
     assert "metrics/eval.json" in diff and "log_loss" in diff and "seconds_per_sample" in diff
 

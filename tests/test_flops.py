@@ -1,17 +1,25 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
+from prefbench.batching import collate, masks_padding
 from prefbench.config import load_params
 from prefbench.flops import attention_pairs, forward_flops, layer_windows, lora_train_flops
-from prefbench.models import count_parameters, label_config_kwargs, load_model, resolve_attention
+from prefbench.models import count_parameters, label_config_kwargs, load_model, load_tokenizer, resolve_attention
 from prefbench.lora import add_lora
 from tests.conftest import ROOT
 
-MM, BMM = torch.ops.aten.mm, torch.ops.aten.bmm
+MM, ADDMM, BMM = torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm
+# Qwen2 and Mistral with a sliding window on every layer (Mistral v0.1's kind; v0.3 has none) or on
+# the upper layers (Qwen2 with use_sliding_window), cut to 16 tokens: variants of the tiny models,
+# so the window is checked where the shipped configs have none.
+WINDOWED = {"tiny-mistral": {"sliding_window": 16},
+            "tiny-qwen2": {"use_sliding_window": True, "sliding_window": 16, "max_window_layers": 2,
+                           "layer_types": None}}
 
 def full_size(name):
     config = AutoConfig.from_pretrained(ROOT / "models" / name, **label_config_kwargs())
@@ -26,11 +34,25 @@ def counted(fn) -> dict:
     return dict(counter.get_flop_counts()["Global"])
 
 def not_matmul_weights(model) -> int:
-    """Non-embedding parameters that multiply no activation matrix: the RMSNorm scales (elementwise).
-    flops.py counts 2 FLOPs per non-embedding weight per token, these included (under 1e-5 of the
-    full-size models, 0.3-0.4% of the tiny ones); FlopCounterMode rightly counts no FLOPs for them."""
-    return sum(p.numel() for m in model.modules() if not isinstance(m, (torch.nn.Linear, torch.nn.Embedding))
-               for p in m.parameters(recurse=False))
+    """Non-embedding parameters that multiply no activation matrix: the RMSNorm scales and Qwen2's
+    q/k/v biases (elementwise). flops.py counts 2 FLOPs per non-embedding weight per token, these
+    included (under 1e-4 of the full-size models, 0.3-0.7% of the tiny ones); FlopCounterMode
+    rightly counts no FLOPs for them (a bias makes a linear layer's mm an addmm, of the same FLOPs)."""
+    norms = sum(p.numel() for m in model.modules() if not isinstance(m, (torch.nn.Linear, torch.nn.Embedding))
+                for p in m.parameters(recurse=False))
+    return norms + sum(m.bias.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m.bias is not None)
+
+def matmuls(ops: dict) -> int:
+    """The counter's FLOPs of linear layers: mm, and addmm where the layer has a bias (Qwen2's q/k/v)."""
+    return ops.get(MM, 0) + ops.get(ADDMM, 0)
+
+def tiny_config(name: str, windowed: bool = False):
+    """models/<name>'s config as a 3-class classifier, or its WINDOWED variant."""
+    config = AutoConfig.from_pretrained(ROOT / "models" / name, **label_config_kwargs())
+    if windowed:
+        config = config.__class__(**{**config.to_dict(), **WINDOWED[name]})
+    config.pad_token_id = 0
+    return config
 
 def test_attention_pairs_causal_and_sliding():
     assert attention_pairs(1, None) == 1
@@ -48,22 +70,35 @@ def test_gemma2_alternates_sliding_window_layers():
     assert windows.count(4096) == 21
     llama, _ = full_size("llama3-8b")
     assert layer_windows(llama) == [None] * 32
+    # Qwen2-7B and Mistral-7B-v0.3: full attention everywhere (Qwen2's use_sliding_window is off)
+    assert layer_windows(full_size("qwen2-7b")[0]) == [None] * 28
+    assert layer_windows(full_size("mistral-7b")[0]) == [None] * 32
 
-@pytest.mark.parametrize("name", ["tiny-llama3", "tiny-gemma2"])
-def test_forward_flops_match_torch_flop_counter(name):
+def test_windowed_variants_slide_where_their_attention_does():
+    """Mistral applies `sliding_window` on every layer (no layer_types); Qwen2 on the layers from
+    max_window_layers on, when use_sliding_window is set."""
+    assert layer_windows(tiny_config("tiny-mistral", windowed=True)) == [16] * 4
+    assert layer_windows(tiny_config("tiny-qwen2", windowed=True)) == [None, None, 16, 16]
+    assert layer_windows(tiny_config("tiny-qwen2")) == [None] * 4
+
+@pytest.mark.parametrize("name,windowed", [("tiny-llama3", False), ("tiny-gemma2", False), ("tiny-qwen2", False),
+                                           ("tiny-mistral", False), ("tiny-qwen2", True), ("tiny-mistral", True)])
+def test_forward_flops_match_torch_flop_counter(name, windowed):
     """flops.py's forward count against torch's FlopCounterMode on a real forward, exactly.
 
     Two differences are accounted for, not tolerated: (1) eager attention computes QK^T and PV over
     the full n x n square and masks afterwards, so the counter sees 4 * heads * head_dim * n^2 per
     layer, while flops.py counts only the query-key pairs the mask keeps (causal; `window` keys on
-    Gemma2's sliding layers): the pairs are counted from the mask the model itself builds for each
-    layer and the counter's dense cost is scaled to them. (2) flops.py counts the RMSNorm scales as
-    weights (2 FLOPs each per token); they are elementwise, so the counter has no FLOPs for them.
+    Gemma2's sliding layers, and the windowed Qwen2 and Mistral variants): the pairs are counted
+    from the mask the model itself builds for each layer and the counter's dense cost is scaled to
+    them. (2) flops.py counts the RMSNorm scales and Qwen2's q/k/v biases as weights (2 FLOPs each
+    per token); they are elementwise, so the counter has no FLOPs for them.
     Eager, not sdpa: on a CPU, sdpa runs aten._scaled_dot_product_flash_attention_for_cpu, which
-    the counter has no formula for (it would count no attention at all). Lengths 65 and 150 pass
-    tiny Gemma2's 64-token window."""
-    config = AutoConfig.from_pretrained(ROOT / "models" / name, **label_config_kwargs())
-    config.pad_token_id = 0
+    the counter has no formula for (it would count no attention at all); that sdpa and eager slide
+    the same window is test_sliding_window_is_the_same_under_eager_and_sdpa's. One unpadded
+    sequence a forward (the counter sees the padded square). Lengths 65 and 150 pass tiny Gemma2's
+    64-token window, 37 and up the variants' 16."""
+    config = tiny_config(name, windowed)
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager",
                                                            dtype=torch.float64).eval()
@@ -74,7 +109,10 @@ def test_forward_flops_match_torch_flop_counter(name):
     non_emb = count_parameters(model)["params_non_embedding"]
     norms = not_matmul_weights(model)
     windows = layer_windows(config)
-    assert None in windows and (name == "tiny-llama3" or 64 in windows)  # Gemma2: both kinds of layer
+    # both kinds of layer where the config has them (Gemma2, windowed Qwen2), every layer sliding
+    # (windowed Mistral) or none (Llama3 and the shipped Qwen2 and Mistral)
+    slides = {"tiny-gemma2": {None, 64}}.get(name, {None, 16} if name == "tiny-qwen2" else {16})
+    assert set(windows) == (slides if windowed or name == "tiny-gemma2" else {None}), windows
     total = 0.0
     lengths = (1, 37, 64, 65, 150)
     for n in lengths:
@@ -82,18 +120,20 @@ def test_forward_flops_match_torch_flop_counter(name):
         ids = torch.randint(5, config.vocab_size, (1, n))
         with torch.no_grad():
             ops = counted(lambda: model(input_ids=ids))
-        assert set(ops) == {MM, BMM}, ops  # linear layers (mm) and eager attention (bmm), nothing else
+        # linear layers (mm; addmm with a bias) and eager attention (bmm), nothing else
+        assert set(ops) == ({MM, ADDMM, BMM} if name == "tiny-qwen2" else {MM, BMM}), ops
         assert len(masks) == config.num_hidden_layers
         # an additive float mask: 0 where a query attends a key, the dtype's minimum where it does not
         kept = [int((m == 0).sum()) if m.dtype != torch.bool else int(m.sum()) for m in masks]
         assert kept == [attention_pairs(n, w) for w in windows], (n, kept)
         dense = ops[BMM] / (config.num_hidden_layers * n * n)  # counter's attention FLOPs per query-key pair
-        expected = ops[MM] + 2 * norms * n + dense * sum(kept)
+        expected = matmuls(ops) + 2 * norms * n + dense * sum(kept)
         assert forward_flops(config, non_emb, [n]) == pytest.approx(expected, rel=1e-12), n
         total += expected
     assert forward_flops(config, non_emb, lengths) == pytest.approx(total, rel=1e-12)
 
-@pytest.mark.parametrize("folder,key", [("llama3-8b", "llama3"), ("gemma2-9b", "gemma2")])
+@pytest.mark.parametrize("folder,key", [("llama3-8b", "llama3"), ("gemma2-9b", "gemma2"), ("qwen2-7b", "qwen2"),
+                                        ("mistral-7b", "mistral")])
 def test_lora_training_flops_match_torch_flop_counter(folder, key):
     """lora_train_flops against torch's FlopCounterMode on one forward + backward of the full-size
     architecture with the pipeline's LoRA (params.yaml), on the meta device (shapes only, no memory),
@@ -122,10 +162,10 @@ def test_lora_training_flops_match_torch_flop_counter(folder, key):
     with torch.no_grad():
         fwd = counted(lambda: model(input_ids=ids))
     train = counted(lambda: model(input_ids=ids, labels=torch.tensor([1], device="meta")).loss.backward())
-    assert set(train) == {MM, BMM}, train
+    assert set(train) <= {MM, ADDMM, BMM}, train
     assert train[BMM] == 3 * fwd[BMM]  # attention backward: grads of Q, K, scores and V, 2x the forward
     pairs = sum(attention_pairs(n, w) for w in layer_windows(config))
-    base_matmuls = train[MM] - 2 * score * n + 2 * qkv0 * n + 4 * norms * n  # + LoRA's own, left in
+    base_matmuls = matmuls(train) - 2 * score * n + 2 * qkv0 * n + 4 * norms * n  # + LoRA's own, left in
     expected = base_matmuls + train[BMM] * pairs / (layers * n * n)
     formula = lora_train_flops(config, non_emb, [n])
 
@@ -143,13 +183,13 @@ def test_sliding_window_cuts_flops_only_past_the_window():
     assert forward_flops(g, gn, [4000]) == forward_flops(full, gn, [4000])
     assert forward_flops(g, gn, [8000]) < forward_flops(full, gn, [8000])
 
-@pytest.mark.parametrize("key", ["llama3", "gemma2"])
-def test_auto_attention_on_cpu_loads_and_computes_the_eager_reference(key, tiny_llama_tok, tiny_gemma_tok):
+@pytest.mark.parametrize("key", ["llama3", "gemma2", "qwen2", "mistral"])
+def test_auto_attention_on_cpu_loads_and_computes_the_eager_reference(key):
     """What `auto` picks on this CPU must be an implementation transformers accepts for the family
     (it refuses sdpa for Gemma2: no softcap) and give the logits of eager attention, the reference
     that applies Gemma2's softcap, on a padded batch (the score head is seeded: the same in both)."""
-    tok = tiny_llama_tok if key == "llama3" else tiny_gemma_tok
     cfg = load_params(ROOT / "params.yaml").models[key]
+    tok = load_tokenizer(cfg.pretrained)
     assert cfg.attn_implementation == "auto"
     cpu = torch.device("cpu")
     auto = load_model(cfg, tok.pad_token_id, cpu)[0].eval()
@@ -163,6 +203,30 @@ def test_auto_attention_on_cpu_loads_and_computes_the_eager_reference(key, tiny_
     if key == "gemma2":
         with pytest.raises(ValueError, match="scaled_dot_product_attention"):
             AutoModelForSequenceClassification.from_config(auto.config, attn_implementation="sdpa")
+
+@pytest.mark.parametrize("name", ["tiny-mistral", "tiny-qwen2"])
+def test_sliding_window_is_the_same_under_eager_and_sdpa(name):
+    """The windowed variants (WINDOWED: 16 tokens) on a batch as the pipeline pads it (right
+    padding; pads left unmasked under eager with a window: prefbench.batching.masks_padding), rows
+    of 40 and 12 tokens: sdpa gives eager's logits, and the long row's differ from the same
+    weights without the window, so the window is applied, the same one, under either attention
+    `auto` may pick on a GPU without flash-attn-4 or on this CPU. (Gemma2's window is eager's
+    only: sdpa is refused.)"""
+    seqs = [np.arange(40) % 900 + 5, np.arange(12) + 7]
+    logits = {}
+    for windowed in (True, False):
+        for attn in ("eager", "sdpa"):
+            torch.manual_seed(0)
+            model = AutoModelForSequenceClassification.from_config(tiny_config(name, windowed), attn_implementation=attn,
+                                                                   dtype=torch.float64).eval()
+            with torch.no_grad():
+                logits[windowed, attn] = model(**collate(seqs, 0, mask_padding=masks_padding(model))).logits
+    for windowed in (True, False):
+        assert torch.isfinite(logits[windowed, "eager"]).all()
+        # CPU sdpa rounds ~1e-7 relative away from eager, fp64 (as Llama3 above); the window moves logits far more
+        torch.testing.assert_close(logits[windowed, "sdpa"], logits[windowed, "eager"], rtol=1e-6, atol=1e-7)
+    assert (logits[True, "eager"][0] - logits[False, "eager"][0]).abs().max() > 1e-4  # the long row: windowed
+    torch.testing.assert_close(logits[True, "eager"][1], logits[False, "eager"][1])  # 12 tokens: within it
 
 # (GPU run, settings held equal): attention side by sides of 2026-11 (made by the benchmark scripts
 # of commit 29c075c, kept as test data: the evidence behind `auto`). The H100 run had flash-attn-4

@@ -6,15 +6,20 @@ import yaml
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from prefbench.config import ParamsError, load_params, parse_params
+from prefbench.flops import head_dim
 from prefbench.models import count_parameters, has_weights, label_config_kwargs, load_model, resolve_dtype
 from tests import forked
 from tests.conftest import ROOT
 
 
-# The published sizes less the LM head (Llama3's own 128256 x 4096; Gemma2 ties it to the embedding)
-# plus our 3-class score head (3 x hidden): 8,030,261,248 - 525,336,576 + 12,288 and 9,241,705,984 + 10,752.
+# The published sizes less the LM head (Llama3's own 128256 x 4096, Qwen2's 152064 x 3584, Mistral's
+# 32768 x 4096; Gemma2 ties it to the embedding) plus our 3-class score head (3 x hidden):
+# 8,030,261,248 - 525,336,576 + 12,288; 9,241,705,984 + 10,752; 7,615,616,512 - 544,997,376 + 10,752;
+# 7,248,023,552 - 134,217,728 + 12,288.
 @pytest.mark.parametrize("folder,total,norms_per_layer", [("gemma2-9b", 9_241_716_736, 4),
-                                                          ("llama3-8b", 7_504_936_960, 2)])
+                                                          ("llama3-8b", 7_504_936_960, 2),
+                                                          ("qwen2-7b", 7_070_629_888, 2),
+                                                          ("mistral-7b", 7_113_818_112, 2)])
 def test_full_size_parameter_counts_are_exact(folder, total, norms_per_layer):
     config = AutoConfig.from_pretrained(ROOT / "models" / folder, **label_config_kwargs())
     with torch.device("meta"):
@@ -24,10 +29,11 @@ def test_full_size_parameter_counts_are_exact(folder, total, norms_per_layer):
     assert counts["params_embedding"] == config.vocab_size * config.hidden_size
     # non-embedding from the architecture: per layer q, k, v, o (grouped k/v heads), the gated MLP's
     # three matrices and the RMSNorm scales (Gemma2 has pre- and post-norms on both blocks); then the
-    # final norm and the score head. No biases in either family.
-    h, d = config.hidden_size, config.head_dim
+    # final norm and the score head. Biases on Qwen2's q, k and v only.
+    h, d = config.hidden_size, head_dim(config)  # Qwen2 configs have no head_dim: hidden / heads
     q, kv = config.num_attention_heads * d, config.num_key_value_heads * d
     layer = 2 * h * q + 2 * h * kv + 3 * h * config.intermediate_size + norms_per_layer * h
+    layer += (q + 2 * kv) if config.model_type == "qwen2" else 0
     assert counts["params_non_embedding"] == config.num_hidden_layers * layer + h + 3 * h
     assert not has_weights(str(ROOT / "models" / folder))  # config only: random-init timing runs
 
@@ -54,6 +60,38 @@ def test_tiny_models_keep_family_traits():
     assert l.num_attention_heads // l.num_key_value_heads == 4
 
 
+def test_qwen2_and_mistral_tiny_models_keep_family_traits():
+    q = AutoConfig.from_pretrained(ROOT / "models" / "tiny-qwen2")
+    m = AutoConfig.from_pretrained(ROOT / "models" / "tiny-mistral")
+    for c in (q, m):
+        assert c.num_attention_heads // c.num_key_value_heads == 4 and not c.tie_word_embeddings
+        assert c.sliding_window is None  # Qwen2-7B: use_sliding_window off; Mistral v0.3: none
+    model = AutoModelForSequenceClassification.from_config(q)
+    attn = model.model.layers[0].self_attn
+    assert all(getattr(attn, p).bias is not None for p in ("q_proj", "k_proj", "v_proj")) and attn.o_proj.bias is None
+    for folder in ("qwen2-7b", "mistral-7b"):
+        full = AutoConfig.from_pretrained(ROOT / "models" / folder)
+        assert full.sliding_window is None and not full.tie_word_embeddings
+        assert full.rope_parameters["rope_theta"] == 1e6
+
+
+@pytest.mark.parametrize("folder", ["tiny-llama3", "tiny-gemma2", "tiny-qwen2", "tiny-mistral"])
+def test_pad_token_is_the_familys_own_or_eos(folder):
+    """prefbench.families' `pad` says which tokenizers come with a pad token (Gemma2's <pad>,
+    Qwen2's <|endoftext|>) and which are padded with EOS (Llama3, Mistral): the shipped tokenizers
+    are laid out so, and load_tokenizer pads the latter with EOS."""
+    from transformers import AutoTokenizer
+
+    from prefbench.families import family_of
+    from prefbench.models import load_tokenizer
+    family = family_of(AutoConfig.from_pretrained(ROOT / "models" / folder))
+    assert family.known
+    raw = AutoTokenizer.from_pretrained(ROOT / "models" / folder)
+    tok = load_tokenizer(str(ROOT / "models" / folder))
+    assert (raw.pad_token_id is not None) == (family.pad == "own")
+    assert tok.pad_token_id == (raw.pad_token_id if family.pad == "own" else raw.eos_token_id) is not None
+
+
 def test_llama3_tokenizer_has_no_pad_and_we_pad_with_eos(tiny_llama_tok, tiny_gemma_tok):
     from transformers import AutoTokenizer
     raw = AutoTokenizer.from_pretrained(ROOT / "models" / "tiny-llama3")
@@ -62,7 +100,7 @@ def test_llama3_tokenizer_has_no_pad_and_we_pad_with_eos(tiny_llama_tok, tiny_ge
     assert tiny_gemma_tok.pad_token_id == 0
 
 
-@pytest.mark.parametrize("name", ["gemma2", "llama3"])
+@pytest.mark.parametrize("name", ["gemma2", "llama3", "qwen2", "mistral"])
 def test_four_bit_on_cpu_fails_naming_the_selected_model(name):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["model"] = name
@@ -126,6 +164,9 @@ def test_random_init_from_config_folder(tmp_path):
     ("cuda", (7, 5), True, "llama", "sdpa"),  # T4 (Kaggle)
     ("cuda", (9, 0), False, "gemma2", "eager"),  # Hopper without flash-attn-4
     ("cpu", None, True, "llama", "sdpa"),
+    ("cpu", None, True, "qwen2", "sdpa"),
+    ("cuda", (8, 0), True, "mistral", "sdpa"),
+    ("cuda", (9, 0), True, "qwen2", "flash_attention_4"),
 ])
 def test_auto_attention_picks_flash_attention_4_only_where_it_runs(device, capability, installed, model_type, expected):
     from prefbench.models import resolve_attention
@@ -156,6 +197,28 @@ def test_kernels_auto_is_liger_on_bf16_gpus_with_liger_installed(name, device, c
         "liger" if name == "liger" else "none")
 
 
+def test_a_family_outside_the_table_runs_on_the_generic_rule():
+    """A model_type prefbench has no entry for: sdpa, or eager where its config softcaps the
+    attention; kernels none under auto (said in the metrics, kernels_note), and liger fails naming
+    the key and the families Liger runs for."""
+    import types
+
+    from prefbench.families import FAMILIES, family_of
+    from prefbench.models import kernels_note, resolve_attention, resolve_kernels
+    plain = types.SimpleNamespace(model_type="phi3")
+    capped = types.SimpleNamespace(model_type="gemma3", attn_logit_softcapping=30.0)
+    assert not family_of(plain).known and family_of(plain).liger is None
+    assert resolve_attention("auto", plain) == "sdpa" and resolve_attention("auto", capped) == "eager"
+    assert resolve_attention("auto", plain, "cuda", (9, 0), True) == "flash_attention_4"
+    assert resolve_kernels("auto", "cuda", (9, 0), installed=True, family=plain) == "none"
+    assert resolve_kernels("auto", "cuda", (9, 0), installed=True, family=FAMILIES["qwen2"].model_type) == "liger"
+    assert "phi3" in kernels_note("auto", plain)["kernels_reason"]
+    assert kernels_note("none", plain) == {} and kernels_note("auto", "mistral") == {}
+    with pytest.raises(ParamsError, match=r"^models\.phi\.kernels: liger has no kernels for model type 'phi3' "
+                                          r"\(it runs for llama, gemma2, qwen2, mistral\)"):
+        resolve_kernels("liger", "cuda", (9, 0), installed=True, key="models.phi.kernels", family=plain)
+
+
 def test_kernels_liger_fails_naming_the_key_where_it_cannot_run():
     from prefbench.models import liger_installed, resolve_kernels
     with pytest.raises(ParamsError, match="models.gemma2.kernels: liger needs a CUDA GPU"):
@@ -176,8 +239,8 @@ def test_liger_rope_is_pinned_to_its_triton_kernel_unless_the_user_chose(monkeyp
     from prefbench.models import LIGER_IMPL_VARS, apply_kernels, pin_liger_rope
     calls = []
     fake = types.ModuleType("liger_kernel.transformers")
-    fake.apply_liger_kernel_to_llama = lambda **kw: calls.append(kw)
-    fake.apply_liger_kernel_to_gemma2 = lambda **kw: calls.append(kw)
+    for family in ("llama", "gemma2", "qwen2", "mistral"):
+        setattr(fake, f"apply_liger_kernel_to_{family}", lambda family=family, **kw: calls.append({"fn": family, **kw}))
     monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", fake)
     for k in LIGER_IMPL_VARS:
@@ -189,6 +252,14 @@ def test_liger_rope_is_pinned_to_its_triton_kernel_unless_the_user_chose(monkeyp
     chosen = {"LIGER_KERNEL_IMPL": "nvidia-cutedsl"}
     pin_liger_rope(chosen)
     assert chosen == {"LIGER_KERNEL_IMPL": "nvidia-cutedsl"}
+    # each family through its own function, with its gated MLP (prefbench.families), the loss untouched
+    for family, mlp in (("gemma2", "geglu"), ("qwen2", "swiglu"), ("mistral", "swiglu"), ("llama", "swiglu")):
+        calls.clear()
+        apply_kernels(types.SimpleNamespace(config=types.SimpleNamespace(model_type=family)), "liger")
+        assert [c["fn"] for c in calls] == [family] and calls[0][mlp] and calls[0]["rms_norm"]
+        assert not calls[0]["fused_linear_cross_entropy"] and not calls[0]["cross_entropy"]
+    with pytest.raises(ParamsError, match="liger has no kernels here for model type 'phi3'"):
+        apply_kernels(types.SimpleNamespace(config=types.SimpleNamespace(model_type="phi3")), "liger")
 
 
 def test_kernels_param_is_validated():

@@ -30,11 +30,11 @@ def repo(tmp_path_factory):
 
 @pytest.mark.parametrize("setting,message", [
     ("models.gemma2.max_length=long", "error: models.gemma2.max_length: expected int, got 'long'"),
-    ("model=mistral", "error: model: unknown model 'mistral'; valid: gemma2, llama3, tfidf"),
+    ("model=phi3", "error: model: unknown model 'phi3'; valid: gemma2, llama3, mistral, qwen2, tfidf"),
 ])
 def test_bad_value_fails_the_run_that_set_it(repo, setting, message):
     """llama3 is selected, so no stage but `params` reads models.gemma2; DVC's own message for an
-    unknown model would be "Parameters 'models.mistral' are missing"."""
+    unknown model would be "Parameters 'models.phi3' are missing"."""
     proc = subprocess.run([gitcopy.dvc(), "exp", "run", "-S", setting], cwd=repo, capture_output=True, text=True,
                           env=gitcopy.warm_env())
     out = proc.stdout + proc.stderr

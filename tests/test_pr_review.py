@@ -70,7 +70,7 @@ def test_the_workflows_command_writes_the_comment_its_post_step_sends(pr_repo):
 def test_comment_has_the_params_and_metrics_diffs(pr_repo, tmp_path):
     params = pr_repo / "params.yaml"
     text = params.read_text()
-    assert text.count("    lora_r: 8\n") == 2
+    assert text.count("    lora_r: 8\n") == 4  # one per LLM entry; the first, llama3 (selected), changes
     params.write_text(text.replace("    lora_r: 8\n", "    lora_r: 16\n", 1))
     path = pr_repo / "metrics" / "eval.json"
     metrics = json.loads(path.read_text())

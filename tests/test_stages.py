@@ -24,7 +24,7 @@ def run_stage(name: str, *args: str, env: dict[str, str] | None = None) -> str:
     return proc.stdout
 
 
-@pytest.fixture(params=["llama3", "gemma2"])
+@pytest.fixture(params=["llama3", "gemma2", "qwen2", "mistral"])
 def pipeline(request, workspace):
     """One model's run of every stage, as `make repro` / `dvc exp run` ran them in the session's
     shared run (tests/workspace.py)."""
