@@ -16,7 +16,7 @@ architectures, random-init weights, real arena lengths; `--models` picks others)
              (benchmarks/pipeline.py), and a profile of its steps by kernel category
   t4_path    the Kaggle 2xT4 software path on this card (fp16, memory capped at 15 GB, no fused
              kernels, Gemma2 4-bit against Llama3 8-bit and 4-bit; benchmarks/t4_path.py)
-The evaluate and train parts run the stages themselves for `--stage-models`, by default the first
+The evaluate and train parts (and the fp8 cells) run for `--stage-models`, by default the first
 two of the default models (Llama3-8B and Gemma2-9B): a full-size run costs minutes of GPU time.
 into OUT: <part>.json, <part>.log, and headline.json + MANIFEST.md merged from every part there.
 
@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="parts to run, comma-separated (inference, evaluate, train, t4_path); merged with those already in OUT")
     run.add_argument("--models", help="folders under models/ for inference (default: "
                      f"{','.join(settings.MODELS)} on a GPU, {','.join(settings.TINY_MODELS)} on a CPU)")
-    run.add_argument("--stage-models", help="folders under models/ for the evaluate and train parts (default: the "
+    run.add_argument("--stage-models", help="folders under models/ for the evaluate and train parts and the "
+                     "inference part's fp8 cells (default: the "
                      f"first {settings.TRAIN_FAMILIES} of the default models: "
                      f"{','.join(settings.MODELS[:settings.TRAIN_FAMILIES])} on a GPU, "
                      f"{','.join(settings.TINY_MODELS[:settings.TRAIN_FAMILIES])} on a CPU)")

@@ -76,7 +76,7 @@ def run(out: Path, parts: list[str], models: list[str], rows: int, reps: int, st
             write_json(out / f"{part}.json", doc)
 
         if part == "inference":
-            inference.run(models, rows, reps, dev, peak, sheet, record, log)
+            inference.run(models, rows, reps, dev, peak, sheet, record, log, fp8_models=stage_models)
         elif part == "t4_path":
             t4_path.run(t4_rows, reps, dev, record, log)
             doc["summary"] = t4_path.summarise(doc["models"], doc["meta"]["device"]["name"])

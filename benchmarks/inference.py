@@ -114,7 +114,7 @@ def profile_pass(run_once, rows: int, dev: torch.device) -> dict:
 
 
 def measure_model(name: str, rows: int, reps: int, dev: torch.device, peak: float, sheet: float | None,
-                  log=print) -> dict:
+                  log=print, fp8: bool = True) -> dict:
     """Both cells and the profile of one model (see the module docstring)."""
     on_gpu = dev.type == "cuda"
     params = bench_params(name, on_gpu)
@@ -185,8 +185,11 @@ def measure_model(name: str, rows: int, reps: int, dev: torch.device, peak: floa
     profile = profile_pass(lambda: (packed_once if packed else padded_once)(False), len(seqs), dev)
     log(f"{name} profile of the default path: {profile['by_category_ms_per_sample']} ms/sample")
     layout = "packed" if packed else "padded"
-    fp8, fp8_eager = fp8_cells(model, cfg, dev, dtype, capability,
-                               lambda label: cell(packed_once if packed else padded_once, layout, label), log)
+    if fp8:
+        fp8, fp8_eager = fp8_cells(model, cfg, dev, dtype, capability,
+                                   lambda label: cell(packed_once if packed else padded_once, layout, label), log)
+    else:
+        fp8 = fp8_eager = {"skipped": "not asked for this model (the fp8 cells run for --stage-models)"}
     for c in (fp8, fp8_eager):
         if "s_per_sample" in c:
             c["over_bf16_default"] = c["s_per_sample"] / default["s_per_sample"]
@@ -226,12 +229,14 @@ def fp8_cells(model, cfg, dev: torch.device, dtype: torch.dtype, capability, mea
 
 
 def run(models: list[str], rows: int, reps: int, dev: torch.device, peak: float, sheet: float | None,
-        record, log=print) -> dict:
-    """Every model's cells; `record(name, result_or_failure)` after each, so a failure keeps the rest."""
+        record, log=print, fp8_models: list[str] | None = None) -> dict:
+    """Every model's cells (the fp8 ones for `fp8_models`, default all); `record(name, result_or_failure)`
+    after each, so a failure keeps the rest."""
     out = {}
     for name in models:
         try:
-            out[name] = measure_model(name, rows, reps, dev, peak, sheet, log)
+            out[name] = measure_model(name, rows, reps, dev, peak, sheet, log,
+                                      fp8=fp8_models is None or name in fp8_models)
         except Exception as e:  # noqa: BLE001  one model's failure is recorded, the other still runs
             out[name] = {"failed": f"{type(e).__name__}: {str(e)[:600]}"}
             log(f"{name}: inference failed: {out[name]['failed']}")
