@@ -63,14 +63,16 @@ def models(h: dict) -> list[str]:
 def headline_block(folder: Path, rel: str = "") -> str:
     """README: one row per model, the ratio under it, a link to docs/performance.md."""
     h = load(folder)
-    rows = ["| model | default path s/sample (MFU) | padded s/sample (MFU) | evaluate stage s/sample "
-            "| train stage MFU, all steps / steady |", "|---|---|---|---|---|"]
+    rows = ["| model | default path s/sample (MFU) | padded s/sample (MFU) | fp8 s/sample (x bf16) | evaluate stage s/sample "
+            "| train stage MFU, all steps / steady |", "|---|---|---|---|---|---|"]
     for name in models(h):
         inf = h.get("inference", {}).get(name)
         ev = h.get("evaluate_stage", {}).get(name)
         tr = h.get("train_stage", {}).get(name)
         cells = [f"{f(inf['default']['s_per_sample'])} ({f(inf['default']['mfu'], 2)})" if inf else "not run",
                  f"{f(inf['padded']['s_per_sample'])} ({f(inf['padded']['mfu'], 2)})" if inf else "not run",
+                 (f"{f(inf['fp8']['s_per_sample'])} ({f(inf['fp8']['over_bf16_default'], 2)}x)"
+                  if inf and "s_per_sample" in inf.get("fp8", {}) else "not run"),
                  f(ev["s_per_sample"]) if ev else "not run",
                  f"{f(tr['mfu'], 2)} / {f(tr['steady_mfu'], 2)}" if tr else "not run"]
         rows.append(f"| {label(name)} | " + " | ".join(cells) + " |")
@@ -80,6 +82,11 @@ def headline_block(folder: Path, rel: str = "") -> str:
                 f"per sample on the default path ({f(h['s_per_sample_ratio_gemma2_over_llama3']['padded'], 2)}x padded) "
                 f"for {f(h['flop_ratio_gemma2_over_llama3'], 2)}x its FLOPs on the same rows. MFU is against the bf16 "
                 f"matmul peak measured in the same run ({tflops(h['peak_bf16_flops_measured'])} TFLOP/s).")
+    t4 = h.get("t4_path", {})
+    if "ratio_gemma2_4bit_over_llama3_8bit" in t4:
+        out += (f" On Kaggle's T4 software path (fp16, eager attention for Gemma2, no fused kernels, 15 GB), run on "
+                f"this card, Gemma2-9B 4-bit takes {f(t4['ratio_gemma2_4bit_over_llama3_8bit'], 2)}x Llama3-8B 8-bit's "
+                f"time and {f(t4.get('ratio_gemma2_4bit_over_llama3_4bit'), 2)}x Llama3-8B 4-bit's.")
     out += f"\n\nMeasured on {card_line(h, folder).format(rel=rel)}; why, and the profiles: [docs/performance.md]({rel}docs/performance.md)."
     return out
 
