@@ -85,8 +85,14 @@ def measure_cell(cell: str, name: str, quantization: str, attn: str | None, soft
     if not softcap:
         drop_softcap_(model)
     counts = count_parameters(model)
-    # the adapter as evaluate loads it onto a quantised base: LoRA layers kept (no merge), fp32
-    model = prepare_for_inference(add_lora(model, dataclasses.replace(cfg, quantization="none")), cfg).eval()
+    # the adapter as evaluate loads it onto a quantised base (PeftModel.from_pretrained): LoRA layers
+    # kept (no merge) in fp32, the score head's copy in the base's fp16 (add_lora, made for training,
+    # gives it fp32 master weights)
+    model = add_lora(model, dataclasses.replace(cfg, quantization="none"))
+    for n, p in model.named_parameters():
+        if "lora_" not in n and p.dtype == torch.float32:
+            p.data = p.data.to(dtype)
+    model = prepare_for_inference(model, cfg).eval()
     gc.collect()
     torch.cuda.empty_cache()
     weights_gb = torch.cuda.memory_allocated(dev) / 1e9
