@@ -25,7 +25,7 @@ from prefbench.lora import add_lora
 from prefbench.models import load_model, load_tokenizer
 from prefbench.train import train
 
-WARM_STEPS, PROFILED_STEPS = 6, 4
+WARM_STEPS, PROFILED_STEPS = 4, 3
 
 
 def profile_train(name: str, dev: torch.device, log=print) -> dict:
