@@ -253,6 +253,10 @@ def t4_block(folder: Path) -> str:
     rows = ["| cell | attention | batch | s/sample | weights GB | peak GB (cap) | logits finite | "
             "projected hours, 25k rows on 2xT4 |", "|---|---|---|---|---|---|---|---|"]
     proj = t.get("projection", {}).get("hours_2xT4", {})
+    failed = {n["what"].removeprefix("t4_path."): n["reason"] for n in h["not_run"] if n["what"].startswith("t4_path.")}
+    for cell in T4_CELLS:
+        if cell in failed:
+            rows.append(f"| {T4_CELLS[cell]} | failed: {failed[cell][:160]} | | | | | | |")
     for cell, c in t["cells"].items():
         if "s_per_sample" not in c:
             rows.append(f"| {T4_CELLS.get(cell, cell)} | not run: {str(c.get('skipped'))[:120]} | | | | | | |")
@@ -287,9 +291,15 @@ def t4_block(folder: Path) -> str:
 
 def not_run_block(folder: Path) -> str:
     h = load(folder)
-    if not h["not_run"]:
+    unfinished = [p for p, v in h["parts"].items() if v.get("seconds") is None]
+    absent = [p for p in ("inference", "evaluate", "train", "t4_path") if p not in h["parts"]]
+    lines = [f"- `{n['what']}`: {n['reason'][:300]}" for n in h["not_run"]]
+    lines += [f"- the `{p}` part stopped before it finished (its file has no `seconds`): the models it had not "
+              f"recorded have no `{p}` results here" for p in unfinished]
+    lines += [f"- the `{p}` part did not run into this folder" for p in absent]
+    if not lines:
         return "Every cell of the run ran."
-    return "Not run in this results folder:\n\n" + "\n".join(f"- `{n['what']}`: {n['reason'][:300]}" for n in h["not_run"])
+    return "Not run in this results folder:\n\n" + "\n".join(lines)
 
 
 FULL_SIZE = ("llama3-8b", "gemma2-9b", "qwen2-7b", "mistral-7b")  # the shipped configs the families table shows
