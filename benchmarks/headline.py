@@ -67,6 +67,11 @@ def run(out: Path, parts: list[str], models: list[str], rows: int, reps: int, st
         doc = {"part": part, "meta": meta(dev, peak, argv),
                "settings": {"rows": t4_rows if part == "t4_path" else rows, "reps": reps, "steps": steps},
                "models": {}}
+        running = models if part == "inference" else stage_models if part in ("evaluate", "train") else None
+        kept = kept_models(out / f"{part}.json", doc, running)
+        if kept:
+            doc["models"] = kept["models"]
+            doc["kept_from"] = {k: v for k, v in kept.items() if k != "models"} | {"models": list(kept["models"])}
         sheet = doc["meta"]["peak_bf16_flops_datasheet"]
         log(f"{part} on {doc['meta']['device']['name']}: bf16 matmul peak {peak / 1e12:.1f} TFLOP/s measured"
             + (f", datasheet {sheet / 1e12:.0f}" if sheet else ""))
@@ -101,6 +106,23 @@ def run(out: Path, parts: list[str], models: list[str], rows: int, reps: int, st
         log(f"{part} done in {doc['seconds']:.0f} s")
         log.close()
     return merge(out)
+
+
+def kept_models(path: Path, doc: dict, running: list[str] | None) -> dict | None:
+    """The models of an earlier run of this part in `path` that this run keeps: those it does not
+    run again, when that run finished on the same card, code and settings (so one folder can be
+    filled by several commands, e.g. `--stage-models gemma2-9b` after `--stage-models llama3-8b`).
+    None when there is nothing to keep."""
+    if running is None or not path.exists():
+        return None
+    old = json.loads(path.read_text())
+    same = (old.get("seconds") is not None and old.get("settings") == doc["settings"]
+            and old["meta"]["code_digest"] == doc["meta"]["code_digest"]
+            and old["meta"]["device"].get("name") == doc["meta"]["device"].get("name"))
+    models = {k: v for k, v in old.get("models", {}).items() if k not in running and "failed" not in v}
+    if not (same and models):
+        return None
+    return {"command": old["meta"]["command"], "date": old["meta"]["date"], "models": models}
 
 
 def train_profile_or_failure(name: str, dev, log) -> dict:
@@ -140,6 +162,7 @@ def merge(out: Path) -> dict:
             "peak_bf16_flops_datasheet": m["peak_bf16_flops_datasheet"],
             "parts": {p: pick(d["meta"], "command", "date", "commit", "code_digest") | {"settings": d["settings"],
                                                                                          "seconds": d.get("seconds")}
+                      | ({"kept_from": d["kept_from"]} if d.get("kept_from") else {})
                       for p, d in docs.items()},
             "not_run": []}
     devices = {d["meta"]["device"]["name"] for d in docs.values()}
@@ -234,6 +257,9 @@ def manifest(head: dict, docs: dict) -> str:
              "", "| part | command | date | commit | code digest | seconds |", "|---|---|---|---|---|---|"]
     for part, p in head["parts"].items():
         lines.append(f"| {part} | `{p['command']}` | {p['date']} | {p['commit']} | {p['code_digest']} | {p['seconds']} |")
+        if p.get("kept_from"):
+            k = p["kept_from"]
+            lines.append(f"| {part} (kept: {', '.join(k['models'])}) | `{k['command']}` | {k['date']} | same | same | |")
     lines += ["", "Files: `headline.json` (merged by the command from the part files), `<part>.json` (every "
               "cell), `<part>.log` (the raw log, stage output included).", ""]
     if head["not_run"]:

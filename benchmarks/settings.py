@@ -41,8 +41,8 @@ def family_keys() -> dict[str, str]:
 
 # One GPU, 8-9B models (README, "On a GPU"): prompt + both responses in 1024 tokens; training in
 # packed batches of 8192 tokens without gradient checkpointing (fits 80 GB for both models);
-# packed inference forwards of 65536 tokens (on one H100: MFU 0.844 / 0.816 for Llama3 / Gemma2
-# against 0.828 / 0.796 at 16384, fewer and longer matmuls; a dev probe, benchmarks/README.md);
+# packed inference forwards of 65536 tokens (fewer, longer matmuls than params.yaml's 16384, which
+# suits smaller cards; an 8-9B model's activations for 65536 tokens fit 80 GB);
 # learning rate for 8-9B LoRA (the tiny defaults' 3e-3 is for the tiny models).
 GPU_MODEL = {"max_length": 1024, "train_token_budget": 8192, "gradient_checkpointing": False, "eval_batch_size": 16,
              "token_budget": 65536}

@@ -2,7 +2,8 @@
 
 On a T4 (compute capability 7.5, 16 GB, no bf16, no flash-attn-4, no Liger) `auto` resolves to
 fp16, Gemma2 eager attention (its softcap) and Llama3 sdpa, no fused kernels, padded batches (no
-varlen attention kernel: rows cannot be packed), and a 9B model fits only quantised. This part runs
+varlen attention kernel: rows cannot be packed) of the largest of T4_BATCHES rows that fits, and a
+9B model fits only quantised. This part runs
 exactly that path (prefbench.models.load_model, a LoRA adapter kept unmerged as evaluate keeps it on
 a quantised base, prefbench.infer.predict) on this GPU with its memory capped at T4_MEMORY_GB
 (`torch.cuda.set_per_process_memory_fraction`; the random-init weights are made and quantised before
@@ -32,6 +33,7 @@ from benchmarks.card import ROOT
 from benchmarks.lengths import bench_lengths, bench_sequences
 from benchmarks.settings import bench_params
 from prefbench.batching import pad_multiple_for
+from prefbench.device_errors import BatchOutOfMemoryError
 from prefbench.flops import forward_flops
 from prefbench.infer import predict
 from prefbench.lora import add_lora
@@ -39,7 +41,10 @@ from prefbench.models import count_parameters, load_model, prepare_for_inference
 
 T4_CAPABILITY = (7, 5)
 T4_MEMORY_GB = 15.0  # a T4's 16 GB less what the CUDA context and the driver keep
-T4_BATCH = 8  # rows per padded batch at max_length 1024 (eager Gemma2: 8 x 16 heads x 1024^2 fp32 scores = 0.5 GB a layer)
+# rows per padded batch at max_length 1024, the first that fits the cap (eager Gemma2: 8 x 16 heads x 1024^2
+# fp32 scores = 0.5 GB a layer); on one H100 at 1c74f60 Gemma2-9B 4-bit did not fit 15 GB at 8 rows
+T4_BATCHES = (8, 4, 2, 1)
+T4_BATCH = T4_BATCHES[0]
 PAD_ID = 0  # bench_sequences draws no id below 10
 # (cell, model folder, quantization, attention override, softcap kept)
 CELLS = (("gemma2_4bit", "gemma2-9b", "4bit", None, True),
@@ -102,20 +107,33 @@ def measure_cell(cell: str, name: str, quantization: str, attn: str | None, soft
     config = model.config
     lengths = bench_lengths(rows, cfg.max_length, seed=0)
     seqs = bench_sequences(lengths, config.vocab_size, seed=2)
-    passes = [predict(model, seqs, cfg.eval_batch_size, PAD_ID, dev, warmup_batches=ev.warmup_batches if i == 0 else 0,
-                      warmup_shapes=ev.warmup_shapes and i == 0, pad_multiple=pad_multiple_for(dev), cfg=cfg,
-                      name=params.model) for i in range(reps)]
+    too_big = []
+    for batch in T4_BATCHES:  # the largest batch that fits the cap, as a T4 user lowers eval_batch_size
+        cfg = dataclasses.replace(cfg, eval_batch_size=batch)
+        try:
+            passes = [predict(model, seqs, batch, PAD_ID, dev, warmup_batches=ev.warmup_batches if i == 0 else 0,
+                              warmup_shapes=ev.warmup_shapes and i == 0, pad_multiple=pad_multiple_for(dev), cfg=cfg,
+                              name=params.model) for i in range(reps)]
+            break
+        except BatchOutOfMemoryError as e:
+            too_big.append(batch)
+            log(f"t4 path {cell}: batch {batch} does not fit {T4_MEMORY_GB:g} GB ({str(e)[:120]}); halving it")
+            gc.collect()
+            torch.cuda.empty_cache()
+    else:
+        raise BatchOutOfMemoryError(f"no batch of {', '.join(map(str, T4_BATCHES))} rows fits {T4_MEMORY_GB:g} GB")
     secs = float(np.median([p["seconds"] for p in passes]))
     out = {"model": name, "family": config.model_type, "quantization": quantization,
            "attention": config._attn_implementation, "softcap": softcap, "dtype": str(dtype).removeprefix("torch."),
-           "kernels": "none", "layout": "padded", "batch_size": cfg.eval_batch_size, "rows": len(seqs),
+           "kernels": "none", "layout": "padded", "batch_size": cfg.eval_batch_size, "batches_too_big": too_big,
+           "rows": len(seqs),
            "tokens": int(lengths.sum()), "max_length": cfg.max_length,
            "s_per_sample": secs / len(seqs), "seconds_passes": [round(p["seconds"], 3) for p in passes],
            "weights_gb": round(weights_gb, 2), "peak_memory_gb": round(torch.cuda.max_memory_allocated(dev) / 1e9, 2),
            "memory_cap_gb": T4_MEMORY_GB, "finite": bool(np.isfinite(passes[0]["logits"]).all()),
            "flops_forward": forward_flops(config, counts["params_non_embedding"], lengths),
            "padding_share": round(1 - passes[0]["tokens"] / passes[0]["padded_tokens"], 4)}
-    log(f"t4 path {cell} ({quantization}, {out['attention']}, fp16, batch {T4_BATCH}): {out['s_per_sample']:.4f} s/sample, "
+    log(f"t4 path {cell} ({quantization}, {out['attention']}, fp16, batch {cfg.eval_batch_size}): {out['s_per_sample']:.4f} s/sample, "
         f"weights {out['weights_gb']} GB, peak {out['peak_memory_gb']} GB of {T4_MEMORY_GB}, finite {out['finite']}")
     return out
 

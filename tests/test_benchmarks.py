@@ -144,3 +144,26 @@ def test_a_cell_passes_only_within_the_plain_models_own_error():
     assert inference.judged(inference.errors(ref + 0.03, ref), plain)["within_tolerance"]
     assert not inference.judged(inference.errors(ref + 0.2, ref), plain)["within_tolerance"]  # a wrong function
     assert not inference.judged(inference.errors(ref * np.nan, ref), plain)["within_tolerance"]
+
+
+def test_a_part_run_again_keeps_the_models_it_does_not_rerun(tmp_path):
+    """One folder filled by several commands (`--stage-models gemma2-9b` after `--stage-models
+    llama3-8b`): an earlier finished run of the part on the same card, code and settings keeps its
+    other models; one from other code, other settings, a run cut short, or a failed model does not."""
+    from benchmarks.headline import kept_models
+
+    meta = {"command": "python -m benchmarks run --only train", "date": "d", "code_digest": "c",
+            "device": {"name": "H100"}}
+    old = {"part": "train", "meta": meta, "settings": {"rows": 8, "reps": 2, "steps": 200}, "seconds": 10.0,
+           "models": {"llama3-8b": {"mfu": 0.5}, "qwen2-7b": {"failed": "x"}}}
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(old))
+    new = {"meta": {**meta, "command": "other"}, "settings": dict(old["settings"])}
+    kept = kept_models(path, new, ["gemma2-9b"])
+    assert kept["models"] == {"llama3-8b": {"mfu": 0.5}} and kept["command"] == meta["command"]
+    assert kept_models(path, new, ["llama3-8b"]) is None  # rerun: nothing else to keep
+    assert kept_models(path, {**new, "meta": {**meta, "code_digest": "other"}}, ["gemma2-9b"]) is None
+    assert kept_models(path, {**new, "settings": {**old["settings"], "steps": 64}}, ["gemma2-9b"]) is None
+    path.write_text(json.dumps({**old, "seconds": None}))
+    assert kept_models(path, new, ["gemma2-9b"]) is None
+    assert kept_models(tmp_path / "absent.json", new, ["gemma2-9b"]) is None
