@@ -192,9 +192,8 @@ def merge(out: Path) -> dict:
                     if "profile" in c:
                         cells[label]["profile_ms_per_sample"] = c["profile"]["by_category_ms_per_sample"]
                 else:
+                    failed("inference", f"{name}.{label}", c)
                     cells[label] = {"skipped": c.get("skipped") or c.get("failed")}
-                    if "failed" in c:
-                        head["not_run"].append({"what": f"inference.{name}.{label}", "reason": c["failed"]})
             head["inference"][name] = {**cells, "flops_forward": r["flops_forward"], "family": r["family"],
                                        "params_total": r["params_total"], "layers": r["layers"],
                                        "profile_ms_per_sample": r["profile"]["by_category_ms_per_sample"]}

@@ -68,10 +68,10 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
 def fused_lora_add(model, active: bool = True):
     """Every plain LoRA Linear of `model` runs `_fused_forward` inside the block (peft's own forward
     after it). Same function: on CPU in fp64 it agrees with peft's to rounding (tests/test_numerics.py).
-    Why: under bf16 autocast on a GPU, peft's multiply and add over each adapted layer's output were
-    a sixth of a LoRA training step's device time on Llama3-8B and Gemma2-9B (7 adapted layers per
-    block, packed steps of 8192 tokens; benchmarks' train profile, top kernels). Training turns it on
-    where it runs under mixed precision."""
+    Why: under bf16 autocast on a GPU, peft's multiply and add each read and write the whole
+    (tokens x out_features) output of every adapted layer (7 per block, packed steps of 8192
+    tokens): memory-bound passes among the costliest kernels of a step (benchmarks' train profile,
+    top kernels). Training turns it on where it runs under mixed precision."""
     from peft.tuners.lora.layer import Linear as LoraLinear
 
     patched = [m for m in model.modules() if type(m) is LoraLinear] if active else []

@@ -123,8 +123,8 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
     # (tests/test_numerics.py). Why it matters: the copies take GPU time, and each is kept for the
     # backward (GPU memory): benchmarks/results/train-cast-h100.*.json at commit 29c075c.
     uncast = disable_input_dtype_casting(model, active=accelerator.mixed_precision != "no")
-    # LoRA's scale-and-add inside B's matmul (prefbench.lora.fused_lora_add): the same function, a
-    # sixth less device time a step on 8-9B models in bf16; CPU runs (fp64) keep peft's own forward.
+    # LoRA's scale-and-add inside B's matmul (prefbench.lora.fused_lora_add): the same function with
+    # two memory-bound passes fewer per adapted layer on GPUs; CPU runs (fp64) keep peft's own forward.
     fused = fused_lora_add(model, active=accelerator.mixed_precision != "no")
     dtype = resolve_dtype(cfg.dtype, device.type)
     checkpointing = checkpoint_dir is not None and tp.checkpoint_every > 0
