@@ -74,8 +74,13 @@ def masks_padding(model) -> bool:
 
 def to_device(batch: dict, device: torch.device) -> dict:
     """A batch's tensors on `device`; other values (a packed row's max_length, a Python int: no host
-    sync) as they are."""
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    sync) as they are. To a GPU through pinned memory: a copy from it is queued on the stream like a
+    kernel and the host goes on launching; from pageable memory CUDA may stage the copy
+    synchronously with the host (and a blocking `.to()` waits for the stream)."""
+    if device.type == "cuda":
+        return {k: v.pin_memory().to(device, non_blocking=True) if torch.is_tensor(v) and v.device.type == "cpu"
+                else v for k, v in batch.items()}
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def synchronize(*devices: torch.device) -> None:

@@ -103,7 +103,10 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
     total_steps = batches.optimizer_steps(tp.grad_accum_steps, tp.epochs)
     micro_batches = total_steps * tp.grad_accum_steps
     params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=tp.learning_rate, weight_decay=tp.weight_decay)
+    # fused on GPUs: one kernel sweep over all LoRA tensors (hundreds of small ones) instead of a
+    # few kernel launches per tensor group; CPU runs keep the default (their numbers are tested)
+    optim = torch.optim.AdamW(params, lr=tp.learning_rate, weight_decay=tp.weight_decay,
+                              fused=device.type == "cuda")
     sched = get_cosine_schedule_with_warmup(optim, int(tp.warmup_ratio * total_steps), total_steps)
     net, optim, sched = accelerator.prepare(PackedClassifier(model) if packed else model, optim, sched)
     hooks = trainable_only(accelerator)
@@ -136,19 +139,35 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
         for step, values in st.history:  # resumed: the curve up to the checkpoint, again
             log(step, values)
 
-    def ensure_finite(what: str, value: float) -> float:
-        if not math.isfinite(value):
-            raise NonFiniteLossError(
-                non_finite_message(what, value, st.step + 1, total_steps, dtype, tp.learning_rate, name))
-        return value
+    # Losses and gradient norms stay on the device until a logged step, a checkpoint or the end reads
+    # them all at once (`flush`): one host sync per log_every steps instead of two per step, so the
+    # host queues the next step's kernels while the GPU still runs this one.
+    pending: list[tuple[int, str, torch.Tensor]] = []  # (optimizer step, what, 0-d tensor) not read yet
+
+    def flush() -> None:
+        """Read the pending values; a non-finite one stops the run naming its step (the first, in
+        order: every process reads the same reduced losses and stops at the same point); the losses
+        go into the running sum of the loss curve, in the order they came."""
+        if not pending:
+            return
+        values = torch.stack([v.detach().double() for _, _, v in pending]).tolist()
+        for (step, what, _), value in zip(pending, values):
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    non_finite_message(what, value, step, total_steps, dtype, tp.learning_rate, name))
+            if what == "loss":
+                st.loss_sum += value
+                st.loss_n += 1
+        pending.clear()
 
     net.train()
     done = batches.skip(st.micro)
     synchronize(device)
     start = time.perf_counter()
-    # (run clock, tokens) after each optimizer step of this process's run, for steady_rate: the
-    # clock excludes checkpoint writes. Every step ends with a host sync (the loss and norm .item()).
-    marks = [(st.seconds, st.tokens)]
+    # (optimizer step, run clock, tokens) at each logged step of this process's run, for steady_rate:
+    # read right after `flush`'s host sync, so the clock has waited for the GPU; checkpoint writes
+    # are excluded.
+    marks = [(st.step, st.seconds, st.tokens)]
     with window, uncast, fused, progress(total=total_steps, initial=st.step, desc="train", unit="step",
                                   disable=not accelerator.is_main_process) as bar:
         while st.micro < micro_batches:
@@ -157,25 +176,23 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
             for batch in epoch_loader:
                 with accelerator.accumulate(net), oom_guard("train", len(batch.labels), batch.longest, cfg, name,
                                                             step=st.step + 1, tokens=batch.local_tokens):
-                    out = net(**to_device(batch.inputs, device), labels=batch.labels.to(device))
-                    # the whole batch's mean loss, the same in every process: a non-finite loss
-                    # stops them all at the same step
-                    loss = ensure_finite("loss", accelerator.reduce(out.loss.detach() * batch.weight, "mean").item())
+                    out = net(**to_device({**batch.inputs, "labels": batch.labels}, device))
+                    # the whole batch's mean loss, the same in every process
+                    pending.append((st.step + 1, "loss", accelerator.reduce(out.loss.detach() * batch.weight, "mean")))
                     accelerator.backward(out.loss * batch.weight)  # divided by grad_accum_steps
                     if accelerator.sync_gradients:
-                        norm = accelerator.clip_grad_norm_(params, tp.max_grad_norm).item()
+                        norm = accelerator.clip_grad_norm_(params, tp.max_grad_norm)
                         if accelerator.scaler is None:  # fp16: the GradScaler skips steps of inf gradients
-                            ensure_finite("gradient norm", norm)
+                            pending.append((st.step + 1, "gradient norm", norm))
                     optim.step()  # these three act once per accumulation window (accelerate)
                     sched.step()
                     optim.zero_grad(set_to_none=True)
                 st.micro, st.seen, st.tokens = st.micro + 1, st.seen + batch.rows, st.tokens + batch.tokens
-                st.loss_sum += loss
-                st.loss_n += 1
                 if accelerator.sync_gradients:
                     st.step += 1
-                    marks.append((st.seconds + time.perf_counter() - start, st.tokens))
                     if st.step % tp.log_every == 0 or st.step == total_steps:
+                        flush()
+                        marks.append((st.step, st.seconds + time.perf_counter() - start, st.tokens))
                         # final_loss: the mean batch loss since the last logged step (the last point
                         # of the loss curve); the bar shows it from this step on (postfix, then update)
                         st.final_loss = st.loss_sum / st.loss_n
@@ -187,12 +204,14 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
                         st.loss_sum, st.loss_n = 0.0, 0
                     bar.update(1)
                     if checkpointing and st.step % tp.checkpoint_every == 0 and st.step < total_steps:
+                        flush()  # the checkpoint holds the loss sum so far (and no non-finite step)
                         synchronize(device)
                         st.seconds += time.perf_counter() - start  # the clock stops while the checkpoint is written
                         save_checkpoint(accelerator, checkpoint_dir, fingerprint, st)
                         start = time.perf_counter()
                 if st.micro == micro_batches:
                     break
+    flush()
     synchronize(device)
     seconds = st.seconds + time.perf_counter() - start
     for hook in hooks:
@@ -205,15 +224,19 @@ def train(model, sequences: list[np.ndarray], labels: np.ndarray, cfg: ModelPara
             "steady_tokens_per_second": steady_rate(marks) or st.tokens / seconds}
 
 
-def steady_rate(marks: list[tuple[float, int]]) -> float | None:
-    """Tokens per second over the second half of a run's optimizer steps, from (clock, tokens) after
-    each: the first steps meet every new shape's kernel compiles (flash-attn-4, Triton; a GPU's
-    first cuBLAS plans), which tokens_per_second includes and a long run amortises. None with fewer
-    than 2 steps."""
-    steps = len(marks) - 1
-    if steps < 2:
+def steady_rate(marks: list[tuple[int, float, int]]) -> float | None:
+    """Tokens per second over about the second half of a run's optimizer steps, from (step, clock,
+    tokens) at the logged steps (the first mark: where the run started): from the last mark at or
+    before the half-way step to the last mark. The first steps meet every new shape's kernel compiles
+    (flash-attn-4, Triton; a GPU's first cuBLAS plans), which tokens_per_second includes and a long
+    run amortises (with marks too sparse for a second half: from the start). None with fewer than 2
+    steps."""
+    first, last = marks[0][0], marks[-1][0]
+    if last - first < 2:
         return None
-    (t0, n0), (t1, n1) = marks[steps - steps // 2], marks[-1]
+    half = last - (last - first) // 2
+    s0, t0, n0 = max((m for m in marks if m[0] <= half), key=lambda m: m[0])
+    _, t1, n1 = marks[-1]
     return (n1 - n0) / (t1 - t0) if t1 > t0 else None
 
 

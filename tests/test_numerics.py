@@ -15,7 +15,7 @@ from prefbench.infer import predict
 from prefbench.models import load_model, load_tokenizer
 from prefbench.tokenize import read_tokens
 from prefbench.lora import add_lora
-from prefbench.train import train
+from prefbench.train import steady_rate, train
 from tests import forked
 from tests.conftest import ROOT
 from tests.test_resume import tokens, train_args, write_params  # noqa: F401  (tokens: a fixture)
@@ -54,6 +54,17 @@ def test_nan_weight_stops_training_naming_the_step(setup):
     msg = str(err.value)
     assert "loss is nan at optimizer step 3 of 10" in msg
     assert "train.learning_rate" in msg
+
+
+def test_steady_rate_reads_the_second_half_of_the_logged_steps():
+    # marks at logged steps (every 5 of 20): the first 10 steps slow (compiles), then 100 tokens/s
+    marks = [(0, 0.0, 0), (5, 50.0, 500), (10, 60.0, 1000), (15, 65.0, 1500), (20, 70.0, 2000)]
+    assert steady_rate(marks) == pytest.approx(1000 / 10.0)
+    # a run resumed at step 10: its second half starts at step 15
+    assert steady_rate([(10, 60.0, 1000), (15, 65.0, 1500), (20, 80.0, 2000)]) == pytest.approx(500 / 15.0)
+    # too sparse for a second half: from the start; one step: none
+    assert steady_rate([(0, 0.0, 0), (20, 40.0, 2000)]) == pytest.approx(50.0)
+    assert steady_rate([(0, 0.0, 0), (1, 1.0, 100)]) is None
 
 
 def test_non_finite_message_suggests_bf16_or_fp32_for_fp16():
