@@ -239,6 +239,46 @@ def left_block(folder: Path) -> str:
     return "\n".join(rows)
 
 
+# Reference levels the distances are measured to (benchmarks' docs say why each): default-path MFU
+# against the measured bf16 matmul peak, Gemma2 / Llama3 time over their FLOP ratio, FP8 time over
+# the bf16 default's, and the train stage's MFU over all its steps.
+LEVELS = {"mfu": 0.85, "ratio_over_flops": 1.03, "fp8_over_bf16": 0.6, "train_mfu": 0.60}
+
+
+def distance_block(folder: Path) -> str:
+    """Each measure beside its reference level (LEVELS) and what reaching it takes, per model."""
+    h = load(folder)
+    rows = ["| measure | model | measured | level | reached | what reaching it takes |", "|---|---|---|---|---|---|"]
+
+    def row(what, name, value, level, below_is_good, need):
+        ok = value is not None and (value <= level if below_is_good else value >= level)
+        rows.append(f"| {what} | {name} | {f(value, 3)} | {level:g} | {'yes' if ok else 'no'} | "
+                    f"{'' if ok or value is None else need} |")
+
+    for name, r in h.get("inference", {}).items():
+        d = r.get("default", {})
+        if "mfu" in d:
+            less = d["s_per_sample"] * (1 - d["mfu"] / LEVELS["mfu"]) * 1e3
+            row("default-path MFU (measured peak)", label(name), d["mfu"], LEVELS["mfu"], False,
+                f"{less:.2f} ms/sample less ({less / (d['s_per_sample'] * 1e3):.1%})")
+    t, fl = (h.get("s_per_sample_ratio_gemma2_over_llama3") or {}).get("default"), h.get("flop_ratio_gemma2_over_llama3")
+    if t and fl:
+        row("Gemma2 / Llama3 time over their FLOP ratio", "both", t / fl, LEVELS["ratio_over_flops"], True,
+            f"Gemma2 {(t / fl - LEVELS['ratio_over_flops']) / (t / fl):.1%} faster at Llama3's speed")
+    for name, r in h.get("inference", {}).items():
+        c = r.get("fp8", {})
+        if "over_bf16_default" in c:
+            less = (c["s_per_sample"] - LEVELS["fp8_over_bf16"] * r["default"]["s_per_sample"]) * 1e3
+            row("fp8 time over the bf16 default's", label(name), c["over_bf16_default"], LEVELS["fp8_over_bf16"],
+                True, f"{less:.2f} ms/sample less ({less / (c['s_per_sample'] * 1e3):.0%} of fp8's time)")
+    for name, r in h.get("train_stage", {}).items():
+        if "mfu" in r:
+            row("train stage MFU over all steps", label(name), r["mfu"], LEVELS["train_mfu"], False,
+                f"{r['tokens_per_s'] * LEVELS['train_mfu'] / r['mfu']:,.0f} tokens/s "
+                f"(now {r['tokens_per_s']:,.0f}; steady second half {f(r.get('steady_mfu'), 3)} MFU)")
+    return "\n".join(rows)
+
+
 T4_CELLS = {"gemma2_4bit": "Gemma2-9B, NF4 4-bit", "llama3_8bit": "Llama3-8B, LLM.int8 8-bit",
             "llama3_4bit": "Llama3-8B, NF4 4-bit",
             "gemma2_4bit_sdpa_no_softcap": "Gemma2-9B, NF4 4-bit, sdpa, softcap dropped (timing only)"}
@@ -356,6 +396,7 @@ def gpu_blocks(folder: Path) -> dict:
             "perf-stages": lambda root: stages_block(folder),
             "perf-fp8": lambda root: fp8_block(folder),
             "perf-left": lambda root: left_block(folder),
+            "perf-distance": lambda root: distance_block(folder),
             "perf-t4": lambda root: t4_block(folder),
             "perf-not-run": lambda root: not_run_block(folder)}
 

@@ -59,6 +59,24 @@ def test_parts_run_separately_merge_into_one_headline(tmp_path):
     # the docs' blocks render from this folder (the CPU run stands in for a GPU one)
     blocks = report.gpu_blocks(out)
     assert "tiny-gemma2" in blocks["headline"](ROOT) and "| total |" in blocks["perf-profile"](ROOT)
+    assert "| default-path MFU (measured peak) | tiny-gemma2 |" in blocks["perf-distance"](ROOT)
+
+
+def test_distance_block_says_what_reaching_each_level_takes(tmp_path):
+    head = {"inference": {"llama3-8b": {"default": {"mfu": 0.80, "s_per_sample": 0.010},
+                                        "fp8": {"s_per_sample": 0.007, "over_bf16_default": 0.7}},
+                          "gemma2-9b": {"default": {"mfu": 0.90, "s_per_sample": 0.012}}},
+            "s_per_sample_ratio_gemma2_over_llama3": {"default": 1.2}, "flop_ratio_gemma2_over_llama3": 1.2,
+            "train_stage": {"llama3-8b": {"mfu": 0.5, "tokens_per_s": 10000.0, "steady_mfu": 0.55}}}
+    (tmp_path / "headline.json").write_text(json.dumps(head))
+    lines = report.distance_block(tmp_path).splitlines()
+    # 0.80 -> 0.85 of the peak: the time x 0.80 / 0.85, 0.59 ms of 10 ms less
+    assert "| Llama3-8B | 0.800 | 0.85 | no | 0.59 ms/sample less (5.9%) |" in lines[2]
+    assert "| Gemma2-9B | 0.900 | 0.85 | yes |  |" in lines[3]
+    assert "| both | 1.000 | 1.03 | yes |" in lines[4]
+    # fp8 at 0.7x: 7 ms - 0.6 x 10 ms = 1 ms of its 7 ms less
+    assert "| 0.700 | 0.6 | no | 1.00 ms/sample less (14% of fp8's time) |" in lines[5]
+    assert "12,000 tokens/s (now 10,000; steady second half 0.550 MFU)" in lines[6]
 
 
 def test_a_part_that_fails_is_listed_with_its_reason_and_the_command_fails(tmp_path):
