@@ -101,7 +101,9 @@ def measure_cell(cell: str, name: str, quantization: str, attn: str | None, soft
     gc.collect()
     torch.cuda.empty_cache()
     weights_gb = torch.cuda.memory_allocated(dev) / 1e9
-    log(f"t4 path {cell}: {quantization} {name} loaded, {weights_gb:.2f} GB allocated before the cap")
+    reserved_gb = torch.cuda.memory_reserved(dev) / 1e9  # the cap counts the allocator's reserve
+    log(f"t4 path {cell}: {quantization} {name} loaded, {weights_gb:.2f} GB allocated, {reserved_gb:.2f} GB "
+        f"reserved before the cap")
     total = torch.cuda.get_device_properties(dev).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, T4_MEMORY_GB * 1e9 / total), index(dev))
     torch.cuda.reset_peak_memory_stats(dev)
@@ -123,7 +125,7 @@ def measure_cell(cell: str, name: str, quantization: str, attn: str | None, soft
             torch.cuda.empty_cache()
     else:
         raise BatchOutOfMemoryError(f"no batch of {', '.join(map(str, T4_BATCHES))} rows fits {T4_MEMORY_GB:g} GB "
-                                    f"(weights and adapter: {weights_gb:.2f} GB)")
+                                    f"(weights and adapter: {weights_gb:.2f} GB allocated, {reserved_gb:.2f} GB reserved)")
     secs = float(np.median([p["seconds"] for p in passes]))
     out = {"model": name, "family": config.model_type, "quantization": quantization,
            "attention": config._attn_implementation, "softcap": softcap, "dtype": str(dtype).removeprefix("torch."),
