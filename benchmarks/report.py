@@ -17,12 +17,30 @@ RESULTS = ROOT / "benchmarks" / "results"
 MODEL_NAMES = {"llama3-8b": "Llama3-8B", "gemma2-9b": "Gemma2-9B", "qwen2-7b": "Qwen2-7B", "mistral-7b": "Mistral-7B"}
 
 
+def runs(results: Path = RESULTS) -> list[tuple[str, Path]]:
+    """(date, folder) of every results folder with a headline.json, newest first."""
+    return sorted(((json.loads(p.read_text())["date"], p.parent) for p in results.glob("*/headline.json")),
+                  reverse=True)
+
+
+def compares(h: dict) -> bool:
+    """Whether a run holds the comparison the docs are about: Llama3 and Gemma2 in its inference part."""
+    return "flop_ratio_gemma2_over_llama3" in h
+
+
 def newest_results(results: Path = RESULTS) -> Path:
-    """The results folder whose headline.json is the newest (by its `date`)."""
-    found = [(json.loads(p.read_text())["date"], p.parent) for p in results.glob("*/headline.json")]
+    """The folder the docs render from: the newest run that compares Llama3 and Gemma2 (a run of a
+    part or a model alone, say after a change to training, does not replace it; `newer_block` shows
+    it), else the newest run."""
+    found = runs(results)
     if not found:
         raise SystemExit(f"no */headline.json under {results}: run `python -m benchmarks run --out {results}/<card>-<date>`")
-    return max(found)[1]
+    return next((folder for _, folder in found if compares(load(folder))), found[0][1])
+
+
+def newest_with(folder: Path, has) -> Path:
+    """The newest run beside `folder` (same results directory) whose headline passes `has`, else `folder`."""
+    return next((p for _, p in runs(folder.parent) if has(load(p))), folder)
 
 
 def load(folder: Path) -> dict:
@@ -82,10 +100,13 @@ def headline_block(folder: Path, rel: str = "") -> str:
                 f"per sample on the default path ({f(h['s_per_sample_ratio_gemma2_over_llama3']['padded'], 2)}x padded) "
                 f"for {f(h['flop_ratio_gemma2_over_llama3'], 2)}x its FLOPs on the same rows. MFU is against the bf16 "
                 f"matmul peak measured in the same run ({tflops(h['peak_bf16_flops_measured'])} TFLOP/s).")
-    t4 = h.get("t4_path", {})
+    t4_folder = newest_with(folder, lambda x: "ratio_gemma2_4bit_over_llama3_8bit" in x.get("t4_path", {}))
+    t4_head = load(t4_folder)
+    t4 = t4_head.get("t4_path", {})
     if "ratio_gemma2_4bit_over_llama3_8bit" in t4:
+        card = "this card" if t4_folder == folder else f"an {t4_head['device']['name']} ({where(t4_folder)})"
         out += (f" On Kaggle's T4 software path (fp16, eager attention for Gemma2, no fused kernels, 15 GB), run on "
-                f"this card, Gemma2-9B 4-bit takes {f(t4['ratio_gemma2_4bit_over_llama3_8bit'], 2)}x Llama3-8B 8-bit's "
+                f"{card}, Gemma2-9B 4-bit takes {f(t4['ratio_gemma2_4bit_over_llama3_8bit'], 2)}x Llama3-8B 8-bit's "
                 f"time and {f(t4.get('ratio_gemma2_4bit_over_llama3_4bit'), 2)}x Llama3-8B 4-bit's.")
     out += f"\n\nMeasured on {card_line(h, folder).format(rel=rel)}; why, and the profiles: [docs/performance.md]({rel}docs/performance.md)."
     return out
@@ -284,12 +305,15 @@ T4_CELLS = {"gemma2_4bit": "Gemma2-9B, NF4 4-bit", "llama3_8bit": "Llama3-8B, LL
             "gemma2_4bit_sdpa_no_softcap": "Gemma2-9B, NF4 4-bit, sdpa, softcap dropped (timing only)"}
 
 
-def t4_block(folder: Path) -> str:
-    """The Kaggle 2xT4 software path measured on this card (benchmarks/t4_path.py)."""
+def t4_block(folder: Path, rel: str = "../") -> str:
+    """The Kaggle 2xT4 software path measured on a datacenter card (benchmarks/t4_path.py), from the
+    newest run beside `folder` whose four cells all ran (else `folder`'s), naming that run."""
+    folder = newest_with(folder, lambda h: "factors" in h.get("t4_path", {}))
     h = load(folder)
     t = h.get("t4_path")
     if not t:
         return "The T4-path part has not run in this results folder."
+    head = f"Measured on {card_line(h, folder).format(rel=rel)}.\n\n"
     rows = ["| cell | attention | batch | s/sample | weights GB | peak GB (cap) | logits finite | "
             "projected hours, 25k rows on 2xT4 |", "|---|---|---|---|---|---|---|---|"]
     proj = t.get("projection", {}).get("hours_2xT4", {})
@@ -305,7 +329,16 @@ def t4_block(folder: Path) -> str:
         rows.append(f"| {T4_CELLS.get(cell, cell)} | {c['attention']} | {c['batch_size']} | {f(c['s_per_sample'])} | "
                     f"{c['weights_gb']} | {c['peak_memory_gb']} ({c['memory_cap_gb']:g}) | {c['finite']} | "
                     + (f"{hrs[0]:.1f} to {hrs[1]:.1f} (projection)" if hrs else "n/a") + " |")
-    out = "\n".join(rows)
+    out = head + "\n".join(rows)
+    part = folder / "t4_path.json"  # the part file keeps which batches did not fit
+    raw = json.loads(part.read_text())["models"] if part.is_file() else {}
+    smaller = {T4_CELLS.get(k, k): c for k, c in raw.items() if c.get("batches_too_big") and "s_per_sample" in c}
+    if smaller:
+        out += ("\n\nEach cell runs the largest batch that fits the cap; smaller ones here: "
+                + "; ".join(f"{k} {c['batch_size']} rows ({', '.join(map(str, c['batches_too_big']))} did not fit)"
+                            for k, c in smaller.items())
+                + ". The factors below compare cells at their own batches, so a model that fits fewer rows "
+                  "carries the cost of smaller batches in its factor, as it would on a T4.")
     if "ratio_gemma2_4bit_over_llama3_8bit" in t:
         out += (f"\n\nGemma2-9B 4-bit over Llama3-8B 8-bit (the notebooks' pairing): "
                 f"{f(t['ratio_gemma2_4bit_over_llama3_8bit'], 2)}x; over Llama3-8B 4-bit: "
@@ -327,6 +360,31 @@ def t4_block(folder: Path) -> str:
                 f"fp16 tensor peak over a T4's ({pj['card_fp16_tflops']:g} / {pj['t4_fp16_tflops']:g} TFLOP/s, the "
                 f"higher), for {pj['kaggle_rows']:,} rows on {pj['gpus']} GPUs, without swap TTA.")
     return out
+
+
+def newer_block(folder: Path) -> str:
+    """Runs newer than `folder` (the one the page renders from) that do not compare both models:
+    each with its card and commands, and what it measured, in the tables above' form."""
+    date = load(folder)["date"]
+    newer = [p for d, p in runs(folder.parent) if d > date]
+    if not newer:
+        return "No newer run."
+    out = []
+    for p in newer:
+        h = load(p)
+        parts = ", ".join(f"`{name}`" for name in h["parts"])
+        out.append(f"### {h['device']['name']}, {h['date'][:10]}, commit {str(h['commit'])[:10]}\n\n"
+                   f"{card_line(h, p).format(rel='../')}; parts {parts}; bf16 matmul peak "
+                   f"{tflops(h['peak_bf16_flops_measured'])} TFLOP/s measured. Its ratios compare cells of this "
+                   f"run only; beside the run above, it differs in card and code.")
+        if h.get("inference"):
+            out += [inference_block(p), fp8_block(p)]
+        if h.get("train_stage"):
+            out.append(stages_block(p))
+        out.append(distance_block(p))
+        if h.get("t4_path") and p != newest_with(folder, lambda x: "factors" in x.get("t4_path", {})):
+            out.append(t4_block(p))
+    return "\n\n".join(out)
 
 
 def not_run_block(folder: Path) -> str:
@@ -398,6 +456,7 @@ def gpu_blocks(folder: Path) -> dict:
             "perf-left": lambda root: left_block(folder),
             "perf-distance": lambda root: distance_block(folder),
             "perf-t4": lambda root: t4_block(folder),
+            "perf-newer": lambda root: newer_block(folder),
             "perf-not-run": lambda root: not_run_block(folder)}
 
 

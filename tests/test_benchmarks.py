@@ -79,6 +79,36 @@ def test_distance_block_says_what_reaching_each_level_takes(tmp_path):
     assert "12,000 tokens/s (now 10,000; steady second half 0.550 MFU)" in lines[6]
 
 
+def test_docs_render_from_the_newest_comparison_and_show_newer_partial_runs(tmp_path):
+    def run(name, date, **parts):
+        folder = tmp_path / name
+        folder.mkdir()
+        head = {"date": date, "commit": name, "device": {"name": f"card-{name}", "count": 1, "driver": "1"},
+                "versions": {"torch": "x", "transformers": "y"}, "peak_bf16_flops_measured": 7e14,
+                "parts": {p: {"command": f"python -m benchmarks run --only {p}"} for p in parts}, "not_run": [],
+                **parts}
+        (folder / "headline.json").write_text(json.dumps(head))
+        return folder
+
+    cell = {"s_per_sample": 0.01, "mfu": 0.8, "attn": "a", "kernels": "k", "packed": True, "tokens_per_s": 1.0,
+            "mfu_datasheet": 0.6, "padding_share": 0.0, "max_rel_error": 0.1, "plain_eager_max_rel_error": 0.1,
+            "checked": True}
+    both = {"inference": {n: {"default": cell, "padded": cell} for n in ("llama3-8b", "gemma2-9b")},
+            "flop_ratio_gemma2_over_llama3": 1.2, "s_per_sample_ratio_gemma2_over_llama3": {"default": 1.2, "padded": 1.3}}
+    t4 = {"cells": {}, "factors": {"attention_eager_over_sdpa": 1.0, "architecture_gemma2_sdpa_over_llama3_4bit": 2.0,
+                                   "quantisation_llama3_4bit_over_8bit": 0.5, "flop_ratio": 1.2}}
+    old = run("old", "2026-01-01T00:00:00", **both)
+    run("partial", "2026-01-02T00:00:00", train_stage={"llama3-8b": {"mfu": 0.5, "tokens_per_s": 1.0}}, t4_path=t4)
+    # a newer run of one part does not replace the comparison the docs are about...
+    assert report.newest_results(tmp_path) == old
+    # ...it is shown after it, with its card and commit, and the T4 section comes from it (its cells all ran)
+    newer = report.newer_block(old)
+    assert "### card-partial, 2026-01-02, commit partial" in newer and "| Llama3-8B | n/a |" in newer
+    assert report.t4_block(old).startswith("Measured on 1 x card-partial")
+    assert report.newer_block(run("newest", "2026-01-03T00:00:00", **both)) == "No newer run."
+    assert report.newest_results(tmp_path) == tmp_path / "newest"
+
+
 def test_a_part_that_fails_is_listed_with_its_reason_and_the_command_fails(tmp_path):
     out = tmp_path / "r"
     out.mkdir()
