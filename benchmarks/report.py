@@ -17,15 +17,20 @@ RESULTS = ROOT / "benchmarks" / "results"
 MODEL_NAMES = {"llama3-8b": "Llama3-8B", "gemma2-9b": "Gemma2-9B", "qwen2-7b": "Qwen2-7B", "mistral-7b": "Mistral-7B"}
 
 
-def runs(results: Path = RESULTS) -> list[tuple[str, Path]]:
-    """(date, folder) of every results folder with a headline.json, newest first."""
-    return sorted(((json.loads(p.read_text())["date"], p.parent) for p in results.glob("*/headline.json")),
-                  reverse=True)
+def runs(results: Path = RESULTS) -> list[tuple[dict, Path]]:
+    """(headline, folder) of every results folder with a headline.json, newest first (by its `date`)."""
+    found = [(json.loads(p.read_text()), p.parent) for p in results.glob("*/headline.json")]
+    return sorted(found, key=lambda hf: hf[0]["date"], reverse=True)
 
 
 def compares(h: dict) -> bool:
     """Whether a run holds the comparison the docs are about: Llama3 and Gemma2 in its inference part."""
     return "flop_ratio_gemma2_over_llama3" in h
+
+
+def t4_complete(h: dict) -> bool:
+    """Whether a run's T4 part has all four cells (hence its factors and ratios)."""
+    return "factors" in h.get("t4_path", {})
 
 
 def newest_results(results: Path = RESULTS) -> Path:
@@ -35,12 +40,12 @@ def newest_results(results: Path = RESULTS) -> Path:
     found = runs(results)
     if not found:
         raise SystemExit(f"no */headline.json under {results}: run `python -m benchmarks run --out {results}/<card>-<date>`")
-    return next((folder for _, folder in found if compares(load(folder))), found[0][1])
+    return next((folder for h, folder in found if compares(h)), found[0][1])
 
 
 def newest_with(folder: Path, has) -> Path:
     """The newest run beside `folder` (same results directory) whose headline passes `has`, else `folder`."""
-    return next((p for _, p in runs(folder.parent) if has(load(p))), folder)
+    return next((p for h, p in runs(folder.parent) if has(h)), folder)
 
 
 def load(folder: Path) -> dict:
@@ -100,7 +105,7 @@ def headline_block(folder: Path, rel: str = "") -> str:
                 f"per sample on the default path ({f(h['s_per_sample_ratio_gemma2_over_llama3']['padded'], 2)}x padded) "
                 f"for {f(h['flop_ratio_gemma2_over_llama3'], 2)}x its FLOPs on the same rows. MFU is against the bf16 "
                 f"matmul peak measured in the same run ({tflops(h['peak_bf16_flops_measured'])} TFLOP/s).")
-    t4_folder = newest_with(folder, lambda x: "ratio_gemma2_4bit_over_llama3_8bit" in x.get("t4_path", {}))
+    t4_folder = newest_with(folder, t4_complete)
     t4_head = load(t4_folder)
     t4 = t4_head.get("t4_path", {})
     if "ratio_gemma2_4bit_over_llama3_8bit" in t4:
@@ -285,7 +290,7 @@ def distance_block(folder: Path) -> str:
     t, fl = (h.get("s_per_sample_ratio_gemma2_over_llama3") or {}).get("default"), h.get("flop_ratio_gemma2_over_llama3")
     if t and fl:
         row("Gemma2 / Llama3 time over their FLOP ratio", "both", t / fl, LEVELS["ratio_over_flops"], True,
-            f"Gemma2 {(t / fl - LEVELS['ratio_over_flops']) / (t / fl):.1%} faster at Llama3's speed")
+            f"Gemma2's time {(t / fl - LEVELS['ratio_over_flops']) / (t / fl):.1%} less, Llama3's as it is")
     for name, r in h.get("inference", {}).items():
         c = r.get("fp8", {})
         if "over_bf16_default" in c:
@@ -308,7 +313,7 @@ T4_CELLS = {"gemma2_4bit": "Gemma2-9B, NF4 4-bit", "llama3_8bit": "Llama3-8B, LL
 def t4_block(folder: Path, rel: str = "../") -> str:
     """The Kaggle 2xT4 software path measured on a datacenter card (benchmarks/t4_path.py), from the
     newest run beside `folder` whose four cells all ran (else `folder`'s), naming that run."""
-    folder = newest_with(folder, lambda h: "factors" in h.get("t4_path", {}))
+    folder = newest_with(folder, t4_complete)
     h = load(folder)
     t = h.get("t4_path")
     if not t:
@@ -365,24 +370,26 @@ def t4_block(folder: Path, rel: str = "../") -> str:
 def newer_block(folder: Path) -> str:
     """Runs newer than `folder` (the one the page renders from) that do not compare both models:
     each with its card and commands, and what it measured, in the tables above' form."""
-    date = load(folder)["date"]
-    newer = [p for d, p in runs(folder.parent) if d > date]
+    main = load(folder)
+    newer = [(h, p) for h, p in runs(folder.parent) if h["date"] > main["date"]]
     if not newer:
         return "No newer run."
+    t4_shown = newest_with(folder, t4_complete)
     out = []
-    for p in newer:
-        h = load(p)
+    for h, p in newer:
         parts = ", ".join(f"`{name}`" for name in h["parts"])
+        differs = [what for what, key in (("card", lambda x: x["device"]["name"]), ("code", lambda x: x.get("code_digest")))
+                   if key(h) != key(main)]
         out.append(f"### {h['device']['name']}, {h['date'][:10]}, commit {str(h['commit'])[:10]}\n\n"
                    f"{card_line(h, p).format(rel='../')}; parts {parts}; bf16 matmul peak "
                    f"{tflops(h['peak_bf16_flops_measured'])} TFLOP/s measured. Its ratios compare cells of this "
-                   f"run only; beside the run above, it differs in card and code.")
+                   f"run only" + (f"; beside the run above, its {' and '.join(differs)} differ." if differs else "."))
         if h.get("inference"):
             out += [inference_block(p), fp8_block(p)]
         if h.get("train_stage"):
             out.append(stages_block(p))
         out.append(distance_block(p))
-        if h.get("t4_path") and p != newest_with(folder, lambda x: "factors" in x.get("t4_path", {})):
+        if h.get("t4_path") and p != t4_shown:
             out.append(t4_block(p))
     return "\n\n".join(out)
 
