@@ -70,6 +70,11 @@ COPY_OF = {"llama3": "native", "gemma2": "second", "qwen2": "second", "mistral":
 HASH_SEEDS = {"native": "1", "second": forked.HASH_SEED}
 
 
+def default_epochs():
+    """params.yaml's train.epochs, which the Mistral run changed (FAMILY_SET)."""
+    return yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["epochs"]
+
+
 def user_env() -> dict[str, str]:
     """A fresh shell's environment: the venv not on PATH, no VIRTUAL_ENV; one thread per copy, so
     the two copies share two cores without oversubscription (float64 results do not depend on it)."""
@@ -126,7 +131,8 @@ def script(native: bool) -> str:
         "cp -r ../clone/models/adapter ../logs/clone-pulled-adapter",
         f"{dvc} exp run -S model=tfidf --name tfidf-exp > ../logs/5-tfidf.log 2>&1", snap("tfidf"),
         f"{dvc} exp run -S model=mistral {FAMILY_SET} --name mistral-exp > ../logs/5b-mistral.log 2>&1", snap("mistral"),
-        f"{dvc} exp run -S model=llama3 --name llama3-again > ../logs/6-back.log 2>&1",
+        # back to llama3 and the default epochs (`exp run -S` leaves its values in params.yaml)
+        f"{dvc} exp run -S model=llama3 -S train.epochs={default_epochs()} --name llama3-again > ../logs/6-back.log 2>&1",
         "cp dvc.lock ../logs/back.lock",
         f"{dvc} exp show --json > ../logs/exp-show.json",
         f"{dvc} metrics diff HEAD tfidf-exp > ../logs/7-diff.log 2>&1",
