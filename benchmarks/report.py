@@ -8,6 +8,7 @@ GPU blocks (this file) read benchmarks/results/<card>-<date>/headline.json; the 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from benchmarks.card import ROOT
@@ -124,8 +125,7 @@ def setup_block(folder: Path) -> str:
              "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
              f"- bf16 matmul peak: {tflops(h['peak_bf16_flops_measured'])} TFLOP/s measured (8192^3), "
              f"{tflops(h['peak_bf16_flops_datasheet'])} TFLOP/s datasheet",
-             "- Command" + ("s: " if len({p["command"] for p in h["parts"].values()}) > 1 else ": ")
-             + "; ".join(f"`{c}`" for c in dict.fromkeys(p["command"] for p in h["parts"].values()))]
+             "- Command" + ("s: " if len(commands(h)) > 1 else ": ") + "; ".join(f"`{c}`" for c in commands(h))]
     settings = next(iter(h["parts"].values()))["settings"]
     max_length = next((r["default"].get("max_length") for r in h.get("inference", {}).values()), None)
     lines.append(f"- Rows: {settings['rows']} rows of real arena lengths (max_length {max_length}), random token ids; "
@@ -271,6 +271,57 @@ def left_block(folder: Path) -> str:
 LEVELS = {"mfu": 0.85, "ratio_over_flops": 1.03, "fp8_over_bf16": 0.6, "train_mfu": 0.60}
 
 
+def commands(h: dict) -> list[str]:
+    """Every command that made the run's numbers, in order, once each: each part's, and before it the
+    one whose models a later run of that part kept (`kept_from`)."""
+    out = []
+    for p in h["parts"].values():
+        out += ([p["kept_from"]["command"]] if p.get("kept_from") else []) + [p["command"]]
+    return list(dict.fromkeys(out))
+
+
+def runs_block(folder: Path) -> str:
+    """Every committed run, newest first, with the measures the docs are about side by side, and the
+    spread between runs on cards of the same name: how far a number moves from one card to another."""
+    rows = ["| run | card | commit | default-path MFU: Llama3 / Gemma2 | matmul ms/sample: Llama3 / Gemma2 "
+            "| Gemma2 / Llama3 time over FLOPs | fp8 / bf16: Llama3 / Gemma2 | train MFU all steps: Llama3 / Gemma2 "
+            "| T4 path: Gemma2 4-bit / Llama3 8-bit |", "|---|---|---|---|---|---|---|---|---|"]
+    pair = ("llama3-8b", "gemma2-9b")
+    spread = {}
+    for h, p in runs(folder.parent):
+        inf, tr = h.get("inference", {}), h.get("train_stage", {})
+
+        def both(get, digits=3):
+            vals = [get(n) for n in pair]
+            return " / ".join(f(v, digits) for v in vals) if any(v is not None for v in vals) else "not run"
+
+        mfu = lambda n: inf.get(n, {}).get("default", {}).get("mfu")  # noqa: E731
+        matmul = lambda n: inf.get(n, {}).get("profile_ms_per_sample", {}).get("matmul")  # noqa: E731
+        t, fl = (h.get("s_per_sample_ratio_gemma2_over_llama3") or {}).get("default"), h.get("flop_ratio_gemma2_over_llama3")
+        t4 = h.get("t4_path", {}).get("ratio_gemma2_4bit_over_llama3_8bit")
+        rows.append(f"| [`{p.name}`](../{where(p)}/MANIFEST.md) | {h['device']['name']} | {str(h['commit'])[:10]} | "
+                    f"{both(mfu)} | {both(matmul, 2)} | {f(t / fl, 3) if t and fl else 'not run'} | "
+                    f"{both(lambda n: inf.get(n, {}).get('fp8', {}).get('over_bf16_default'))} | "
+                    f"{both(lambda n: tr.get(n, {}).get('mfu'))} | {f(t4, 2) if t4 else 'not run'} |")
+        for n in pair:
+            if mfu(n) is not None:
+                spread.setdefault((h["device"]["name"], n), []).append((mfu(n), matmul(n)))
+    out = "\n".join(rows)
+    notes = []
+    for (card, n), vals in spread.items():
+        if len(vals) > 1:
+            m = [v for v, _ in vals]
+            mm = [v for _, v in vals if v is not None]
+            notes.append(f"{label(n)} on {card} ({len(vals)} runs): default-path MFU {min(m):.3f} to {max(m):.3f}"
+                         + (f", matmul device time {min(mm):.2f} to {max(mm):.2f} ms/sample ({max(mm) / min(mm) - 1:.1%} apart)"
+                            if len(mm) > 1 else ""))
+    if notes:
+        out += ("\n\nBetween runs on cards of the same name: " + "; ".join(notes) + ". The runs differ in card and "
+                "commit, so a difference between two of them is not by itself a code change's effect; ratios within "
+                "one run compare cells measured side by side on one card.")
+    return out
+
+
 def distance_block(folder: Path) -> str:
     """Each measure beside its reference level (LEVELS) and what reaching it takes, per model."""
     h = load(folder)
@@ -358,6 +409,13 @@ def t4_block(folder: Path, rel: str = "../") -> str:
                 f"| quantisation kernels | Llama3 4-bit / Llama3 8-bit | {f(fa['quantisation_llama3_4bit_over_8bit'], 2)} |\n"
                 f"| product: Gemma2 4-bit / Llama3 8-bit | | "
                 f"{f(fa['attention_eager_over_sdpa'] * fa['architecture_gemma2_sdpa_over_llama3_4bit'] * fa['quantisation_llama3_4bit_over_8bit'], 2)} |")
+        named = {"eager softcap attention": fa["attention_eager_over_sdpa"],
+                 "the rest of the architecture, at each model's batch": fa["architecture_gemma2_sdpa_over_llama3_4bit"],
+                 "the quantisation kernels": fa["quantisation_llama3_4bit_over_8bit"]}
+        big = max(named, key=lambda k: abs(math.log(named[k])))
+        a = fa["attention_eager_over_sdpa"]
+        out += (f"\n\nThe largest factor is {big}: {f(named[big], 2)}x. Eager softcap attention by itself is "
+                f"{abs(a - 1):.0%} {'slower' if a > 1 else 'faster'} than SDPA without the softcap at the same batch.")
     pj = t.get("projection")
     if pj:
         out += (f"\n\nProjected hours are not measurements: this card's time scaled by its memory bandwidth over a "
@@ -464,6 +522,7 @@ def gpu_blocks(folder: Path) -> dict:
             "perf-distance": lambda root: distance_block(folder),
             "perf-t4": lambda root: t4_block(folder),
             "perf-newer": lambda root: newer_block(folder),
+            "perf-runs": lambda root: runs_block(folder),
             "perf-not-run": lambda root: not_run_block(folder)}
 
 

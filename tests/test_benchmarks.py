@@ -95,8 +95,8 @@ def test_docs_render_from_the_newest_comparison_and_show_newer_partial_runs(tmp_
             "checked": True}
     both = {"inference": {n: {"default": cell, "padded": cell} for n in ("llama3-8b", "gemma2-9b")},
             "flop_ratio_gemma2_over_llama3": 1.2, "s_per_sample_ratio_gemma2_over_llama3": {"default": 1.2, "padded": 1.3}}
-    t4 = {"cells": {}, "factors": {"attention_eager_over_sdpa": 1.0, "architecture_gemma2_sdpa_over_llama3_4bit": 2.0,
-                                   "quantisation_llama3_4bit_over_8bit": 0.5, "flop_ratio": 1.2}}
+    t4 = {"cells": {}, "factors": {"attention_eager_over_sdpa": 1.1, "architecture_gemma2_sdpa_over_llama3_4bit": 2.0,
+                                   "quantisation_llama3_4bit_over_8bit": 0.6, "flop_ratio": 1.2}}
     old = run("old", "2026-01-01T00:00:00", **both)
     run("partial", "2026-01-02T00:00:00", train_stage={"llama3-8b": {"mfu": 0.5, "tokens_per_s": 1.0}}, t4_path=t4)
     # a newer run of one part does not replace the comparison the docs are about...
@@ -105,8 +105,35 @@ def test_docs_render_from_the_newest_comparison_and_show_newer_partial_runs(tmp_
     newer = report.newer_block(old)
     assert "### card-partial, 2026-01-02, commit partial" in newer and "| Llama3-8B | n/a |" in newer
     assert report.t4_block(old).startswith("Measured on 1 x card-partial")
+    assert ("The largest factor is the rest of the architecture, at each model's batch: 2.00x. Eager softcap attention "
+            "by itself is 10% slower than SDPA") in report.t4_block(old)
     assert report.newer_block(run("newest", "2026-01-03T00:00:00", **both)) == "No newer run."
     assert report.newest_results(tmp_path) == tmp_path / "newest"
+
+
+def test_every_run_is_listed_with_the_spread_between_cards_of_one_name(tmp_path):
+    def run(name, date, card, mfu, matmul):
+        folder = tmp_path / name
+        folder.mkdir()
+        inf = {n: {"default": {"mfu": mfu}, "profile_ms_per_sample": {"matmul": matmul}} for n in ("llama3-8b", "gemma2-9b")}
+        part = {"command": f"run {name} --stage-models gemma2-9b", "kept_from": {"command": f"run {name} --stage-models llama3-8b"}}
+        head = {"date": date, "commit": name, "device": {"name": card}, "inference": inf, "parts": {"train": part}}
+        (folder / "headline.json").write_text(json.dumps(head))
+        return folder
+
+    run("a", "2026-01-01", "H100", 0.80, 10.0)
+    run("b", "2026-01-02", "H200", 0.90, 9.0)
+    newest = run("c", "2026-01-03", "H100", 0.84, 11.0)
+    text = report.runs_block(newest)
+    rows = [r for r in text.splitlines() if r.startswith("| [`")]
+    assert [r.split("`")[1] for r in rows] == ["c", "b", "a"]  # newest first
+    assert "| 0.840 / 0.840 | 11.00 / 11.00 |" in rows[0]
+    # the spread is between the two H100 runs only (the H200's 0.90 is another card)
+    assert "Llama3-8B on H100 (2 runs): default-path MFU 0.800 to 0.840, matmul device time 10.00 to 11.00 ms/sample (10.0% apart)" in text
+    assert "on H200" not in text
+    # the command whose models a later run of the part kept comes before that run's own
+    assert report.commands(json.loads((newest / "headline.json").read_text())) == [
+        "run c --stage-models llama3-8b", "run c --stage-models gemma2-9b"]
 
 
 def test_a_part_that_fails_is_listed_with_its_reason_and_the_command_fails(tmp_path):
