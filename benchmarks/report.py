@@ -262,6 +262,16 @@ def left_block(folder: Path) -> str:
             cats = ", ".join(f"{k} {v:.1f}" for k, v in p["by_category_ms_per_step"].items() if v >= 0.5)
             rows.append(f"| {label(name)} | {p['ms_per_step']:.1f} | {p['wall_ms_per_step']:.1f} | "
                         f"{p['tokens_per_step']:,.0f} | {cats} |")
+        rows += ["", "| model | a step's wall time: matmuls | other device work | the host (wall over device) "
+                 "| the stage's time above its steady rate (the first steps' compiles) |", "|---|---|---|---|---|"]
+        for name, t in tr.items():
+            p = t.get("profile", {})
+            if "by_category_ms_per_step" not in p:
+                continue
+            wall, dev, mm = p["wall_ms_per_step"], p["ms_per_step"], p["by_category_ms_per_step"].get("matmul", 0)
+            warm = 1 - t["tokens_per_s"] / t["steady_tokens_per_s"] if t.get("steady_tokens_per_s") else None
+            rows.append(f"| {label(name)} | {mm / wall:.0%} | {(dev - mm) / wall:.0%} | {max(wall - dev, 0) / wall:.0%} | "
+                        + (f"{warm:.0%} |" if warm is not None else "n/a |"))
     return "\n".join(rows)
 
 

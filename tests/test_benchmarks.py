@@ -79,6 +79,16 @@ def test_distance_block_says_what_reaching_each_level_takes(tmp_path):
     assert "12,000 tokens/s (now 10,000; steady second half 0.550 MFU)" in lines[6]
 
 
+def test_what_is_left_splits_a_train_step_into_matmuls_other_device_work_and_the_host(tmp_path):
+    prof = {"ms_per_step": 90.0, "wall_ms_per_step": 100.0, "tokens_per_step": 1000,
+            "by_category_ms_per_step": {"matmul": 60.0, "attention": 30.0}}
+    head = {"train_stage": {"llama3-8b": {"profile": prof, "tokens_per_s": 900.0, "steady_tokens_per_s": 1000.0}}}
+    (tmp_path / "headline.json").write_text(json.dumps(head))
+    last = report.left_block(tmp_path).splitlines()[-1]
+    # 60 of 100 ms in matmuls, 30 in other kernels, 10 the GPU waits; 900 against 1000 tokens/s steady: 10%
+    assert last == "| Llama3-8B | 60% | 30% | 10% | 10% |"
+
+
 def test_docs_render_from_the_newest_comparison_and_show_newer_partial_runs(tmp_path):
     def run(name, date, **parts):
         folder = tmp_path / name
