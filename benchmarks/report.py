@@ -312,7 +312,8 @@ def runs_block(folder: Path) -> str:
         rows.append(f"| [`{p.name}`](../{where(p)}/MANIFEST.md) | {h['device']['name']} | {str(h['commit'])[:10]} | "
                     f"{both(mfu)} | {both(matmul, 2)} | {f(t / fl, 3) if t and fl else 'not run'} | "
                     f"{both(lambda n: inf.get(n, {}).get('fp8', {}).get('over_bf16_default'))} | "
-                    f"{both(lambda n: tr.get(n, {}).get('mfu'))} | {f(t4, 2) if t4 else 'not run'} |")
+                    f"{both(lambda n: tr.get(n, {}).get('mfu'))} | "
+                    f"{f(t4, 2) if t4 else 'cells missing' if h.get('t4_path') else 'not run'} |")
         for n in pair:
             if mfu(n) is not None:
                 spread.setdefault((h["device"]["name"], n), []).append((mfu(n), matmul(n)))
