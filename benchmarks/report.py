@@ -281,6 +281,12 @@ def left_block(folder: Path) -> str:
 LEVELS = {"mfu": 0.85, "ratio_over_flops": 1.03, "fp8_over_bf16": 0.6, "train_mfu": 0.60}
 
 
+def time_over_flops(h: dict) -> float | None:
+    """Gemma2 / Llama3 time per sample on the default path over their FLOP ratio (None unless both ran)."""
+    t, fl = (h.get("s_per_sample_ratio_gemma2_over_llama3") or {}).get("default"), h.get("flop_ratio_gemma2_over_llama3")
+    return t / fl if t and fl else None
+
+
 def commands(h: dict) -> list[str]:
     """Every command that made the run's numbers, in order, once each: each part's, and before it the
     one whose models a later run of that part kept (`kept_from`)."""
@@ -307,10 +313,10 @@ def runs_block(folder: Path) -> str:
 
         mfu = lambda n: inf.get(n, {}).get("default", {}).get("mfu")  # noqa: E731
         matmul = lambda n: inf.get(n, {}).get("profile_ms_per_sample", {}).get("matmul")  # noqa: E731
-        t, fl = (h.get("s_per_sample_ratio_gemma2_over_llama3") or {}).get("default"), h.get("flop_ratio_gemma2_over_llama3")
+        over = time_over_flops(h)
         t4 = h.get("t4_path", {}).get("ratio_gemma2_4bit_over_llama3_8bit")
         rows.append(f"| [`{p.name}`](../{where(p)}/MANIFEST.md) | {h['device']['name']} | {str(h['commit'])[:10]} | "
-                    f"{both(mfu)} | {both(matmul, 2)} | {f(t / fl, 3) if t and fl else 'not run'} | "
+                    f"{both(mfu)} | {both(matmul, 2)} | {f(over, 3) if over else 'not run'} | "
                     f"{both(lambda n: inf.get(n, {}).get('fp8', {}).get('over_bf16_default'))} | "
                     f"{both(lambda n: tr.get(n, {}).get('mfu'))} | "
                     f"{f(t4, 2) if t4 else 'cells missing' if h.get('t4_path') else 'not run'} |")
@@ -349,10 +355,10 @@ def distance_block(folder: Path) -> str:
             less = d["s_per_sample"] * (1 - d["mfu"] / LEVELS["mfu"]) * 1e3
             row("default-path MFU (measured peak)", label(name), d["mfu"], LEVELS["mfu"], False,
                 f"{less:.2f} ms/sample less ({less / (d['s_per_sample'] * 1e3):.1%})")
-    t, fl = (h.get("s_per_sample_ratio_gemma2_over_llama3") or {}).get("default"), h.get("flop_ratio_gemma2_over_llama3")
-    if t and fl:
-        row("Gemma2 / Llama3 time over their FLOP ratio", "both", t / fl, LEVELS["ratio_over_flops"], True,
-            f"Gemma2's time {(t / fl - LEVELS['ratio_over_flops']) / (t / fl):.1%} less, Llama3's as it is")
+    over = time_over_flops(h)
+    if over:
+        row("Gemma2 / Llama3 time over their FLOP ratio", "both", over, LEVELS["ratio_over_flops"], True,
+            f"Gemma2's time {(over - LEVELS['ratio_over_flops']) / over:.1%} less, Llama3's as it is")
     for name, r in h.get("inference", {}).items():
         c = r.get("fp8", {})
         if "over_bf16_default" in c:
